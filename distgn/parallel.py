@@ -1,0 +1,81 @@
+"""MPI plumbing: rank-0 output, collective error handling, timers.
+
+Errors come in two kinds. An ``InputError``/``SolverError`` raised identically on every rank (input
+is replicated, so validation is too) is printed once by rank 0 as a one-line message and every rank
+exits with status 2. Any other exception on a subset of ranks is printed as one line by the first
+failing rank and the job is aborted (status 1), so no rank waits forever in a collective.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from mpi4py import MPI
+
+from distgn.errors import InputError, SolverError
+
+log = logging.getLogger("distgn")
+
+EXIT_INPUT = 2
+EXIT_INTERNAL = 1
+
+
+def setup_logging(comm: MPI.Comm, verbose: bool = False) -> None:
+    """Log progress to stderr on rank 0 only (warnings from every rank)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    if comm.rank == 0:
+        log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    else:
+        log.setLevel(logging.WARNING)
+
+
+def print0(comm: MPI.Comm, *args: object) -> None:
+    """Print on rank 0 only (stdout, flushed)."""
+    if comm.rank == 0:
+        print(*args, flush=True)
+
+
+def run_collectively(comm: MPI.Comm, main: Callable[[], int]) -> int:
+    """Run ``main`` on every rank and turn failures into one line and a nonzero exit everywhere.
+
+    Collective: the ranks agree on the outcome.
+    """
+    try:
+        status = main()
+    except (InputError, SolverError) as exc:
+        # Raised on every rank by replicated validation: report once, exit together.
+        if comm.rank == 0:
+            print(f"distgn: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_INPUT
+    except Exception as exc:  # noqa: BLE001 - a crash on some ranks must not hang the others
+        print(f"distgn: internal error on rank {comm.rank}: {type(exc).__name__}: {exc}",
+              file=sys.stderr, flush=True)
+        if comm.size > 1:
+            comm.Abort(EXIT_INTERNAL)
+        return EXIT_INTERNAL
+    return status
+
+
+def agree(comm: MPI.Comm, error: str | None) -> None:
+    """Raise InputError on every rank if any rank reports ``error``. Collective."""
+    errors = comm.allgather(error)
+    first = next((e for e in errors if e), None)
+    if first:
+        raise InputError(first)
+
+
+@contextmanager
+def timed(comm: MPI.Comm, timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall time of a collective phase (max over ranks) into ``timings[name]``."""
+    comm.Barrier()
+    start = time.perf_counter()
+    yield
+    elapsed = time.perf_counter() - start
+    timings[name] = comm.allreduce(elapsed, op=MPI.MAX)

@@ -1,0 +1,182 @@
+"""Cluster tree over neurons: the neuron ordering, the binary tree and its map onto ranks.
+
+The ordering (tree position -> user neuron index) depends only on the network, never on the number
+of ranks, so every P sees the same neuron order. The tree splits index ranges: at the levels that
+split ranks, in proportion to the number of ranks on each side (any P >= 1); below, in halves down to
+the leaf size. Rank p owns the contiguous tree-order range of its subtree: its block rows.
+Rank-local: nothing here calls MPI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from distgn.domain import Domain
+from distgn.errors import InputError
+
+ORDERINGS = ("auto", "breakpoint", "foot", "angle", "parameters")
+
+
+@dataclass(frozen=True)
+class Node:
+    """A tree node: tree-order index range ``[start, stop)``, children, and owning ranks."""
+
+    id: int
+    start: int
+    stop: int
+    level: int
+    parent: int
+    children: tuple[int, ...]
+    rank_lo: int
+    rank_hi: int
+
+    @property
+    def size(self) -> int:
+        """Number of neurons under the node."""
+        return self.stop - self.start
+
+    @property
+    def is_leaf(self) -> bool:
+        """Whether the node has no children."""
+        return not self.children
+
+    @property
+    def is_local(self) -> bool:
+        """Whether a single rank owns the whole node."""
+        return self.rank_hi - self.rank_lo == 1
+
+
+@dataclass(frozen=True)
+class ClusterTree:
+    """Binary cluster tree over n neurons mapped onto ``n_ranks`` ranks.
+
+    Attributes
+    ----------
+    perm : ndarray of int, shape (n,)
+        ``perm[k]`` is the user index of the neuron at tree position k.
+    nodes : tuple of Node
+        All nodes, parents before children; node 0 is the root.
+    n_ranks : int
+        Number of ranks the top levels are split over.
+    leaf_size : int
+        Largest leaf.
+    """
+
+    perm: np.ndarray
+    nodes: tuple[Node, ...]
+    n_ranks: int
+    leaf_size: int
+
+    @property
+    def n(self) -> int:
+        """Number of neurons."""
+        return int(self.perm.size)
+
+    @property
+    def iperm(self) -> np.ndarray:
+        """Inverse permutation: ``iperm[user index] = tree position``."""
+        inv = np.empty_like(self.perm)
+        inv[self.perm] = np.arange(self.perm.size)
+        return inv
+
+    def rank_root(self, rank: int) -> Node:
+        """Root of the subtree owned by ``rank`` alone."""
+        return next(nd for nd in self.nodes if nd.is_local and nd.rank_lo == rank)
+
+    def rank_range(self, rank: int) -> tuple[int, int]:
+        """Tree-order range ``[start, stop)`` of the block rows owned by ``rank``."""
+        root = self.rank_root(rank)
+        return root.start, root.stop
+
+    def rank_offsets(self) -> np.ndarray:
+        """Start of every rank's range, plus n at the end: shape (n_ranks + 1,)."""
+        return np.array([self.rank_range(p)[0] for p in range(self.n_ranks)] + [self.n])
+
+    def depth(self) -> int:
+        """Number of levels below the root."""
+        return max(nd.level for nd in self.nodes)
+
+
+def build_tree(perm: np.ndarray, n_ranks: int, leaf_size: int) -> ClusterTree:
+    """Cluster tree over the ordering ``perm`` with ``n_ranks`` rank subtrees and leaves <= leaf_size."""
+    n = int(perm.size)
+    if n_ranks < 1 or n < n_ranks:
+        raise InputError(f"network.n = {n} is smaller than the number of ranks {n_ranks}")
+    if leaf_size < 1:
+        raise InputError(f"solver.leaf_size = {leaf_size} must be at least 1")
+    nodes: list[dict] = []
+
+    def add(start: int, stop: int, level: int, parent: int, r0: int, r1: int) -> int:
+        nid = len(nodes)
+        nodes.append(dict(id=nid, start=start, stop=stop, level=level, parent=parent,
+                          children=(), rank_lo=r0, rank_hi=r1))
+        size = stop - start
+        if r1 - r0 > 1:
+            left_ranks = (r1 - r0) // 2
+            mid = start + int(round(size * left_ranks / (r1 - r0)))
+            mid = min(max(mid, start + left_ranks), stop - (r1 - r0 - left_ranks))
+            splits = ((start, mid, r0, r0 + left_ranks), (mid, stop, r0 + left_ranks, r1))
+        elif size > leaf_size:
+            mid = start + size // 2
+            splits = ((start, mid, r0, r1), (mid, stop, r0, r1))
+        else:
+            return nid
+        nodes[nid]["children"] = tuple(add(a, z, level + 1, nid, p, q) for a, z, p, q in splits)
+        return nid
+
+    add(0, n, 0, -1, 0, n_ranks)
+    return ClusterTree(np.asarray(perm, dtype=np.int64), tuple(Node(**nd) for nd in nodes),
+                       n_ranks, leaf_size)
+
+
+def neuron_order(domain: Domain, W: np.ndarray, b: np.ndarray, ordering: str = "auto") -> np.ndarray:
+    """Ordering of neurons (tree position -> user index) by a geometric proxy.
+
+    ``breakpoint`` (1D, the default there): sorted breakpoints ``-b/w``, ties by orientation.
+    In 2D and up, recursive bisection (at the median, along the widest coordinate) of a proxy point:
+    ``foot`` (the default): the foot of the perpendicular from the domain centre to the hyperplane;
+    ``angle``: the hyperplane's (direction angle, signed offset), scaled to comparable extent;
+    ``parameters``: the normalised parameters (w, b) / |w|.
+    """
+    if ordering == "auto":
+        ordering = "breakpoint" if domain.dim == 1 else "foot"
+    if ordering not in ORDERINGS:
+        raise InputError(f"solver.ordering = {ordering!r} is not one of {', '.join(ORDERINGS)}")
+    if domain.dim == 1:
+        if ordering != "breakpoint":
+            raise InputError(f"solver.ordering = {ordering!r} is for 2D; 1D uses 'breakpoint'")
+        return np.lexsort((np.sign(W[:, 0]), -b / W[:, 0])).astype(np.int64)
+    if ordering == "breakpoint":
+        raise InputError("solver.ordering = 'breakpoint' is for 1D domains")
+    norm = np.linalg.norm(W, axis=1)
+    unit, offset = W / norm[:, None], b / norm
+    center = domain.center
+    if ordering == "foot":
+        proxy = center - (unit @ center + offset)[:, None] * unit
+    elif ordering == "angle":
+        angle = np.arctan2(unit[:, 1], unit[:, 0]) if domain.dim == 2 else unit[:, :-1]
+        radius = 0.5 * float(np.max(domain.bounds[:, 1] - domain.bounds[:, 0]))
+        proxy = np.column_stack([np.reshape(angle, (W.shape[0], -1)) * radius / np.pi,
+                                 unit @ center + offset])
+    else:
+        proxy = np.column_stack([unit, offset])
+    return _bisection_order(proxy)
+
+
+def _bisection_order(points: np.ndarray) -> np.ndarray:
+    """Order points by recursive median bisection along the widest coordinate (a k-d ordering)."""
+    order = np.arange(points.shape[0])
+    stack = [(0, order.size)]
+    while stack:
+        start, stop = stack.pop()
+        if stop - start <= 1:
+            continue
+        block = order[start:stop]
+        axis = int(np.argmax(np.ptp(points[block], axis=0)))
+        half = (stop - start) // 2
+        part = np.argpartition(points[block, axis], half - 1) if half > 0 else np.arange(block.size)
+        order[start:stop] = block[part]
+        stack += [(start, start + half), (start + half, stop)]
+    return order.astype(np.int64)
