@@ -7,3 +7,7 @@ class InputError(ValueError):
 
 class SolverError(RuntimeError):
     """A solver failed (e.g. Cholesky of a numerically indefinite matrix); the message says why."""
+
+
+class ConvergenceError(SolverError):
+    """An iterative solve stopped without converging; the message names PETSc's reason."""

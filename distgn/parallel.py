@@ -2,7 +2,7 @@
 
 Errors come in two kinds. An ``InputError``/``SolverError`` raised identically on every rank (input
 is replicated, so validation is too) is printed once by rank 0 as a one-line message and every rank
-exits with status 2. Any other exception on a subset of ranks is printed as one line by the first
+exits with status 2 (3 for a ``ConvergenceError``). Any other exception on a subset of ranks is printed as one line by the first
 failing rank and the job is aborted (status 1), so no rank waits forever in a collective.
 """
 
@@ -11,17 +11,19 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from mpi4py import MPI
 
-from distgn.errors import InputError, SolverError
+from distgn.errors import ConvergenceError, InputError, SolverError
 
 log = logging.getLogger("distgn")
 
 EXIT_INPUT = 2
 EXIT_INTERNAL = 1
+EXIT_NOT_CONVERGED = 3
 
 
 def setup_logging(comm: MPI.Comm, verbose: bool = False) -> None:
@@ -53,10 +55,12 @@ def run_collectively(comm: MPI.Comm, main: Callable[[], int]) -> int:
         # Raised on every rank by replicated validation: report once, exit together.
         if comm.rank == 0:
             print(f"distgn: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_INPUT
+        return EXIT_NOT_CONVERGED if isinstance(exc, ConvergenceError) else EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 - a crash on some ranks must not hang the others
         print(f"distgn: internal error on rank {comm.rank}: {type(exc).__name__}: {exc}",
               file=sys.stderr, flush=True)
+        if log.isEnabledFor(logging.DEBUG):
+            traceback.print_exc()
         if comm.size > 1:
             comm.Abort(EXIT_INTERNAL)
         return EXIT_INTERNAL

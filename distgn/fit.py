@@ -1,0 +1,119 @@
+"""The linear least-squares step: output weights c (and bias c0) for fixed (W, b), and the fit error.
+
+Normal equations ``[[A, s], [s^T, |Omega|]] [c; c0] = [F; int u]`` with ``s_i = int phi_i``. The bias
+is eliminated by block elimination on two solves with A (``A x1 = F``, ``A x2 = s``), so every solver
+back end only ever sees the neuron matrix A. The fit error ``int (v - u)^2`` is computed directly by
+Gauss rules on the cells between breakpoints in 1D (no cancellation, so it reaches round-off on
+exactly representable targets) and from the exact matrices otherwise.
+``solve_output_weights`` is collective; ``l2_error_1d`` is rank-local.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from distgn.assembly import BlockRows, exact1d, target_integrals
+from distgn.config import SolverConfig
+from distgn.operator import Operator
+from distgn.parallel import timed
+from distgn.problem import Problem
+from distgn.solvers import backward_error, factor
+from distgn.targets import Target
+
+
+@dataclass(frozen=True)
+class OutputWeights:
+    """Solution of the linear least-squares problem.
+
+    Attributes
+    ----------
+    c : ndarray, shape (n,)
+        Output weights, tree order, on every rank.
+    c0 : float or None
+        Output bias (None without one).
+    l2_error : float
+        ``sqrt(int (v - u)^2)``.
+    backward_error : float
+        ``||A c - f|| / (||A|| ||c|| + ||f||)`` of the solve with A.
+    stats : dict
+        The solver's statistics, with ``seconds_factor`` and ``seconds_solve``.
+    """
+
+    c: np.ndarray
+    c0: float | None
+    l2_error: float
+    backward_error: float
+    stats: dict
+
+
+def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator,
+                         config: SolverConfig, norm: float | None = None) -> OutputWeights:
+    """Solve the normal equations for c (and c0) with the configured solver. Collective."""
+    comm = operator.comm
+    timings: dict[str, float] = {}
+    with timed(comm, timings, "seconds_factor"):
+        solver = factor(operator, config)
+    F = blocks.F
+    rhs = np.column_stack([F, blocks.mass]) if problem.output_bias else F
+    with timed(comm, timings, "seconds_solve"):
+        x = solver.solve(rhs)
+    u_int, u_sq = target_integrals(problem.domain, problem.target)
+    c0 = None
+    if problem.output_bias:
+        sx = comm.allreduce(blocks.mass @ x)
+        c0 = float((u_int - sx[0]) / (problem.domain.measure - sx[1]))
+        x = x[:, 0] - c0 * x[:, 1]
+    if norm is None:
+        norm = operator.norm_estimate()
+    berr = backward_error(operator, x, F - (c0 or 0.0) * blocks.mass, norm)
+    c = operator.gather(x)
+    if problem.domain.dim == 1:
+        l2 = l2_error_1d(problem.domain.bounds, blocks.W, blocks.b, c, c0, problem.target)
+    else:
+        Ac = operator.matvec(x)
+        parts = comm.allreduce(np.array([x @ Ac, x @ F, x @ blocks.mass]))
+        m0 = c0 or 0.0
+        e2 = (parts[0] + 2 * m0 * parts[2] + m0**2 * problem.domain.measure
+              - 2 * parts[1] - 2 * m0 * u_int + u_sq)
+        l2 = float(np.sqrt(max(e2, 0.0)))
+    return OutputWeights(c, c0, l2, berr, {**solver.stats(), **timings})
+
+
+def l2_error_1d(bounds: np.ndarray, W: np.ndarray, b: np.ndarray, c: np.ndarray,
+                c0: float | None, target: Target) -> float:
+    """``sqrt(int (v - u)^2)`` on an interval by Gauss rules between all breakpoints.
+
+    v is piecewise linear with kinks at the breakpoints: its slope and value on each cell come from
+    prefix sums over sorted breakpoints, so the cost is O(n log n + cells x points).
+    """
+    w = W[:, 0]
+    t = -b / w
+    nodes = exact1d.quadrature_nodes(bounds, t, target)
+    # v(x) = c0 + sum_i c_i relu(w_i (x - t_i)): on a cell, each neuron is either linear or zero.
+    # A neuron with w > 0 is on right of t, with w < 0 on the left; accumulate slopes/intercepts.
+    mids = 0.5 * (nodes[1:] + nodes[:-1])
+    slope = np.zeros(mids.size)
+    icept = np.full(mids.size, c0 or 0.0)
+    for sign in (1.0, -1.0):
+        sel = np.sign(w) == sign
+        tt, cw, cb = t[sel], (c * w)[sel], (c * b)[sel]
+        order = np.argsort(tt)
+        tt, cw, cb = tt[order], cw[order], cb[order]
+        k = np.searchsorted(tt, mids)  # neurons with t < mid are active when w > 0
+        cs_w = np.concatenate([[0.0], np.cumsum(cw)])
+        cs_b = np.concatenate([[0.0], np.cumsum(cb)])
+        if sign > 0:
+            slope += cs_w[k]
+            icept += cs_b[k]
+        else:
+            slope += cs_w[-1] - cs_w[k]
+            icept += cs_b[-1] - cs_b[k]
+
+    def residual_squared(x: np.ndarray) -> np.ndarray:
+        cell = np.clip(np.searchsorted(nodes, x[:, 0]) - 1, 0, mids.size - 1)
+        return (slope[cell] * x[:, 0] + icept[cell] - target(x)) ** 2
+
+    total = exact1d.cumulative_moments(nodes, residual_squared, 1)[-1, 0]
+    return float(np.sqrt(max(total, 0.0)))
