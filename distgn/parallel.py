@@ -55,6 +55,7 @@ def run_collectively(comm: MPI.Comm, main: Callable[[], int]) -> int:
         # Raised on every rank by replicated validation: report once, exit together.
         if comm.rank == 0:
             print(f"distgn: error: {exc}", file=sys.stderr, flush=True)
+        comm.Barrier()
         return EXIT_NOT_CONVERGED if isinstance(exc, ConvergenceError) else EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 - a crash on some ranks must not hang the others
         print(f"distgn: internal error on rank {comm.rank}: {type(exc).__name__}: {exc}",
