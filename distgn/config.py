@@ -39,9 +39,10 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """``[target]``: built-in target name or ``package.module:function``."""
+    """``[target]``: built-in target name or ``package.module:function``; "auto" is the
+    dimension's first built-in (step, line_jump, smooth)."""
 
-    name: str = "step"
+    name: str = "auto"
 
 
 @dataclass(frozen=True)

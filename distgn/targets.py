@@ -63,6 +63,8 @@ def make_target(name: str, domain: Domain) -> Target:
     """Build the target ``name`` for ``domain``: a built-in name or ``package.module:function``."""
     if ":" in name:
         return _user_target(name)
+    if name == "auto":
+        name = {1: BUILTIN_1D[0], 2: BUILTIN_2D[0]}.get(domain.dim, "smooth")
     lo, hi = domain.bounds[:, 0], domain.bounds[:, 1]
     if domain.dim == 1 and name in BUILTIN_1D:
         L, R = float(lo[0]), float(hi[0])
