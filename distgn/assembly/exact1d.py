@@ -54,17 +54,20 @@ def pair_integrals(
     t, start, stop = active_intervals(w, b, float(bounds[0, 0]), float(bounds[0, 1]))
     lo = np.maximum(start[I][:, None], start[J][None, :])
     hi = np.minimum(stop[I][:, None], stop[J][None, :])
-    length = np.maximum(hi - lo, 0.0)
-    hi = np.maximum(hi, lo)
+    np.maximum(hi, lo, out=hi)
+    length = hi - lo  # zero where the supports are disjoint; then every product below is 0
     out: dict[str, np.ndarray] = {}
     if "A" in which:
+        # On [lo, hi] both f_k(x) = w_k (x - t_k) are >= 0: Simpson's rule with positive terms.
         wi, ti = w[I][:, None], t[I][:, None]
         wj, tj = w[J][None, :], t[J][None, :]
-        fi_lo, fi_hi = np.maximum(wi * (lo - ti), 0.0), np.maximum(wi * (hi - ti), 0.0)
-        fj_lo, fj_hi = np.maximum(wj * (lo - tj), 0.0), np.maximum(wj * (hi - tj), 0.0)
-        out["A"] = length / 6.0 * (
-            2.0 * fi_lo * fj_lo + fi_lo * fj_hi + fi_hi * fj_lo + 2.0 * fi_hi * fj_hi
-        )
+        a, z = wi * (lo - ti), wi * (hi - ti)
+        c, e = wj * (lo - tj), wj * (hi - tj)
+        A = (2.0 * a + z) * c
+        A += (a + 2.0 * z) * e
+        A *= length
+        A /= 6.0
+        out["A"] = A
     if "H" in which:
         out["H"] = length
     if "G" in which:
