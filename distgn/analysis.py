@@ -9,7 +9,8 @@ about 1e30. In 2D and up, ``eigvalsh`` of the float64 matrix is used and flagged
 every tree node; a rank computes them for its own subtrees and the nodes above the rank level are
 gathered to their first rank.
 
-``run_study``, ``block_row_ranks`` and ``spectrum`` are collective; ``square_root_factor`` is rank-local. The
+``run_study``, ``block_row_ranks`` and ``spectrum`` are collective; ``square_root_factor`` is
+rank-local. The
 spectral part gathers the (n x n) square-root factor on rank 0: it is a study tool for n up to a
 few thousand, unlike assembly and the solvers, whose per-rank memory is O(n^2 / P).
 """

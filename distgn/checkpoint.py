@@ -4,10 +4,11 @@ Schema (all neuron-indexed data in the user's neuron order):
 - assembly: datasets ``A``, ``H`` (n x n), ``G`` (n(d+1) x n(d+1), neuron-major), ``F`` (n), ``W``,
   ``b``; attributes ``n``, ``d``, ``ranks``, ``version`` and the domain.
 - run state: group ``network`` (``W``, ``b``, ``c``, optional ``c0``, ``removed``), group
-  ``history`` (one dataset per recorded quantity), ``result`` attributes, ``config`` (TOML-like JSON).
+  ``history`` (one dataset per recorded quantity), ``result`` attributes, ``config`` (JSON).
 
 Saving never corrupts an existing file: data goes to ``PATH.tmp`` first, which then replaces PATH.
-``write_block_rows`` and ``save_state`` are collective; ``load_state`` and ``inspect`` are rank-local.
+``write_block_rows`` and ``save_state`` are collective; ``load_state`` and ``inspect`` are
+rank-local.
 """
 
 from __future__ import annotations

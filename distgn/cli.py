@@ -88,7 +88,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _tree(problem: Problem, config: Config, comm: MPI.Comm, leaf_size: int | None = None
           ) -> ClusterTree:
-    perm = neuron_order(problem.domain, problem.network.W, problem.network.b, config.solver.ordering)
+    net = problem.network
+    perm = neuron_order(problem.domain, net.W, net.b, config.solver.ordering)
     return build_tree(perm, comm.size, leaf_size or config.solver.leaf_size)
 
 

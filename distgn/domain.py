@@ -64,7 +64,8 @@ class Domain:
         """Whether points ``x`` (N, d) lie in the closed domain (enlarged by ``slack``)."""
         x = np.atleast_2d(x)
         if self.vertices is None:
-            return np.all((x >= self.bounds[:, 0] - slack) & (x <= self.bounds[:, 1] + slack), axis=1)
+            lo, hi = self.bounds[:, 0] - slack, self.bounds[:, 1] + slack
+            return np.all((x >= lo) & (x <= hi), axis=1)
         v, e = self.vertices, np.roll(self.vertices, -1, axis=0) - self.vertices
         cross = e[None, :, 0] * (x[:, None, 1] - v[None, :, 1]) - e[None, :, 1] * (
             x[:, None, 0] - v[None, :, 0]

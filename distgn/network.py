@@ -146,8 +146,8 @@ def initial_network(
     n : int
         Number of neurons.
     init : {"uniform", "random"}
-        1D: equispaced breakpoints ``L + k (R - L) / n`` or uniformly random ones. 2D and up: equispaced or
-        random directions, with offsets placing every hyperplane across the domain.
+        1D: equispaced breakpoints ``L + k (R - L) / n`` or uniformly random ones. 2D and up:
+        equispaced or random directions, with offsets placing every hyperplane across the domain.
     seed : int
         Seed of the random generator (``init = "random"`` and random orientations).
     orientation : {"positive", "alternating", "random"}

@@ -1,8 +1,8 @@
 """Distributed symmetric operators: A, H or G over neurons in tree order.
 
 An ``Operator`` is what every solver accepts. It offers this rank's dense block rows (when stored),
-entry extraction ``entries(I, J)`` at any global tree-order indices (rank-local, exact integrals), and
-a collective ``matvec`` on block-row-distributed vectors: from the stored rows, or matrix-free from
+entry extraction ``entries(I, J)`` at any global tree-order indices (rank-local, exact integrals),
+and a collective ``matvec`` on block-row-distributed vectors: from the stored rows, or matrix-free from
 the O(n log n) 1D fast product or from exact entries computed tile by tile (O(n) memory per rank).
 Indices are scalar: for G (block = d+1) index ``k`` is derivative ``k % block`` of neuron
 ``k // block``.
@@ -98,7 +98,7 @@ class Operator:
         return full
 
     def matvec(self, x_local: np.ndarray) -> np.ndarray:
-        """``(M x)`` on this rank's rows, for a block-row-distributed x (m,) or (m, r). Collective."""
+        """``M x`` on this rank's rows for a block-row-distributed x (m,) or (m, r). Collective."""
         x = self.gather(x_local)
         start, stop = self.local_range
         if self.rows is not None:
@@ -126,7 +126,8 @@ class Operator:
         return float(value)
 
 
-def operator_from_block_rows(blocks: BlockRows, name: str, comm: MPI.Comm, domain: Domain) -> Operator:
+def operator_from_block_rows(blocks: BlockRows, name: str, comm: MPI.Comm,
+                             domain: Domain) -> Operator:
     """The operator of matrix ``name`` stored in ``blocks`` (no copy)."""
     return Operator(name, comm, blocks.tree, domain, blocks.W, blocks.b, blocks.matrices[name])
 

@@ -2,8 +2,9 @@
 
 Errors come in two kinds. An ``InputError``/``SolverError`` raised identically on every rank (input
 is replicated, so validation is too) is printed once by rank 0 as a one-line message and every rank
-exits with status 2 (3 for a ``ConvergenceError``). Any other exception on a subset of ranks is printed as one line by the first
-failing rank and the job is aborted (status 1), so no rank waits forever in a collective.
+exits with status 2 (3 for a ``ConvergenceError``). Any other exception on a subset of ranks is
+printed as one line by each failing rank and the job is aborted (status 1), so no rank waits forever
+in a collective.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class Factorization(Protocol):
 
 
 def factor(operator: Operator, config: SolverConfig) -> Factorization:
-    """Factor (or set up a solver for) ``operator`` with the back end ``config.kind``. Collective."""
+    """Factor (or set up a solver for) ``operator`` with back end ``config.kind``. Collective."""
     if config.kind == "hss":
         from distgn.hss import factor as factor_hss
 

@@ -2,7 +2,8 @@
 
 A target declares where it is not smooth so that right-hand-side integrals can split there: 1D
 ``points`` (jumps and kinks), ``singular`` points (where derivatives blow up; quadrature is graded
-towards them) and ``layers`` (centre, width) of sharp transitions; 2D jump ``lines`` and ``circles``.
+towards them) and ``layers`` (centre, width) of sharp transitions; 2D jump ``lines`` and
+``circles``.
 Rank-local: nothing here calls MPI.
 """
 
@@ -94,7 +95,8 @@ def make_target(name: str, domain: Domain) -> Target:
             )
         scale = np.pi / (hi - lo)
         return Target(
-            name, lambda x: np.sin(2 * scale[0] * (x[:, 0] - lo[0])) * np.cos(scale[1] * (x[:, 1] - lo[1]))
+            name,
+            lambda x: np.sin(2 * scale[0] * (x[:, 0] - lo[0])) * np.cos(scale[1] * (x[:, 1] - lo[1])),
         )
     if name == "smooth" and domain.dim > 2:
         scale = np.pi / (hi - lo)

@@ -2,8 +2,8 @@
 
 The ordering (tree position -> user neuron index) depends only on the network, never on the number
 of ranks, so every P sees the same neuron order. The tree splits index ranges: at the levels that
-split ranks, in proportion to the number of ranks on each side (any P >= 1); below, in halves down to
-the leaf size. Rank p owns the contiguous tree-order range of its subtree: its block rows.
+split ranks, in proportion to the number of ranks on each side (any P >= 1); below, in halves down
+to the leaf size. Rank p owns the contiguous tree-order range of its subtree: its block rows.
 Rank-local: nothing here calls MPI.
 """
 
@@ -100,7 +100,7 @@ class ClusterTree:
 
 
 def build_tree(perm: np.ndarray, n_ranks: int, leaf_size: int) -> ClusterTree:
-    """Cluster tree over the ordering ``perm`` with ``n_ranks`` rank subtrees and leaves <= leaf_size."""
+    """Cluster tree over ``perm`` with ``n_ranks`` rank subtrees and leaves <= ``leaf_size``."""
     n = int(perm.size)
     if n_ranks < 1 or n < n_ranks:
         raise InputError(f"network.n = {n} is smaller than the number of ranks {n_ranks}")
@@ -131,7 +131,8 @@ def build_tree(perm: np.ndarray, n_ranks: int, leaf_size: int) -> ClusterTree:
                        n_ranks, leaf_size)
 
 
-def neuron_order(domain: Domain, W: np.ndarray, b: np.ndarray, ordering: str = "auto") -> np.ndarray:
+def neuron_order(domain: Domain, W: np.ndarray, b: np.ndarray,
+                 ordering: str = "auto") -> np.ndarray:
     """Ordering of neurons (tree position -> user index) by a geometric proxy.
 
     ``breakpoint`` (1D, the default there): sorted breakpoints ``-b/w``, ties by orientation.

@@ -36,8 +36,8 @@ def main() -> None:
     domain = (['domain.kind="interval"', "domain.bounds=[0.0, 1.0]"] if args.dim == 1 else
               ['domain.kind="box"', "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]"])
     if comm.rank == 0:
-        print(f"| d | n | ranks | seconds (max rank) | ns per pair | block-row bytes per rank "
-              f"| peak RSS per rank |\n|---|---|---|---|---|---|---|", flush=True)
+        print("| d | n | ranks | seconds (max rank) | ns per pair | block-row bytes per rank "
+              "| peak RSS per rank |\n|---|---|---|---|---|---|---|", flush=True)
     for n in (int(s) for s in args.sizes.split(",")):
         cfg = load_config(None, [*domain, f"network.n={n}", 'network.init="random"',
                                  'network.orientation="random"'] if args.dim == 1 else

@@ -1,4 +1,4 @@
-"""Distributed assembly: block rows from P ranks equal the serial matrices; HDF5 output in user order.
+"""Distributed assembly: block rows from P ranks equal the serial matrices; HDF5 in user order.
 
 Run serially and under ``mpiexec -n 2`` / ``-n 4``: every rank compares its rows with the serial
 reference it computes itself at small n.

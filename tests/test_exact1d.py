@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from distgn.assembly import exact1d
+from distgn.domain import interval
 from distgn.fit import l2_error_1d
 from distgn.targets import Target, make_target
-from distgn.domain import interval
 
 
 def exact_pair(L: Fraction, R: Fraction, wi: Fraction, bi: Fraction, wj: Fraction, bj: Fraction):
@@ -38,7 +38,8 @@ def exact_pair(L: Fraction, R: Fraction, wi: Fraction, bi: Fraction, wj: Fractio
 def test_pairs_match_exact_rationals(L, R):
     rng = np.random.default_rng(7)
     n = 9
-    w = [Fraction(int(s) * int(m), 4) for s, m in zip(rng.choice([-1, 1], n), rng.integers(1, 9, n))]
+    signs, sizes = rng.choice([-1, 1], n), rng.integers(1, 9, n)
+    w = [Fraction(int(s) * int(m), 4) for s, m in zip(signs, sizes, strict=True)]
     t = [L + (R - L) * Fraction(int(k), 16) for k in rng.integers(-3, 20, n)]  # some outside
     b = [-wi * ti for wi, ti in zip(w, t)]
     W = np.array([[float(x)] for x in w])

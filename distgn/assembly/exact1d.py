@@ -22,7 +22,7 @@ LAYER_CELLS_PER_WIDTH = 2
 def active_intervals(
     w: np.ndarray, b: np.ndarray, lo: float, hi: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Breakpoints and active intervals ``[a_i, z_i]`` of neurons on [lo, hi] (empty if a_i >= z_i)."""
+    """Breakpoints and active intervals ``[a_i, z_i]`` on [lo, hi] (empty if a_i >= z_i)."""
     t = -b / w
     start = np.where(w > 0, np.maximum(t, lo), lo)
     stop = np.where(w > 0, hi, np.minimum(t, hi))
