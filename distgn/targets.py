@@ -96,7 +96,8 @@ def make_target(name: str, domain: Domain) -> Target:
         scale = np.pi / (hi - lo)
         return Target(
             name,
-            lambda x: np.sin(2 * scale[0] * (x[:, 0] - lo[0])) * np.cos(scale[1] * (x[:, 1] - lo[1])),
+            lambda x: np.sin(2 * scale[0] * (x[:, 0] - lo[0]))
+            * np.cos(scale[1] * (x[:, 1] - lo[1])),
         )
     if name == "smooth" and domain.dim > 2:
         scale = np.pi / (hi - lo)

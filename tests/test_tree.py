@@ -28,7 +28,7 @@ def test_rank_subtrees_partition_in_proportion(ranks):
             assert node.size <= leaf and node.is_local
     leaves = sorted((nd.start, nd.stop) for nd in tree.nodes if nd.is_leaf)
     assert leaves[0][0] == 0 and leaves[-1][1] == n
-    assert all(a[1] == z[0] for a, z in zip(leaves, leaves[1:]))
+    assert all(a[1] == z[0] for a, z in zip(leaves[:-1], leaves[1:], strict=True))
 
 
 def test_too_many_ranks():
