@@ -3,8 +3,8 @@
 Normal equations ``[[A, s], [s^T, |Omega|]] [c; c0] = [F; int u]`` with ``s_i = int phi_i``. The
 bias is eliminated by block elimination on two solves with A (``A x1 = F``, ``A x2 = s``), so every
 solver back end only ever sees the neuron matrix A. The fit error ``int (v - u)^2`` is computed
-directly by Gauss rules on the cells between breakpoints in 1D (no cancellation, so it reaches round-off on
-exactly representable targets) and from the exact matrices otherwise.
+directly by Gauss rules on the cells between breakpoints in 1D (no cancellation, so it reaches
+round-off on exactly representable targets) and from the exact matrices otherwise.
 ``solve_output_weights`` is collective; ``l2_error_1d`` is rank-local.
 """
 

@@ -3,8 +3,8 @@
 An ``Operator`` is what every solver accepts. It offers this rank's dense block rows (when stored),
 entry extraction ``entries(I, J)`` at any global tree-order indices (rank-local, exact integrals),
 and a collective ``matvec`` on block-row-distributed vectors: from the stored rows, or matrix-free
-from the O(n log n) 1D fast product or from exact entries computed tile by tile (O(n) memory per rank).
-Indices are scalar: for G (block = d+1) index ``k`` is derivative ``k % block`` of neuron
+from the O(n log n) 1D fast product or from exact entries computed tile by tile (O(n) memory per
+rank). Indices are scalar: for G (block = d+1) index ``k`` is derivative ``k % block`` of neuron
 ``k // block``.
 """
 
