@@ -67,6 +67,7 @@ class SolverConfig:
     petsc_options: str = ""
     sample_size: int = 0
     seed: int = 1
+    compensation: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class TrainConfig:
     max_iter: int = 200
     max_seconds: float = 3600.0
     tol: float = 1e-12
+    patience: int = 5
     gtol: float = 0.0
     learning_rate: float = 1e-3
     lr_decay: float = 1.0

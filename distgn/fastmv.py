@@ -1,0 +1,124 @@
+"""Exact fast products with A, H, G in 1D, and matrix-free operators.
+
+Owns the O(n log n) exact 1D product: every neuron i is active on an interval ``[a_i, z_i]``
+where its ReLU is the affine function ``w_i (x - t_i)`` and its Heaviside is 1. For coefficients x
+the function ``g(x) = sum_j x_j (piece j)`` is piecewise linear (A, G) or piecewise constant (H)
+between the sorted interval ends, so ``int_{a_i}^{z_i} x^p g(x) dx`` for all i comes from one sort
+(done once) and prefix sums of exact cell integrals (per product): O(n log n) set-up, O(n) per
+column.
+``matrix_free_operator`` wraps it (or, in 2D and up, tiled exact entries) into an ``Operator``
+without stored block rows; ``problem_operator`` picks that or assembled block rows from the solver
+settings. Rank-local: nothing here calls MPI (the Operator's ``matvec`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from mpi4py import MPI
+
+from distgn.assembly import assemble_block_rows
+from distgn.assembly.exact1d import active_intervals
+from distgn.config import SolverConfig
+from distgn.operator import Operator, operator_from_block_rows
+from distgn.problem import Problem
+from distgn.tree import ClusterTree, build_tree, neuron_order
+
+COLUMNS = 4  # columns per pass: keeps the (k, 2n) work arrays small
+
+
+def fast_matvec_1d(
+    bounds: np.ndarray, W: np.ndarray, b: np.ndarray, name: str
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Exact product ``x -> M x`` for M in {A, H, G} of 1D neurons (any orientations).
+
+    Parameters
+    ----------
+    bounds : ndarray, shape (1, 2)
+        The interval [L, R].
+    W, b : ndarray
+        Weights (n, 1) and biases (n,), in the order of the matrix rows.
+    name : {"A", "H", "G"}
+        Which matrix; G is neuron-major with 2x2 blocks (derivative in w, then in b).
+
+    Returns
+    -------
+    callable
+        ``matvec(x)`` for x of shape (N,) or (N, k), N = n (A, H) or 2n (G).
+    """
+    w = W[:, 0]
+    n = w.size
+    t, start, stop = active_intervals(w, b, float(bounds[0, 0]), float(bounds[0, 1]))
+    stop = np.maximum(stop, start)
+    ends = np.concatenate([start, stop])
+    order = np.argsort(ends, kind="stable")
+    nodes = ends[order]
+    # Position of every neuron's a_i and z_i among the sorted interval ends.
+    rank = np.empty(2 * n, dtype=np.int64)
+    rank[order] = np.arange(2 * n)
+    lo_at, hi_at = rank[:n], rank[n:]
+    left, right = nodes[:-1], nodes[1:]
+    # Exact integrals of x^q over every cell between consecutive ends, q = 0..3.
+    powers = np.stack([(right ** (q + 1) - left ** (q + 1)) / (q + 1) for q in range(4)])
+
+    def moments(slope: np.ndarray, offset: np.ndarray, top: int) -> list[np.ndarray]:
+        """``int_{a_i}^{z_i} x^p g`` for p < top (columns first: shape (k, n) in and out)."""
+        alpha, beta = (np.cumsum(np.concatenate([v, -v], axis=1)[:, order[:-1]], axis=1)
+                       for v in (slope, offset))
+        out = []
+        for p in range(top):
+            prefix = np.zeros((alpha.shape[0], 2 * n))
+            np.cumsum(powers[p + 1] * alpha + powers[p] * beta, axis=1, out=prefix[:, 1:])
+            out.append(prefix[:, hi_at] - prefix[:, lo_at])
+        return out
+
+    def product(rows: np.ndarray) -> np.ndarray:
+        """``M x`` for the columns of x given as rows (k, N)."""
+        if name == "A":
+            scaled = rows * w
+            m0, m1 = moments(scaled, -scaled * t, 2)
+            y = w * (m1 - t * m0)
+        elif name == "H":
+            y = moments(np.zeros_like(rows), rows, 1)[0]
+        else:
+            pairs = rows.reshape(rows.shape[0], n, 2)
+            m0, m1 = moments(pairs[:, :, 0], pairs[:, :, 1], 2)
+            y = np.stack([m1, m0], axis=2).reshape(rows.shape[0], 2 * n)
+        return y
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        rows = x.reshape(x.shape[0], -1).T
+        y = np.vstack([product(np.ascontiguousarray(rows[k:k + COLUMNS]))
+                       for k in range(0, rows.shape[0], COLUMNS)])
+        return y.T.reshape(x.shape)
+
+    return matvec
+
+
+def matrix_free_operator(
+    problem: Problem, tree: ClusterTree, name: str, comm: MPI.Comm
+) -> Operator:
+    """The operator of matrix ``name`` without stored block rows.
+
+    1D gets the exact fast product; other dimensions use exact entries tile by tile in
+    ``Operator.matvec``. Rank-local construction (the operator's ``matvec`` is collective).
+    """
+    W, b = problem.network.W[tree.perm], problem.network.b[tree.perm]
+    fast = None
+    if problem.domain.dim == 1:
+        fast = fast_matvec_1d(problem.domain.bounds, W, b, name)
+    return Operator(name, comm, tree, problem.domain, W, b, None, fast)
+
+
+def problem_operator(problem: Problem, solver: SolverConfig, comm: MPI.Comm, name: str) -> Operator:
+    """Matrix ``name`` of ``problem`` over ``comm``: ordering and tree from ``solver``, then
+    assembled block rows, or matrix-free when ``solver.matrix_free``. Rank-local."""
+    net = problem.network
+    perm = neuron_order(problem.domain, net.W, net.b, solver.ordering)
+    tree = build_tree(perm, comm.size, solver.leaf_size)
+    if solver.matrix_free:
+        return matrix_free_operator(problem, tree, name, comm)
+    blocks = assemble_block_rows(problem, tree, comm.rank, (name,))
+    return operator_from_block_rows(blocks, name, comm, problem.domain)
