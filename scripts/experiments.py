@@ -1,0 +1,381 @@
+"""Reference experiments of the training issue: SgGN versus Adam, BFGS and Levenberg-Marquardt.
+
+Every method starts from the same network (uniform start) and the same least-squares c, on the
+same exact assembly (distgn.training). ``run`` trains and stores each run's result, subsampled
+history and (SgGN) the networks before and after in ``benchmarks/training/results_{1,2}d.json``
+(incremental: runs already there are skipped unless ``--force``); ``report`` writes the tables
+(``benchmarks/training/tables.md``) and the figures (``benchmarks/training/*.png``) from it.
+
+    python scripts/experiments.py run --dim 1
+    python scripts/experiments.py run --dim 2
+    python scripts/experiments.py report
+    python scripts/experiments.py pair     # the jump-pair resolution table
+
+Budgets (``budget``) are per dimension and size; Adam's learning rate is the best of
+``ADAM_RATES`` at the sizes up to ``SWEEP_UP_TO``, and the best rate of the largest swept size
+above. Collective when run under mpiexec (rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from distgn.checkpoint import load_state
+from distgn.config import load_config
+from distgn.network import Network
+from distgn.parallel import setup_logging
+from distgn.problem import build_problem
+from distgn.training import train
+
+# distgn.assembly.exact1d recomputes its Gauss-Legendre rule (an eigenvalue problem) on every call,
+# which is most of the 1D run time; the rule is a pure function of the order, so cache it here.
+np.polynomial.legendre.leggauss = functools.cache(np.polynomial.legendre.leggauss)
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "training"
+
+def results_file(dim: int) -> Path:
+    """Where the runs of one dimension are stored (one file each, so both can run at once)."""
+    return OUT / f"results_{dim}d.json"
+
+
+TARGETS = {1: ("step", "tanh_layer", "power"), 2: ("line_jump", "disk")}
+SIZES = {1: (8, 16, 32, 64, 128, 256), 2: (64, 256, 1024)}
+DOMAIN = {1: ["domain.kind=interval", "domain.bounds=[0.0, 1.0]"],
+          2: ["domain.kind=box", "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]"]}
+METHODS = ("sggn", "varpro", "adam", "bfgs", "lm")
+ADAM_RATES = {1: (1e-2, 1e-3, 1e-4), 2: (1e-2,)}
+SWEEP_UP_TO = {1: 32, 2: 64}
+
+
+def budget(dim: int, n: int, method: str) -> dict:
+    """``max_iter`` and ``max_seconds`` of a run (``None``: skipped)."""
+    if dim == 1:
+        table = {"sggn": (500, 600), "varpro": (200, 300), "adam": (10_000, math.inf),
+                 "bfgs": (10_000, 600), "lm": (2000, 600)}
+    else:
+        # Cut to what a shared, loaded 2-core machine does in under two hours for both targets:
+        # wall-time caps, and at n = 1024 SgGN (alternating) and Adam only.
+        seconds = {64: 200, 256: 200, 1024: 400}[n]
+        table = {"sggn": ({64: 200, 256: 60, 1024: 25}[n], seconds),
+                 "varpro": ({64: 40, 256: 10}.get(n), seconds),
+                 "adam": ({64: 10_000, 256: 2000, 1024: 400}[n], seconds),
+                 "bfgs": ({64: 5000, 256: 1000}.get(n), seconds),
+                 "lm": ({64: 500, 256: 100}.get(n), seconds)}
+    iterations, seconds = table[method]
+    return None if iterations is None else {"max_iter": iterations, "max_seconds": seconds}
+
+
+def key(dim: int, target: str, n: int, method: str, rate: float | None = None) -> str:
+    return f"{dim}d/{target}/{n}/{method}" + (f"/{rate:g}" if rate else "")
+
+
+def subsample(history: dict, points: int = 400) -> dict:
+    """At most ``points`` entries of iteration, loss, seconds (log-spaced, first and last kept)."""
+    count = len(history["loss"])
+    index = np.unique(np.concatenate([[0, count - 1], np.round(
+        np.geomspace(1, max(count - 1, 1), points)).astype(int)]))
+    index = index[index < count]
+    return {name: [float(v) for v in np.asarray(history[name])[index]]
+            for name in ("iteration", "loss", "seconds", "l2_error")}
+
+
+def network_json(network: Network) -> dict:
+    return {"W": network.W.tolist(), "b": network.b.tolist(), "c": network.c.tolist(),
+            "c0": network.c0}
+
+
+def run_one(comm: MPI.Comm, dim: int, target: str, n: int, method: str, rate: float | None,
+            work: Path) -> dict:
+    """Train one configuration; return its record for results.json."""
+    limits = budget(dim, n, method)
+    path = work / f"{key(dim, target, n, method, rate).replace('/', '-')}.h5"
+    overrides = DOMAIN[dim] + [
+        f"target.name={target}", f"network.n={n}", "network.init=uniform", "solver.kind=dense",
+        f"output.path={path}", f"train.max_iter={limits['max_iter']}",
+        f"train.max_seconds={min(limits['max_seconds'], 1e9)}", "train.log_every=100",
+        "train.checkpoint_every=0",
+        f"train.method={'sggn' if method == 'varpro' else method}",
+        f"train.variant={'varpro' if method == 'varpro' else 'alternating'}",
+        f"train.tol={1e-12 if method in ('sggn', 'varpro') else 0.0}"]
+    if rate is not None:
+        overrides.append(f"train.learning_rate={rate}")
+    config = load_config(None, overrides)
+    problem = build_problem(config)
+    result = train(problem, config, comm)
+    network, history, _ = load_state(str(path))
+    record = {"dim": dim, "target": target, "n": n, "method": method, "learning_rate": rate,
+              "result": result, "history": subsample(history)}
+    if method in ("sggn", "varpro"):
+        start = problem.network
+        record["start"] = network_json(Network(start.W, start.b, np.zeros(start.n)))
+        record["final"] = network_json(network)
+    return record
+
+
+def best_rate(results: dict, dim: int, target: str, n: int) -> float:
+    """Adam's rate: the best of the sweep at n (swept sizes) or at the largest swept size."""
+    swept = max(m for m in SIZES[dim] if m <= SWEEP_UP_TO[dim] and m <= n)
+    losses = {rate: results[key(dim, target, swept, "adam", rate)]["result"]["loss"]
+              for rate in ADAM_RATES[dim] if key(dim, target, swept, "adam", rate) in results}
+    return min(losses, key=losses.get)
+
+
+def command_run(args: argparse.Namespace) -> None:
+    comm = MPI.COMM_WORLD
+    setup_logging(comm)
+    store = results_file(args.dim)
+    results = json.loads(store.read_text()) if store.exists() else {}
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    for target in args.targets or TARGETS[args.dim]:
+        for n in args.sizes or SIZES[args.dim]:
+            for method in args.methods:
+                if budget(args.dim, n, method) is None:
+                    continue
+                sweep = method == "adam" and n <= SWEEP_UP_TO[args.dim]
+                rates = ADAM_RATES[args.dim] if sweep else (
+                    (best_rate(results, args.dim, target, n),) if method == "adam" else (None,))
+                for rate in rates:
+                    name = key(args.dim, target, n, method, rate)
+                    if name in results and not args.force:
+                        continue
+                    record = run_one(comm, args.dim, target, n, method, rate, work)
+                    results[name] = record
+                    if comm.rank == 0:
+                        store.write_text(json.dumps(results))
+                        res = record["result"]
+                        print(f"{name}: rel L2 {res['relative_l2_error']:.3e}, "
+                              f"{res['iterations']} it, {res['seconds']:.1f}s, "
+                              f"{res['stop_reason']}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+LABELS = {"sggn": "SgGN (alternating)", "varpro": "SgGN (varpro)", "adam": "Adam", "bfgs": "BFGS",
+          "lm": "LM"}
+COLOURS = {"sggn": "C0", "varpro": "C1", "adam": "C2", "bfgs": "C3", "lm": "C4"}
+
+
+def chosen(results: dict, dim: int, target: str, n: int) -> dict[str, dict]:
+    """One record per method (Adam: its best learning rate)."""
+    out = {}
+    for method in METHODS:
+        if method == "adam":
+            runs = [r for k, r in results.items()
+                    if k.startswith(key(dim, target, n, "adam") + "/")]
+            if runs:
+                out[method] = min(runs, key=lambda r: r["result"]["loss"])
+        elif key(dim, target, n, method) in results:
+            out[method] = results[key(dim, target, n, method)]
+    return out
+
+
+def tables(results: dict) -> str:
+    lines = ["<!-- written by scripts/experiments.py report -->"]
+    for dim in (1, 2):
+        for target in TARGETS[dim]:
+            sizes = [n for n in SIZES[dim] if chosen(results, dim, target, n)]
+            if not sizes:
+                continue
+            lines += ["", f"### {dim}D `{target}`", "",
+                      "relative L2 error / loss / iterations / seconds (stop reason)", "",
+                      "| n | " + " | ".join(LABELS[m] for m in METHODS) + " |",
+                      "|---|" + "---|" * len(METHODS)]
+            for n in sizes:
+                runs = chosen(results, dim, target, n)
+                cells = []
+                for method in METHODS:
+                    if method not in runs:
+                        cells.append("-")
+                        continue
+                    res = runs[method]["result"]
+                    rate = (f", lr {runs[method]['learning_rate']:g}" if method == "adam"
+                            else "")
+                    cells.append(f"**{res['relative_l2_error']:.2e}** / {res['loss']:.1e} / "
+                                 f"{res['iterations']} / {res['seconds']:.1f}s "
+                                 f"({res['stop_reason']}{rate})")
+                lines.append(f"| {n} | " + " | ".join(cells) + " |")
+            lines += ["", "SgGN (alternating) against Adam: final L2 errors, and the time SgGN "
+                      "took to get 100 times below Adam's final error", "",
+                      "| n | Adam / SgGN error | SgGN seconds to Adam/100 | Adam seconds |",
+                      "|---|---|---|---|"]
+            for n in sizes:
+                runs = chosen(results, dim, target, n)
+                if "sggn" in runs and "adam" in runs:
+                    lines.append(f"| {n} | " + " | ".join(_against_adam(runs)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _against_adam(runs: dict) -> list[str]:
+    """Error ratio, SgGN's time to reach 1/100 of Adam's final error, Adam's time."""
+    adam, sggn = runs["adam"]["result"], runs["sggn"]
+    history = sggn["history"]
+    reached = [t for t, e in zip(history["seconds"], history["l2_error"], strict=True)
+               if e <= adam["l2_error"] / 100]
+    return [f"{adam['l2_error'] / sggn['result']['l2_error']:.0f}",
+            f"{reached[0]:.1f}" if reached else "not reached", f"{adam['seconds']:.1f}"]
+
+
+def convergence_figure(results: dict, dim: int, target: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    sizes = [n for n in SIZES[dim] if chosen(results, dim, target, n)]
+    fig, axes = plt.subplots(2, len(sizes), figsize=(3.2 * len(sizes), 6), squeeze=False)
+    for column, n in enumerate(sizes):
+        for method, record in chosen(results, dim, target, n).items():
+            history = record["history"]
+            loss = np.maximum(history["loss"], 1e-32)
+            label = LABELS[method] + (f" (lr {record['learning_rate']:g})"
+                                      if method == "adam" else "")
+            iterations = np.maximum(history["iteration"], 1)
+            axes[0, column].loglog(iterations, loss, color=COLOURS[method], label=label)
+            axes[1, column].loglog(np.maximum(history["seconds"], 1e-3), loss,
+                                   color=COLOURS[method])
+        axes[0, column].set_title(f"n = {n}")
+        axes[0, column].set_xlabel("iteration")
+        axes[1, column].set_xlabel("seconds")
+    axes[0, 0].set_ylabel("loss J")
+    axes[1, 0].set_ylabel("loss J")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{dim}D {target}: loss versus iteration (top) and wall time (bottom)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fit_figure(results: dict, dim: int, target: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from distgn.domain import box, interval
+    from distgn.targets import make_target
+
+    sizes = [n for n in ((16, 64, 256) if dim == 1 else SIZES[2])
+             if key(dim, target, n, "sggn") in results]
+    if not sizes:
+        return
+    domain = interval(0.0, 1.0) if dim == 1 else box([[0.0, 1.0], [0.0, 1.0]])
+    u = make_target(target, domain)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 4), squeeze=False)
+    for ax, n in zip(axes[0], sizes, strict=True):
+        record = results[key(dim, target, n, "sggn")]
+        start = Network(**{k: np.asarray(v) if k != "c0" else v
+                           for k, v in record["start"].items()})
+        final = Network(**{k: np.asarray(v) if k != "c0" else v
+                           for k, v in record["final"].items()})
+        rel = record["result"]["relative_l2_error"]
+        if dim == 1:
+            x = np.linspace(0.0, 1.0, 4001)[:, None]
+            ax.plot(x[:, 0], u(x), color="0.6", lw=3, label="target u")
+            ax.plot(x[:, 0], final.evaluate(x), color="C0", lw=1, label="SgGN fit")
+            low = min(u(x).min(), final.evaluate(x).min())
+            ax.plot(start.breakpoints(), np.full(n, low - 0.08), "|", color="0.3",
+                    label="breakpoints before")
+            active = final.c != 0
+            ax.plot(final.breakpoints()[active], np.full(active.sum(), low - 0.16), "|",
+                    color="C3", label="after")
+            ax.set_xlim(0, 1)
+        else:
+            x = np.linspace(0, 1, 201)
+            X, Y = np.meshgrid(x, x)
+            values = final.evaluate(np.column_stack([X.ravel(), Y.ravel()])).reshape(X.shape)
+            ax.contourf(X, Y, values, levels=20, cmap="viridis")
+            for network, colour, width in ((start, "white", 0.3), (final, "red", 0.6)):
+                for w, b, c in zip(network.W, network.b, network.c, strict=True):
+                    if network is final and c == 0:
+                        continue
+                    _draw_line(ax, w, b, colour, width)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_aspect("equal")
+        ax.set_title(f"n = {n}: relative L2 error {rel:.1e}")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{dim}D {target}: SgGN fit, "
+                 + ("breakpoints before (grey) and after (red)" if dim == 1 else
+                    "lines before (white) and after (red) over the fit"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _draw_line(ax, w: np.ndarray, b: float, colour: str, width: float) -> None:
+    """The part of the line ``w . x + b = 0`` inside the unit square."""
+    t = np.linspace(-2, 2, 2)
+    point = -b * w / np.dot(w, w)
+    direction = np.array([-w[1], w[0]])
+    ax.plot(point[0] + t * direction[0], point[1] + t * direction[1], color=colour, lw=width)
+
+
+def command_report(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    results = {}
+    for dim in (1, 2):
+        if results_file(dim).exists():
+            results.update(json.loads(results_file(dim).read_text()))
+    (OUT / "tables.md").write_text(tables(results))
+    for dim in (1, 2):
+        for target in TARGETS[dim]:
+            if any(k.startswith(f"{dim}d/{target}/") for k in results):
+                convergence_figure(results, dim, target, OUT / f"convergence_{dim}d_{target}.png")
+                fit_figure(results, dim, target, OUT / f"fit_{dim}d_{target}.png")
+
+
+def command_pair(args: argparse.Namespace) -> None:
+    """How small the width delta of a ReLU pair resolving a jump can get in double precision.
+
+    Uniform breakpoints k/32 (k != 16) plus a pair at 0.5 -+ delta/2, step target: the best fit
+    has ``J ~ delta``; the table compares the c-solve (deflation, dense Cholesky) with that line.
+    """
+    from distgn.domain import interval
+    from distgn.objective import Context
+    from distgn.problem import Problem
+    from distgn.sggn import solve_output
+    from distgn.targets import make_target
+
+    domain = interval(0.0, 1.0)
+    config = load_config(None, ["solver.kind=dense"])
+    slope = None
+    print("| delta | J (c-solve) | J expected ~ delta | deflated | rejected |")
+    print("|---|---|---|---|---|")
+    for delta in np.logspace(-3, -12, 10):
+        t = np.concatenate([np.arange(32)[np.arange(32) != 16] / 32, [0.5 - delta / 2,
+                                                                    0.5 + delta / 2]])
+        network = Network(np.ones((t.size, 1)), -t, np.zeros(t.size))
+        problem = Problem(domain, make_target("step", domain), network)
+        out = solve_output(Context(problem, MPI.COMM_SELF, config.solver), network,
+                           np.ones(t.size, dtype=bool))
+        slope = out.loss / delta if slope is None else slope
+        print(f"| {delta:.0e} | {out.loss:.3e} | {slope * delta:.3e} | {out.deflated} | "
+              f"{out.rejected} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train and store results")
+    p.add_argument("--dim", type=int, choices=(1, 2), required=True)
+    p.add_argument("--targets", nargs="*")
+    p.add_argument("--sizes", nargs="*", type=int)
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    p.add_argument("--work", default="/tmp/distgn-experiments", help="folder for run files")
+    p.add_argument("--force", action="store_true", help="rerun runs already in results.json")
+    sub.add_parser("report", help="tables and figures from the results files")
+    sub.add_parser("pair", help="resolution of a jump by a ReLU pair versus its width")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    {"run": command_run, "report": command_report, "pair": command_pair}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

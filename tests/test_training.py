@@ -1,0 +1,224 @@
+"""Training: exact gradient and Gauss-Newton matrices, SgGN's removal rules and line search,
+recovery of a representable target, baselines, run files and restart.
+
+Serial tests (they also pass under mpiexec; MPI agreement is in test_training_mpi.py).
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from distgn import baselines, sggn
+from distgn.assembly import layer_matrix, pair_integrals
+from distgn.checkpoint import load_state
+from distgn.config import load_config
+from distgn.domain import box, interval, polygon
+from distgn.errors import InputError
+from distgn.network import Network
+from distgn.objective import Context, evaluate_loss, loss_and_gradient
+from distgn.problem import Problem
+from distgn.targets import Target, make_target
+from distgn.training import train
+
+KINKS = np.array([0.3, 0.55, 0.8])
+AMPLITUDES = np.array([1.0, -2.0, 1.5])
+
+
+def relu_target(offset: float = 0.0) -> Target:
+    """A sum of three ReLUs (plus a constant): exactly representable."""
+    return Target("relu3", lambda x: np.maximum(x[:, :1] - KINKS, 0.0) @ AMPLITUDES + offset,
+                  points=tuple(KINKS))
+
+
+def relu_problem(n: int, output_bias: bool = False, seed: int = 1) -> Problem:
+    """The three-kink target and n neurons: three near the kinks, the rest random."""
+    rng = np.random.default_rng(seed)
+    t = np.sort(np.concatenate([KINKS + rng.uniform(-0.04, 0.04, 3),
+                                rng.uniform(0.02, 0.98, n - 3)]))
+    return Problem(interval(0.0, 1.0), relu_target(0.25 if output_bias else 0.0),
+                   Network(np.ones((n, 1)), -t), output_bias)
+
+
+def config(tmp, *overrides: str):
+    return load_config(None, ["solver.kind=dense", f"output.path={tmp / 'run.h5'}",
+                              "train.tol=0.0", *overrides])
+
+
+def random_network(dim: int, n: int, rng: np.random.Generator, output_bias: bool) -> Network:
+    """Unit normals with offsets placing every hyperplane inside [0, 1]^d, random c (and c0)."""
+    W = rng.standard_normal((n, dim))
+    W /= np.linalg.norm(W, axis=1)[:, None]
+    b = -np.einsum("ij,ij->i", W, rng.uniform(0.2, 0.8, (n, dim)))
+    return Network(W, b, rng.standard_normal(n), 0.3 if output_bias else None)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_gradient_matches_finite_differences(dim, rng):
+    domain = interval(0.0, 1.0) if dim == 1 else box([[0.0, 1.0], [0.0, 1.0]])
+    target = make_target("sine" if dim == 1 else "smooth", domain)
+    network = random_network(dim, 5, rng, output_bias=True)
+    ctx = Context(Problem(domain, target, network, True), MPI.COMM_SELF,
+                  load_config(None, ["solver.kind=dense"]).solver)
+    grad = loss_and_gradient(ctx, network)
+    assert grad.loss == pytest.approx(evaluate_loss(ctx, network)[0], rel=1e-12)
+    theta = baselines.pack(network)
+    exact = baselines.flat_gradient(grad)
+    h = 1e-6
+    numeric = np.empty_like(theta)
+    for k in range(theta.size):
+        step = np.zeros_like(theta)
+        step[k] = h
+        plus = evaluate_loss(ctx, baselines.unpack(theta + step, network))[0]
+        minus = evaluate_loss(ctx, baselines.unpack(theta - step, network))[0]
+        numeric[k] = (plus - minus) / (2 * h)
+    np.testing.assert_allclose(exact, numeric, rtol=0, atol=1e-7 * np.max(np.abs(exact)))
+
+
+def _quadrature(domain, m: int) -> tuple[np.ndarray, float]:
+    """Midpoint points of a fine grid on [0, 1]^d and the cell measure."""
+    centres = (np.arange(m) + 0.5) / m
+    if domain.dim == 1:
+        return centres[:, None], 1.0 / m
+    X, Y = np.meshgrid(centres, centres, indexing="ij")
+    return np.column_stack([X.ravel(), Y.ravel()]), 1.0 / m**2
+
+
+@pytest.mark.parametrize("dim, m, atol", [(1, 200_000, 1e-5), (2, 700, 4e-3)])
+def test_gauss_newton_matrices_match_quadrature(dim, m, atol, rng):
+    domain = interval(0.0, 1.0) if dim == 1 else box([[0.0, 1.0], [0.0, 1.0]])
+    network = random_network(dim, 4, rng, output_bias=True)
+    problem = Problem(domain, make_target("step" if dim == 1 else "line_jump", domain), network,
+                      True)
+    x, weight = _quadrature(domain, m)
+    z = x @ network.W.T + network.b
+    h = (z > 0).astype(float)
+    xhat = np.column_stack([x, np.ones(len(x))])
+    # Jacobian of v in r_i is c_i h_i xhat; in c_i it is phi_i, in c0 it is 1.
+    jac_r = (network.c * h)[:, :, None] * xhat[:, None, :]
+    jac_r = jac_r.reshape(len(x), -1)
+    n = network.n
+    G = layer_matrix(pair_integrals(domain, network.W, network.b, np.arange(n), np.arange(n),
+                                    ("G",))["G"])
+    D = np.repeat(network.c, dim + 1)
+    scale = np.max(np.abs(D[:, None] * G * D[None, :]))
+    np.testing.assert_allclose(D[:, None] * G * D[None, :], jac_r.T @ jac_r * weight, rtol=0,
+                               atol=atol * scale)
+    jac = np.column_stack([np.maximum(z, 0.0), np.ones(len(x)), jac_r])
+    ctx = Context(problem, MPI.COMM_SELF, load_config(None, ["solver.kind=dense"]).solver)
+    M = baselines.gauss_newton_matrix(ctx, network)
+    np.testing.assert_allclose(M, jac.T @ jac * weight, rtol=0, atol=atol * np.max(np.abs(M)))
+
+
+@pytest.mark.parametrize("variant, output_bias", [("alternating", False), ("varpro", False),
+                                                  ("alternating", True)])
+def test_recovers_a_sum_of_relus(variant, output_bias, tmp_path):
+    problem = relu_problem(8, output_bias)
+    result = train(problem, config(tmp_path, f"train.variant={variant}", "train.max_iter=15"),
+                   MPI.COMM_SELF)
+    assert result["loss"] <= 1e-20, result
+    network, history, _ = load_state(str(tmp_path / "run.h5"))
+    assert history["loss"][-1] == result["loss"]
+    t = network.breakpoints()[np.abs(network.c) > 1e-3]
+    assert np.max(np.min(np.abs(t[:, None] - KINKS[None, :]), axis=0)) < 1e-9
+
+
+def _state(problem: Problem) -> tuple[Context, sggn.State]:
+    ctx = Context(problem, MPI.COMM_SELF, load_config(None, ["solver.kind=dense"]).solver)
+    return ctx, sggn.start(ctx, problem.network)[0]
+
+
+def test_zero_coefficient_keeps_the_step_defined():
+    ctx, state = _state(relu_problem(6))
+    c = state.network.c.copy()
+    c[2] = 0.0
+    network = Network(state.network.W, state.network.b, c, None)
+    live = ~state.removed
+    grad = loss_and_gradient(ctx, network, live)
+    direction = sggn.gn_direction(ctx, network, live, grad, drop_tol=1e-10)
+    assert np.all(np.isfinite(direction.p))
+    assert not direction.moved[2] and np.all(direction.p[2] == 0.0)
+    assert direction.moved.sum() == live.sum() - 1
+    state = sggn.State(network, state.removed, *evaluate_loss(ctx, network))
+    new, stats = sggn.iterate(ctx, state, "alternating", 1e-10)
+    assert new is not None and new.loss < state.loss and np.all(np.isfinite(new.network.c))
+
+
+def test_duplicate_and_dead_neurons_are_deflated_and_removed(tmp_path):
+    t = np.array([0.2, 0.4, 0.4, 0.6, 1.5])  # neurons 1, 2 coincide; neuron 4 is dead
+    problem = Problem(interval(0.0, 1.0), make_target("sine", interval(0.0, 1.0)),
+                      Network(np.ones((5, 1)), -t))
+    ctx, state = _state(problem)
+    assert state.removed.tolist() == [False, False, False, False, True]
+    start = sggn.solve_output(ctx, state.network, ~state.removed)
+    assert start.deflated == 1 and not start.rejected
+    assert np.count_nonzero(state.network.c[[1, 2]]) == 1 and state.network.c[4] == 0.0
+    new, stats = sggn.iterate(ctx, state, "alternating", 1e-10)
+    assert new is not None and new.loss < state.loss and stats["excluded"] >= 1
+    train(problem, config(tmp_path, "train.max_iter=2"), MPI.COMM_SELF)
+    with h5py.File(tmp_path / "run.h5", "r") as fh:
+        assert list(fh["network/removed"]) == [4] and fh["network/c"][4] == 0.0
+        assert fh["network/W"].shape == (5, 1)
+
+
+def test_line_minimum_brackets_and_is_not_capped():
+    gamma, value, evaluations = sggn.line_minimum(lambda g: (g - 7.0) ** 2 + 1.0, 50.0, 1e-12)
+    assert gamma == pytest.approx(7.0, rel=1e-7) and value == pytest.approx(1.0)
+    gamma, _, _ = sggn.line_minimum(lambda g: (g - 0.01) ** 2, 1e-4, 1e-12)
+    assert gamma == pytest.approx(0.01, rel=1e-6)
+    assert sggn.line_minimum(lambda g: 1.0 + g, 1.0, 1e-12)[:2] == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("method", ["adam", "bfgs", "lm"])
+def test_baselines_start_from_the_same_iterate_and_decrease(method, tmp_path):
+    problem = relu_problem(8)
+    reference = train(problem, config(tmp_path, "train.max_iter=0"), MPI.COMM_SELF)
+    result = train(problem, config(tmp_path, f"train.method={method}", "train.max_iter=25",
+                                   "train.learning_rate=0.001"), MPI.COMM_SELF)
+    assert result["initial_loss"] == reference["initial_loss"]
+    assert result["loss"] < 0.8 * result["initial_loss"]
+    _, history, _ = load_state(str(tmp_path / "run.h5"))
+    assert {"loss", "l2_error", "step", "grad_norm", "seconds"} <= set(history)
+
+
+def test_run_file_and_restart_continue_the_history(tmp_path):
+    problem = relu_problem(8, output_bias=True, seed=3)
+    straight = train(problem, config(tmp_path, "train.max_iter=8"), MPI.COMM_SELF)
+    expected, _, _ = load_state(str(tmp_path / "run.h5"))
+    train(problem, config(tmp_path, "train.max_iter=5", "train.checkpoint_every=2"),
+          MPI.COMM_SELF)
+    with h5py.File(tmp_path / "run.h5", "r") as fh:
+        assert {"W", "b", "c", "c0", "removed"} <= set(fh["network"])
+        assert fh["network/W"].shape == (8, 1) and fh["network/c"].shape == (8,)
+    network, history, result = load_state(str(tmp_path / "run.h5"))
+    assert network.c0 is not None and result["stop_reason"] == "max_iter"
+    np.testing.assert_array_equal(history["iteration"], np.arange(6))
+    resumed = train(problem, config(tmp_path, "train.max_iter=3"), MPI.COMM_SELF,
+                    restart=(network, history))
+    final, history, _ = load_state(str(tmp_path / "run.h5"))
+    np.testing.assert_array_equal(history["iteration"], np.arange(9))
+    assert resumed["total_iterations"] == 8 and resumed["iterations"] == 3
+    np.testing.assert_allclose(final.r, expected.r, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(final.c, expected.c, rtol=1e-10, atol=1e-12)
+    assert resumed["loss"] == pytest.approx(straight["loss"], rel=1e-10)
+
+
+def test_two_dimensional_polygon_training_decreases(tmp_path):
+    pentagon = polygon([[0.0, 0.0], [2.0, 0.0], [2.5, 1.0], [1.0, 2.0], [-0.5, 1.0]])
+    from distgn.network import initial_network
+
+    problem = Problem(pentagon, make_target("line_jump", pentagon),
+                      initial_network(pentagon, 16, "random", seed=2))
+    for variant in ("alternating", "varpro"):
+        result = train(problem, config(tmp_path, "train.max_iter=4", f"train.variant={variant}"),
+                       MPI.COMM_SELF)
+        assert result["loss"] < 0.8 * result["initial_loss"], result
+
+
+@pytest.mark.parametrize("key, value", [("method", "sgd"), ("variant", "newton"),
+                                        ("learning_rate", "0.0"), ("lr_decay", "1.5")])
+def test_bad_train_config_is_rejected(key, value, tmp_path):
+    with pytest.raises(InputError, match=f"train.{key}"):
+        train(relu_problem(4), config(tmp_path, f"train.{key}={value}"), MPI.COMM_SELF)
