@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(MPIEXEC) -n $(NP_MPI) $(PY) -m mpi4py -m distgn analyze examples/demo.toml
+	$(MPIEXEC) -n $(NP_MPI) $(PY) -m mpi4py -m distgn train examples/demo.toml
 
 test: setup test-serial test-mpi
 

@@ -135,6 +135,16 @@ def _hyperplane_points(problem: Problem, network: Network) -> tuple[np.ndarray, 
     return np.column_stack([unit, offset]), radius
 
 
+def _extents(problem: Problem, network: Network) -> tuple[np.ndarray, np.ndarray]:
+    """How far each neuron's active and inactive parts reach into the domain (relative to its
+    radius): the largest positive and negative distances of the domain's corners from the
+    hyperplane (0 when the part is empty)."""
+    points, radius = _hyperplane_points(problem, network)
+    corners = problem.domain.corners
+    distance = ((corners - problem.domain.center) / radius) @ points[:, :-1].T + points[:, -1]
+    return np.maximum(distance.max(axis=0), 0.0), np.maximum(-distance.min(axis=0), 0.0)
+
+
 def coincident_clusters(problem: Problem, network: Network, index: np.ndarray,
                         tau_same: float, tau_opposite: float) -> tuple[np.ndarray, np.ndarray]:
     """Clusters of (nearly) coincident hyperplanes among the neurons ``index``. Rank-local.
@@ -172,6 +182,9 @@ def coincident_clusters(problem: Problem, network: Network, index: np.ndarray,
 # Coincidence tolerance eps^(1/power) on rung 0; each further rung (used when the solver still
 # breaks down, e.g. for triples, whose eigenvalue decays faster) adds 1 to the power.
 SINGULAR_POWERS = {"A": (2, 3), "G": (2, 3)}
+# A neuron active (or inactive) only on a strip of width delta along the boundary: phi_i (or
+# relu(-z)), and h_i (xhat . r) on the strip, are O(delta^1.5) in L2.
+THIN_POWER = 3
 DEFLATION_RUNGS = 3
 
 
@@ -194,14 +207,19 @@ def independent_neurons(problem: Problem, network: Network, candidates: np.ndarr
                         priority: np.ndarray | None = None, rung: int = 0) -> np.ndarray:
     """The neurons among ``candidates`` (mask) that keep ``matrix`` ("A" or "G") nonsingular.
 
-    Hyperplanes closer than ``eps^(1/(power + rung))`` (``SINGULAR_POWERS``) are coincident; a
+    A neuron active on a part of the domain thinner than ``eps^(1/(THIN_POWER + rung))`` (relative
+    to the domain radius) is left out, and one inactive on such a thin part counts as active on
+    the whole domain (both are singular to working precision like a coincident pair). Hyperplanes
+    closer than ``eps^(1/(power + rung))`` (``SINGULAR_POWERS``) are coincident; a
     cluster of coincident hyperplanes keeps at most one neuron per orientation, in the order of
     ``priority`` (default ``|c_i|``, highest first). Affine generators (``_generated``) are then
     kept in that order while their spans stay independent (relative tolerance ``eps^(1/3)``) of
     those kept before (and, in A, of the constant when c0 is used); for a dependent one the neuron
     (or the cluster member of lower priority) is dropped. Rank-local.
     """
-    index = np.flatnonzero(candidates)
+    thin = EPS ** (1 / (THIN_POWER + rung))
+    active, inactive = _extents(problem, network)
+    index = np.flatnonzero(candidates & (active > thin))
     keep = np.zeros(network.n, dtype=bool)
     if index.size == 0:
         return keep
@@ -211,7 +229,7 @@ def independent_neurons(problem: Problem, network: Network, candidates: np.ndarr
     order = np.argsort(-c[index], kind="stable")
     label, sign = coincident_clusters(problem, network, index, same, opposite)
     points, _ = _hyperplane_points(problem, network.subset(index))
-    _, affine = activity(network.W[index], network.b[index], problem.domain)
+    affine = inactive[index] <= thin
     taken: dict[tuple[int, int], int] = {}
     for pos in order:
         taken.setdefault((int(label[pos]), int(sign[pos])), int(pos))
