@@ -242,11 +242,12 @@ class PiecewiseBasis:
 
     - A (q=1, g=2): ``v = sum_k y_k (x - z_k)_+ + a x + c``; values at the K+1 nodes; P1 mass.
     - H (q=1, g=1): ``v = sum_k y_k [x >= z_k] + c``; values on the K cells; diagonal of lengths.
-    - G (q=2, g=2): ``v = sum_k (y_k0 x + y_k1) [x >= z_k] + a x + c``; per-cell (slope, value at
-      0); 2x2 blocks ``int_cell (x, 1)^T (x, 1)``.
+    - G (q=2, g=2): ``v = sum_k (y_k0 x + y_k1) [x >= z_k] + a x + c``; per cell the
+      coefficients (a, c) of ``a (x - mid) + c``, an orthogonal local basis; diagonal mass.
 
-    ``to_coefficients`` (``T^{-1}``: values -> y) is banded; the Gram of the augmented basis is
-    ``T^T mass T``, so its inverse ``T^{-1} mass^{-1} T^{-T}`` costs O(K).
+    Values are scaled by the square root of the mass diagonal. ``to_coefficients`` (``T^{-1}``:
+    values -> y) is sparse and banded, the Gram of the augmented basis is ``T^T mass T``, so its
+    inverse ``T^{-1} mass^{-1} T^{-T}`` costs O(K).
     """
 
     q: int
@@ -259,8 +260,8 @@ class PiecewiseBasis:
 def piecewise_basis(name: str, L: float, R: float, breakpoints: np.ndarray) -> PiecewiseBasis:
     """The augmented basis of matrix ``name`` on [L, R] for neurons with these breakpoints.
 
-    Value coordinates are scaled by the square root of the mass diagonal, so that the mass matrix
-    is the identity (H, G) or has condition number at most 3 (A, the P1 mass matrix).
+    The scaling makes the mass matrix the identity (H, G) or of condition number at most 3 (A, the
+    P1 mass matrix). Rank-local.
     """
     nodes = np.unique(breakpoints[(breakpoints > L) & (breakpoints < R)])
     z = np.concatenate([[L], nodes, [R]])
@@ -280,7 +281,8 @@ def piecewise_basis(name: str, L: float, R: float, breakpoints: np.ndarray) -> P
         # Per cell: v = a (x - mid) + c, an orthogonal local basis; coefficients are the jumps of
         # (slope, value at 0) = (a, c - a mid) at the nodes.
         mid = 0.5 * (z[:-1] + z[1:])
-        monomial = sp.block_diag([np.array([[1.0, 0.0], [-m, 1.0]]) for m in mid])
+        below = np.column_stack([mid, np.zeros(K)]).ravel()[:-1]  # -mid under each 2x2 diagonal
+        monomial = sp.identity(2 * K) - sp.diags(below, -1)
         to_coefficients = sp.kron(sp.vstack([jump, first]), sp.identity(2)) @ monomial
         mass = sp.diags(np.column_stack([h**3 / 12, h]).ravel())
         q, g = 2, 2

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from mpi4py import MPI
@@ -46,10 +46,6 @@ from distgn.parallel import log
 from distgn.problem import Problem
 
 METHODS = ("sggn", "adam", "bfgs", "lm")
-HISTORY_KEYS = ("iteration", "loss", "l2_error", "relative_l2_error", "step", "active",
-                "seconds", "solver_seconds", "grad_norm")
-
-Record = Callable[[Network, np.ndarray, Mapping[str, float]], "str | None"]
 
 
 class Recorder:

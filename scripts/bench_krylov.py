@@ -237,9 +237,10 @@ def plot(rows: list[dict], path: Path) -> None:
                 axes[i, j].loglog(n[~ok], y[~ok], "x", color=line.get_color())
                 axes[i, j].set_ylabel(label)
         axes[0, j].set_title(case)
+        axes[-1, j].set_ylim(top=min(axes[-1, j].get_ylim()[1], 10.0))  # blown-up solves
         axes[-1, j].set_xlabel("n")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("o: converged / factored, x: not converged or failed")
+    fig.suptitle("o: converged / factored, x: not converged or failed; fit error axis cut at 10")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

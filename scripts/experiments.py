@@ -52,7 +52,7 @@ DOMAIN = {1: ["domain.kind=interval", "domain.bounds=[0.0, 1.0]"],
           2: ["domain.kind=box", "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]"]}
 METHODS = ("sggn", "varpro", "adam", "bfgs", "lm")
 ADAM_RATES = {1: (1e-2, 1e-3, 1e-4), 2: (1e-2,)}
-SWEEP_UP_TO = {1: 32, 2: 64}
+SWEEP_UP_TO = {1: 256, 2: 64}
 
 
 def budget(dim: int, n: int, method: str) -> dict:

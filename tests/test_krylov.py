@@ -17,7 +17,7 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from distgn import krylov
-from distgn.assembly import assemble_block_rows, pair_integrals
+from distgn.assembly import assemble_block_rows, pair_integrals, target_moments
 from distgn.config import SolverConfig, load_config
 from distgn.domain import box, interval
 from distgn.errors import ConvergenceError, InputError, SolverError
@@ -39,9 +39,13 @@ def operator_for(comm: MPI.Comm, overrides: list[str], name: str = "A", leaf: in
     problem = build_problem(load_config(None, overrides))
     tree = build_tree(neuron_order(problem.domain, problem.network.W, problem.network.b),
                       comm.size, leaf)
-    blocks = assemble_block_rows(problem, tree, comm.rank, (name,))
     if matrix_free:
-        return matrix_free_operator(problem, tree, name, comm), blocks.F
+        operator = matrix_free_operator(problem, tree, name, comm)
+        index = np.arange(*tree.rank_range(comm.rank))
+        moments = target_moments(problem.domain, problem.target, operator.W, operator.b, index)
+        r = np.column_stack([operator.W, operator.b])[index]
+        return operator, np.einsum("ik,ik->i", moments, r)
+    blocks = assemble_block_rows(problem, tree, comm.rank, (name,))
     return operator_from_block_rows(blocks, name, comm, problem.domain), blocks.F
 
 
