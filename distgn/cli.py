@@ -69,17 +69,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Split argv into distgn arguments and PETSc options."""
-    args, extra = _parser().parse_known_args(argv)
-    stray = [a for a in extra if not a.startswith("-") or a.startswith("--")]
-    petsc = [a for a in extra if a not in stray]
-    # PETSc option values follow their option: keep a stray value if it follows a PETSc option.
-    values = [a for i, a in enumerate(extra) if a in stray and i > 0 and extra[i - 1] in petsc]
-    unknown = [a for a in stray if a not in values]
-    if unknown:
-        raise InputError(f"unrecognized arguments: {' '.join(unknown)}")
-    return args, [a for a in extra if a not in unknown]
+    """Split argv into distgn arguments and PETSc options (``-name [value]``).
+
+    A PETSc option is one dash and a name of at least two characters; it takes the next token as
+    its value unless that token is an option itself or a ``.toml`` file (so ``-log_view
+    run.toml`` still reads run.toml as the config). Everything else goes to the strict parser.
+    """
+    ours: list[str] = []
+    petsc: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token.startswith("--") or len(token) < 3 or not token.startswith("-") \
+                or _is_number(token):
+            ours.append(token)
+            continue
+        petsc.append(token)
+        if i < len(argv) and not argv[i].endswith(".toml") and (
+                not argv[i].startswith("-") or _is_number(argv[i])):
+            petsc.append(argv[i])
+            i += 1
+    return _parser().parse_args(ours), petsc
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -115,6 +135,7 @@ def cmd_assemble(args: argparse.Namespace, comm: MPI.Comm) -> int:
     """Assemble and write block rows collectively."""
     from distgn.assembly import MATRICES, assemble_block_rows
     from distgn.checkpoint import write_block_rows
+    from distgn.krylov import log_stage
 
     config = _config(args)
     which = tuple(m.strip() for m in args.matrices.split(",") if m.strip())
@@ -124,7 +145,7 @@ def cmd_assemble(args: argparse.Namespace, comm: MPI.Comm) -> int:
     problem = build_problem(config)
     tree = _tree(problem, config, comm)
     timings: dict[str, float] = {}
-    with timed(comm, timings, "seconds_assemble"):
+    with log_stage("distgn: assembly"), timed(comm, timings, "seconds_assemble"):
         blocks = assemble_block_rows(problem, tree, comm.rank, which)
     path = args.output or config.output.path
     with timed(comm, timings, "seconds_write"):
@@ -166,6 +187,7 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm) -> int:
     from distgn.assembly import assemble_block_rows
     from distgn.checkpoint import save_state
     from distgn.fit import solve_output_weights
+    from distgn.krylov import log_stage
     from distgn.operator import operator_from_block_rows
     from distgn.solvers import backward_error, factor
 
@@ -176,7 +198,7 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm) -> int:
     problem = build_problem(config)
     tree = _tree(problem, config, comm)
     timings: dict[str, float] = {}
-    with timed(comm, timings, "seconds_assemble"):
+    with log_stage("distgn: assembly"), timed(comm, timings, "seconds_assemble"):
         blocks = assemble_block_rows(problem, tree, comm.rank,
                                      () if cfg.matrix_free else (cfg.matrix,))
         if cfg.matrix_free:

@@ -58,7 +58,7 @@ class SolverConfig:
 
     kind: str = "hss"
     matrix: str = "A"
-    tol: float = 1e-12
+    tol: float = 1e-14
     leaf_size: int = 64
     ordering: str = "auto"
     matrix_free: bool = False

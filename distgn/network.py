@@ -146,7 +146,8 @@ def initial_network(
     n : int
         Number of neurons.
     init : {"uniform", "random"}
-        1D: equispaced breakpoints ``L + k (R - L) / n`` or uniformly random ones. 2D and up:
+        1D: equispaced breakpoints ``L + k (R - L) / n`` (left-facing neurons half a cell later)
+        or uniformly random ones. 2D and up:
         equispaced or random directions, with offsets placing every hyperplane across the domain.
     seed : int
         Seed of the random generator (``init = "random"`` and random orientations).
@@ -165,8 +166,10 @@ def initial_network(
         else:
             w = rng.choice([-1.0, 1.0], size=n)
         if init == "uniform":
-            # Grid points L + k h; a neuron facing left sits one cell later so it is never dead.
-            t = L + (np.arange(n) + (w < 0)) * (R - L) / n
+            # Grid points L + k h; a neuron facing left sits half a cell later: never dead, and
+            # never on a right-facing neuron's breakpoint (such a pair spans an affine function,
+            # and three pairs would make A singular).
+            t = L + (np.arange(n) + 0.5 * (w < 0)) * (R - L) / n
         else:
             t = np.sort(rng.uniform(L, R, size=n))
         return Network(w[:, None], -w * t)

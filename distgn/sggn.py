@@ -33,14 +33,20 @@ search minimises:
 - ``"varpro"``: the projected loss ``min_c J(c, r + gamma p)``; every trial point is a c-solve.
 
 The step length is the minimiser along the path (``line_minimum``): bracketing from ``gamma = 1``
-(expanding by the golden ratio while the loss decreases, contracting by it until it decreases),
-then the zero of the exact derivative ``dJ/dgamma = grad_r J . p`` in the bracket by Brent's root
-finder, to relative accuracy 4 eps (function values alone resolve a minimiser only to
-``sqrt(eps)``, which would let serial and parallel runs drift apart); where the derivative does
-not change sign in the bracket (J is only piecewise smooth along the path: kinks where
-breakpoints cross each other or the target's discontinuities), Brent's minimiser on J. There is
-no cap at 1 and no tuned damping constant. When no step decreases the loss, the direction is
-recomputed on the next deflation rung (below) before the iteration gives up.
+(expanding by the golden ratio while the loss decreases, backtracking by safeguarded quadratic
+interpolation until it decreases, giving up where the predicted decrease is below J's rounding
+level), then the zero of the exact derivative ``dJ/dgamma = grad_r J . p`` in the bracket by
+Brent's root finder, to relative accuracy 4 eps (function values alone resolve a minimiser only
+to ``sqrt(eps)``, which would let serial and parallel runs drift apart). J is only piecewise
+smooth along the path (kinks where breakpoints cross each other or the target's
+discontinuities): a derivative that jumps from < 0 to > 0 within 1e-8 of the best bracket point
+is a kink minimum, taken at once (Gauss-Newton steps often end on one: a breakpoint landing on a
+jump of u); where the derivative does not change sign in the bracket, Brent's minimiser on J. The
+loss at the start of the search is evaluated by the same function as the trial points
+(alternating variant), so that rounding differences between the c-solve's loss and J cannot
+reject a descent direction. Each slope evaluation also yields J there. There is no cap at 1 and
+no tuned damping constant. When no step decreases the loss, the direction is recomputed on the
+next deflation rung (below) before the iteration gives up.
 
 Singular components
 -------------------
@@ -104,6 +110,11 @@ from distgn.targets import Target
 from distgn.tree import build_tree, neuron_order
 
 GOLDEN = (1 + 5**0.5) / 2
+# Relative accuracy of the line minimiser's root finder: to rounding, so that serial and
+# parallel runs (whose slopes differ in the last digits) find the same step.
+ROOT_RTOL = 4 * EPS
+# A sign change of the slope within KINK_RTOL of the best bracket point is taken as a kink there.
+KINK_RTOL = 1e-8
 VARIANTS = ("alternating", "varpro")
 
 
@@ -479,23 +490,28 @@ def _layer_solve(ctx: Context, sub: Problem, moments: np.ndarray, comm: MPI.Comm
 
 
 def line_minimum(phi: Callable[[float], float], phi0: float, tiny: float,
-                 slope: Callable[[float], float] | None = None, slope0: float = -np.inf
-                 ) -> tuple[float, float, int]:
-    """Minimise ``phi`` along ``gamma > 0`` from ``phi(0) = phi0``.
+                 slope: Callable[[float], tuple[float, float]] | None = None,
+                 slope0: float = -np.inf) -> tuple[float, float, int]:
+    """Minimise ``phi`` along ``gamma > 0`` from ``phi(0) = phi0``; ``slope(gamma)`` returns
+    ``(phi(gamma), phi'(gamma))`` (one evaluation of both where that is cheaper).
 
     Bracketing starts at ``gamma = 1`` and expands by the golden ratio while phi decreases, or
-    contracts by it until phi drops below ``phi0``; ``tiny`` is the step below which the search
-    gives up. The bracket ``a < b < c`` (``phi(b)`` below both ends) is then refined: with the
-    derivative ``slope`` (``slope0`` at 0), by Brent's root finder on it to the relative accuracy
-    4 eps when it changes sign on ``[a, c]``; otherwise (or if that root is worse than b) by
-    Brent's minimiser on phi to ``sqrt(eps)``, the accuracy function values allow.
+    backtracks until phi drops below ``phi0``: to the minimiser of the quadratic through
+    ``phi0``, ``slope0`` and ``phi(b)``, kept within ``[b / 10, b / golden]``. The search gives up
+    below ``tiny``, or where the decrease the slope predicts, ``|slope0| gamma``, is under the
+    rounding level ``4 eps |phi0|`` of phi. The bracket ``a < b < c`` (``phi(b)`` below both ends)
+    is then refined: with the derivative ``slope`` (``slope0`` at 0), when it changes sign on
+    ``[a, c]``: b itself if the sign changes within ``KINK_RTOL b`` of it (a kink), else Brent's
+    root finder on it to the relative accuracy ``ROOT_RTOL`` on that side of b; otherwise (or if
+    that root is worse than b) by Brent's minimiser on phi to ``sqrt(eps)``, the accuracy function
+    values allow.
 
     Returns
     -------
     gamma, value : float
         The step and ``phi(gamma)``; ``(0, phi0)`` when no step decreases phi.
     evaluations : int
-        Number of evaluations of phi and slope.
+        Number of evaluations of phi and slope (an evaluation of both counts once).
     """
     values: dict[float, float] = {0.0: phi0}
     slopes: dict[float, float] = {0.0: slope0}
@@ -510,7 +526,8 @@ def line_minimum(phi: Callable[[float], float], phi0: float, tiny: float,
     def df(gamma: float) -> float:
         gamma = float(gamma)
         if gamma not in slopes:
-            slopes[gamma] = slope(gamma) if np.isfinite(f(gamma)) else np.nan
+            value, slopes[gamma] = slope(gamma)
+            values.setdefault(gamma, value if np.isfinite(value) else np.inf)
         return slopes[gamma]
 
     a, b = 0.0, 1.0
@@ -519,22 +536,33 @@ def line_minimum(phi: Callable[[float], float], phi0: float, tiny: float,
         while f(c) < f(b) and c < 1 / tiny:
             a, b, c = b, c, c + GOLDEN * (c - b)
     else:
-        c = b
-        b = c / GOLDEN
-        while f(b) >= phi0 and b > tiny:
-            c, b = b, b / GOLDEN
+        floor = max(tiny, 4 * EPS * abs(phi0) / abs(slope0) if slope0 < 0 else 0.0)
+        while f(b) >= phi0 and b > floor:
+            c = b
+            curvature = (f(b) - phi0 - slope0 * b) / (b * b)
+            trial = -0.5 * slope0 / curvature if np.isfinite(curvature) and curvature > 0 else 0.0
+            b = float(np.clip(trial, 0.1 * b, b / GOLDEN))
         if f(b) >= phi0:
             return 0.0, phi0, len(values) - 1
     root = None
     if f(c) > f(b) and slope is not None and df(a) < 0 < df(c):
-        root = scipy.optimize.brentq(df, a, c, rtol=4 * EPS)
+        # The slope changes sign next to b, or b sits on a kink of phi where it jumps from < 0 to
+        # > 0 (e.g. a breakpoint landing on a jump of u, where Gauss-Newton steps often end): b
+        # is then the minimiser to KINK_RTOL, which the root finder would close in on bit by bit.
+        side = 1.0 if df(b) < 0 else -1.0
+        near = b * (1.0 + side * KINK_RTOL)
+        if df(b) == 0 or side * df(near) > 0:
+            root = b
+        else:
+            root = scipy.optimize.brentq(df, *((near, c) if side > 0 else (a, near)),
+                                         rtol=ROOT_RTOL)
         if not f(root) <= f(b):
             root = None
     if root is None and f(c) > f(b):
         scipy.optimize.minimize_scalar(f, bracket=(a, b, c), method="brent",
                                        options={"xtol": EPS**0.5})
     gamma = root if root is not None else min(values, key=lambda g: (values[g], -g))
-    return gamma, values[gamma], len(values) + len(slopes) - 2
+    return gamma, values[gamma], len(values.keys() | slopes.keys()) - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -631,17 +659,29 @@ def _line_search(ctx: Context, state: State, grad: Gradient, direction: Directio
         solves[gamma] = solve_output(ctx, trial, ~removed)
         return solves[gamma].loss
 
-    def slope(gamma: float) -> float:
+    def slope(gamma: float) -> tuple[float, float]:
         # d/dgamma of J along r + gamma p: the r-gradient at the (renormalised) trial network,
-        # divided by the renormalisation scale of each neuron (J is invariant under it).
+        # divided by the renormalisation scale of each neuron (J is invariant under it). The
+        # gradient's loss is phi itself in the alternating variant.
         trial, removed = moved_network(gamma)
         if variant == "varpro":
+            value = solves[gamma].loss if gamma in solves else phi(gamma)
+            if not np.isfinite(value):
+                return value, np.nan
             trial = solves[gamma].network
         norm = np.linalg.norm(network.W + gamma * p[:, :-1], axis=1)
-        grad_r = loss_and_gradient(ctx, trial, ~removed).r
-        return float(np.sum(np.einsum("ij,ij->i", grad_r, p) / np.where(norm > 0, norm, 1.0)))
+        gradient = loss_and_gradient(ctx, trial, ~removed)
+        if variant == "alternating":
+            value = gradient.loss
+        return value, float(np.sum(np.einsum("ij,ij->i", gradient.r, p)
+                                   / np.where(norm > 0, norm, 1.0)))
 
-    gamma, value, count = line_minimum(phi, state.loss, tiny, slope, float(np.sum(grad.r * p)))
+    # Alternating: phi(0) by phi itself, as the c-solve's loss differs from it in the last digits
+    # and a direction must be judged against the function it is searched along. Varpro: phi is
+    # the c-solve's loss, so the state's loss (phi at the previous step) is phi(0).
+    phi0 = phi(0.0) if variant == "alternating" else state.loss
+    gamma, value, count = line_minimum(phi, phi0, tiny, slope, float(np.sum(grad.r * p)))
+    count += variant == "alternating"
     counts = {"count": count, "solver_seconds": sum(out.seconds for out in solves.values())}
     return gamma, value, counts, (*moved_network(gamma), solves.get(gamma))
 

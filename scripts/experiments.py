@@ -19,7 +19,6 @@ above. Collective when run under mpiexec (rank 0 writes).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 from pathlib import Path
@@ -33,10 +32,6 @@ from distgn.network import Network
 from distgn.parallel import setup_logging
 from distgn.problem import build_problem
 from distgn.training import train
-
-# distgn.assembly.exact1d recomputes its Gauss-Legendre rule (an eigenvalue problem) on every call,
-# which is most of the 1D run time; the rule is a pure function of the order, so cache it here.
-np.polynomial.legendre.leggauss = functools.cache(np.polynomial.legendre.leggauss)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "training"

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from distgn import checkpoint
+from distgn import checkpoint, cli
 from distgn.cli import main
 from distgn.network import Network
 
@@ -75,6 +75,18 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, comm, monkeypatch):
     assert open(path, "rb").read() == before
 
 
+@pytest.mark.parametrize("argv, config, petsc", [
+    (["solve", "-distgn_ksp_type", "nonsense"], None, ["-distgn_ksp_type", "nonsense"]),
+    (["solve", "-log_view", "run.toml", "--json"], "run.toml", ["-log_view"]),
+    (["solve", "run.toml", "-distgn_ksp_rtol", "-1", "-log_view", "-distgn_ksp_monitor"],
+     "run.toml", ["-distgn_ksp_rtol", "-1", "-log_view", "-distgn_ksp_monitor"]),
+    (["solve", "-v", "--set", "network.n=8"], None, []),
+])
+def test_petsc_options_are_split_from_distgn_arguments(argv, config, petsc):
+    args, options = cli.parse(argv)
+    assert args.config == config and options == petsc
+
+
 BAD_INPUT = [
     (["assemble", "--set", "network.n=3"], "network.n = 3 is smaller than the number of ranks 4"),
     (["assemble", "--set", "network.m=3"], "unknown config key network.m"),
@@ -82,6 +94,8 @@ BAD_INPUT = [
      "network.file = '/none.h5' cannot be read"),
     (["solve", "--set", "solver.kind=\"magic\""], "solver.kind = 'magic' is not one of"),
     (["assemble", "--bogus"], "unrecognized arguments: --bogus"),
+    (["solve", "--set", "solver.kind=\"krylov\"", "-distgn_ksp_type", "nonsense"],
+     "-distgn_ksp_type 'nonsense' is not a KSP type"),
     (["inspect", "/none.h5"], "inspect: '/none.h5' does not exist"),
 ]
 

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from distgn.assembly import pair_integrals
 from distgn.config import load_config
 from distgn.domain import box, interval, polygon
 from distgn.errors import InputError
@@ -93,6 +94,18 @@ def test_random_init_is_seeded_and_crosses_the_domain():
     assert np.all(z.max(axis=0) > 0) and np.all(z.min(axis=0) < 0)
     u = initial_network(box([[0, 1], [0, 1]]), 64, "uniform")
     validate(u, box([[0, 1], [0, 1]]))
+
+
+@pytest.mark.parametrize("orientation", ["positive", "alternating", "random"])
+def test_uniform_1d_start_has_a_positive_definite_mass_matrix(orientation):
+    # Calibration (positive orientation): cond(A) = 3.96 n^4. A left- and a right-facing neuron
+    # on one breakpoint span an affine function; three such pairs would make A singular.
+    net = initial_network(interval(0.0, 1.0), 64, "uniform", seed=2, orientation=orientation)
+    assert len(np.unique(net.breakpoints())) == 64
+    index = np.arange(64)
+    A = pair_integrals(interval(0.0, 1.0), net.W, net.b, index, index, ("A",))["A"]
+    eigenvalues = np.linalg.eigvalsh(A)
+    assert eigenvalues[0] > 0 and eigenvalues[-1] / eigenvalues[0] < 1e3 * 64**4
 
 
 def test_parameters_from_file(tmp_path):

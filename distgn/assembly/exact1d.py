@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from distgn.assembly.quadrature import gauss_legendre
 from distgn.targets import Target
 
 GAUSS_POINTS = 20
@@ -98,7 +99,7 @@ def quadrature_nodes(bounds: np.ndarray, cuts: np.ndarray, target: Target | None
 
 def cumulative_moments(nodes: np.ndarray, func, powers: int) -> np.ndarray:
     """``C[k, p] = int_{nodes[0]}^{nodes[k]} func(x) x^p dx`` for p < powers, by Gauss per cell."""
-    gx, gw = np.polynomial.legendre.leggauss(GAUSS_POINTS)
+    gx, gw = gauss_legendre(GAUSS_POINTS)
     half = 0.5 * np.diff(nodes)
     mid = 0.5 * (nodes[1:] + nodes[:-1])
     x = mid[:, None] + half[:, None] * gx[None, :]

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from distgn.assembly.quadrature import gauss_legendre
 from distgn.errors import InputError
 from distgn.targets import Target
 
@@ -323,7 +324,7 @@ def pair_integrals(
 
 def _gauss(q: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre nodes and weights on [0, 1]."""
-    x, w = np.polynomial.legendre.leggauss(q)
+    x, w = gauss_legendre(q)
     return 0.5 * (x + 1.0), 0.5 * w
 
 
@@ -553,7 +554,9 @@ def target_moments(
     for lo in range(0, I.size, step):
         P, _, _ = neuron_polygons(V, W[lo:lo + step], b[lo:lo + step])
         points, weights, owner = _piece_rule(P, target, ORDER)
-        uw = target(points.reshape(-1, 2)).reshape(weights.shape) * weights
+        used = weights != 0.0  # most slots of the circle rule are unused wedge parts
+        uw = np.zeros(weights.shape)
+        uw[used] = target(points[used]) * weights[used]
         part = np.stack(
             [np.sum(uw * points[..., 0], axis=1), np.sum(uw * points[..., 1], axis=1),
              np.sum(uw, axis=1)],
