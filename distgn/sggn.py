@@ -89,7 +89,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from distgn.assembly import assemble_block_rows
-from distgn.config import TrainConfig
+from distgn.config import SolverConfig, TrainConfig
 from distgn.errors import SolverError
 from distgn.fit import solve_output_weights
 from distgn.network import Network, activity
@@ -438,8 +438,10 @@ def gn_direction(ctx: Context, network: Network, live: np.ndarray, grad: Gradien
 
     ``y = -G^{-1} gtilde`` is the Gauss-Newton step in ``a_i = c_i r_i`` (v is linear in each
     ``a_i`` while the activation patterns stay), and ``p_i = y_i / c_i``. When G breaks down, the
-    next rung of ``DEFLATION_RUNGS`` (from ``first_rung``) sets more coincident neurons aside;
-    SolverError if it breaks down on every rung.
+    next rung of ``DEFLATION_RUNGS`` (from ``first_rung``) sets more coincident neurons aside.
+    If it breaks down on every rung, the last rung is solved with the hss solver, whose
+    factorization shifts the blocks that are not numerically positive definite (reported as rung
+    ``DEFLATION_RUNGS`` and a warning); SolverError if that solver was the configured one.
     """
     problem = ctx.problem
     c = network.c
@@ -452,24 +454,32 @@ def gn_direction(ctx: Context, network: Network, live: np.ndarray, grad: Gradien
         seconds = 0.0
         if index.size:
             sub = replace(problem, network=network.subset(index))
+
+            def solve(solver: SolverConfig, sub: Problem = sub, index: np.ndarray = index
+                      ) -> tuple[np.ndarray, float]:
+                return on_ranks(ctx.comm, index.size, lambda comm: _layer_solve(
+                    ctx, sub, grad.moments[index], comm, solver))
+
             try:
-                y[index], seconds = on_ranks(
-                    ctx.comm, index.size,
-                    lambda comm, sub=sub, index=index: _layer_solve(ctx, sub, grad.moments[index],
-                                                                    comm))
-            except SolverError:
+                y[index], seconds = solve(ctx.solver)
+            except SolverError as exc:
                 if rung + 1 < DEFLATION_RUNGS:
                     continue
-                raise
+                if ctx.solver.kind == "hss":
+                    raise
+                log.warning(f"sggn: the solve with G failed on every deflation rung ({exc}); "
+                            "solved with the hss solver (shifted where not positive definite)")
+                y[index], seconds = solve(replace(ctx.solver, kind="hss"))
+                rung = DEFLATION_RUNGS
         p = np.where(moved[:, None], y / np.where(moved, c, 1.0)[:, None], 0.0)
         return Direction(p, moved, int(np.count_nonzero(live & ~moved)), rung, seconds)
     raise AssertionError("unreachable")
 
 
-def _layer_solve(ctx: Context, sub: Problem, moments: np.ndarray, comm: MPI.Comm
-                 ) -> tuple[np.ndarray, float]:
-    """``y = -G^{-1} gtilde`` for the neurons of ``sub`` (their moments in ``sub``'s order), and
-    the seconds of the factorization and solve. Collective over ``comm``."""
+def _layer_solve(ctx: Context, sub: Problem, moments: np.ndarray, comm: MPI.Comm,
+                 solver: SolverConfig) -> tuple[np.ndarray, float]:
+    """``y = -G^{-1} gtilde`` for the neurons of ``sub`` (their moments in ``sub``'s order) with
+    ``solver``, and the seconds of the factorization and solve. Collective over ``comm``."""
     problem, network = ctx.problem, sub.network
     k = network.dim + 1
     tree = build_tree(neuron_order(problem.domain, network.W, network.b, ctx.solver.ordering),
@@ -478,7 +488,7 @@ def _layer_solve(ctx: Context, sub: Problem, moments: np.ndarray, comm: MPI.Comm
     operator = operator_from_block_rows(blocks, "G", comm, problem.domain)
     local = tree.perm[blocks.start:blocks.stop]
     start = time.perf_counter()
-    y = factor(operator, ctx.solver).solve(-moments[local].ravel())
+    y = factor(operator, solver).solve(-moments[local].ravel())
     seconds = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
     out = np.empty((network.n, k))
     out[tree.perm] = operator.gather(y).reshape(-1, k)

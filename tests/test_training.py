@@ -16,7 +16,7 @@ from distgn.assembly import layer_matrix, pair_integrals
 from distgn.checkpoint import load_state
 from distgn.config import load_config
 from distgn.domain import box, interval, polygon
-from distgn.errors import InputError
+from distgn.errors import InputError, SolverError
 from distgn.network import Network
 from distgn.objective import Context, evaluate_loss, loss_and_gradient
 from distgn.problem import Problem
@@ -144,6 +144,25 @@ def test_zero_coefficient_keeps_the_step_defined():
     state = sggn.State(network, state.removed, *evaluate_loss(ctx, network))
     new, stats = sggn.iterate(ctx, state, "alternating", 1e-10)
     assert new is not None and new.loss < state.loss and np.all(np.isfinite(new.network.c))
+
+
+def test_layer_solve_falls_back_to_the_shifted_hss_factorization(monkeypatch):
+    ctx, state = _state(relu_problem(6))
+    live = ~state.removed
+    grad = loss_and_gradient(ctx, state.network, live)
+    reference = sggn.gn_direction(ctx, state.network, live, grad, drop_tol=1e-10)
+    solve = sggn._layer_solve
+
+    def failing_dense(ctx, sub, moments, comm, solver):
+        if solver.kind == "dense":
+            raise SolverError("G is not numerically positive definite")
+        return solve(ctx, sub, moments, comm, solver)
+
+    monkeypatch.setattr(sggn, "_layer_solve", failing_dense)
+    direction = sggn.gn_direction(ctx, state.network, live, grad, drop_tol=1e-10)
+    assert direction.rung == sggn.DEFLATION_RUNGS
+    # G is well conditioned here: hss at tol 1e-14 reproduces the dense Gauss-Newton step.
+    np.testing.assert_allclose(direction.p, reference.p, rtol=1e-8, atol=1e-10)
 
 
 def test_duplicate_and_dead_neurons_are_deflated_and_removed(tmp_path):
