@@ -174,7 +174,11 @@ def initial_network(
             t = np.sort(rng.uniform(L, R, size=n))
         return Network(w[:, None], -w * t)
     if init == "uniform":
+        # An odd number of directions: with an even one, each line at angle theta + pi would
+        # coincide with one at theta (same offset fractions, opposite orientation), and such pairs
+        # span affine functions, making A singular (half the neurons deflated at n = 1024).
         directions = max(1, int(np.ceil(np.sqrt(n))))
+        directions += 1 - directions % 2
         counts = np.full(directions, n // directions) + (np.arange(directions) < n % directions)
         theta = np.repeat(2 * np.pi * np.arange(directions) / directions, counts)
         fraction = np.concatenate([(np.arange(k) + 0.5) / k for k in counts])

@@ -14,7 +14,8 @@ Stopping (the first that holds; the reason is returned as ``stop_reason``):
 ``gtol``       the gradient norm is at most ``gtol`` (r only for SgGN, all parameters otherwise)
 ``max_iter``   ``max_iter`` iterations were done in this run
 ``max_seconds`` the run took ``max_seconds`` of wall time
-method's own   ``line_search`` (SgGN: no step decreases the loss), ``gn_solve_failed``,
+method's own   ``line_search`` (SgGN: no step decreases the loss), ``gn_solve_failed`` (G
+               breaks down with every deflation and with the shifted hss fallback),
                ``no_movable_neurons``, and the baselines' reasons (distgn.baselines)
 ============== ==============================================================================
 

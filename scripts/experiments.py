@@ -1,4 +1,4 @@
-"""Reference experiments of the training issue: SgGN versus Adam, BFGS and Levenberg-Marquardt.
+"""Reference experiments of SgGN training: SgGN versus Adam, BFGS and Levenberg-Marquardt.
 
 Every method starts from the same network (uniform start) and the same least-squares c, on the
 same exact assembly (distgn.training). ``run`` trains and stores each run's result, subsampled
@@ -10,6 +10,7 @@ history and (SgGN) the networks before and after in ``benchmarks/training/result
     python scripts/experiments.py run --dim 2
     python scripts/experiments.py report
     python scripts/experiments.py pair     # the jump-pair resolution table
+    python scripts/experiments.py merge --dim 2 FILE   # runs of a job run with --store FILE
 
 Budgets (``budget``) are per dimension and size; Adam's learning rate is the best of
 ``ADAM_RATES`` at the sizes up to ``SWEEP_UP_TO``, and the best rate of the largest swept size
@@ -129,6 +130,7 @@ def command_run(args: argparse.Namespace) -> None:
     setup_logging(comm)
     store = results_file(args.dim)
     results = json.loads(store.read_text()) if store.exists() else {}
+    fresh: dict = {}  # this job's runs; with --store they go to that file (see ``merge``)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     for target in args.targets or TARGETS[args.dim]:
@@ -144,9 +146,12 @@ def command_run(args: argparse.Namespace) -> None:
                     if name in results and not args.force:
                         continue
                     record = run_one(comm, args.dim, target, n, method, rate, work)
-                    results[name] = record
+                    results[name] = fresh[name] = record
                     if comm.rank == 0:
-                        store.write_text(json.dumps(results))
+                        if args.store:
+                            Path(args.store).write_text(json.dumps(fresh))
+                        else:
+                            store.write_text(json.dumps(results))
                         res = record["result"]
                         print(f"{name}: rel L2 {res['relative_l2_error']:.3e}, "
                               f"{res['iterations']} it, {res['seconds']:.1f}s, "
@@ -327,6 +332,14 @@ def command_report(args: argparse.Namespace) -> None:
                 fit_figure(results, dim, target, OUT / f"fit_{dim}d_{target}.png")
 
 
+def command_merge(args: argparse.Namespace) -> None:
+    store = results_file(args.dim)
+    results = json.loads(store.read_text()) if store.exists() else {}
+    for name in args.files:
+        results.update(json.loads(Path(name).read_text()))
+    store.write_text(json.dumps(results))
+
+
 def command_pair(args: argparse.Namespace) -> None:
     """How small the width delta of a ReLU pair resolving a jump can get in double precision.
 
@@ -366,11 +379,17 @@ def main() -> None:
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     p.add_argument("--work", default="/tmp/distgn-experiments", help="folder for run files")
     p.add_argument("--force", action="store_true", help="rerun runs already in results.json")
+    p.add_argument("--store", help="write this job's runs to this file instead (for a second "
+                   "job at once; add them with merge)")
+    p = sub.add_parser("merge", help="add the runs of --store files to the results files")
+    p.add_argument("--dim", type=int, choices=(1, 2), required=True)
+    p.add_argument("files", nargs="+")
     sub.add_parser("report", help="tables and figures from the results files")
     sub.add_parser("pair", help="resolution of a jump by a ReLU pair versus its width")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    {"run": command_run, "report": command_report, "pair": command_pair}[args.command](args)
+    {"run": command_run, "report": command_report, "pair": command_pair,
+     "merge": command_merge}[args.command](args)
 
 
 if __name__ == "__main__":
