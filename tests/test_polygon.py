@@ -355,3 +355,19 @@ def test_two_circles_rejected():
                  circles=((np.zeros(2), 0.1), (np.ones(2), 0.1)))
     with pytest.raises(InputError, match="circles"):
         polygon.target_integrals(SQUARE.vertices, two)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e-17, -1e-17, 3e-16, -3e-16])
+@pytest.mark.parametrize("theta", [0.0, 1.0, 4.4])
+def test_disk_moments_of_half_planes_through_the_centre(theta, offset):
+    # Lines through the jump circle's centre (the uniform 2D start has some): the half disk's
+    # area and centroid, whatever the rounding of the line's offset.
+    dom = box([[0.0, 1.0], [0.0, 1.0]])
+    target = make_target("disk", dom)
+    (center, radius), = target.circles
+    w = np.array([[np.cos(theta), np.sin(theta)]])
+    b = np.array([-(w[0] @ center) + offset])
+    moments = polygon.target_moments(dom.vertices, w, b, np.array([0]), target)[0]
+    area = np.pi * radius**2 / 2
+    centroid = center + w[0] * 4 * radius / (3 * np.pi)
+    np.testing.assert_allclose(moments, [*(area * centroid), area], rtol=1e-13)

@@ -404,7 +404,11 @@ def _circle_rule(
     near = np.argmax(r_entry, axis=2)[..., None]
     r_far = np.take_along_axis(r_exit, far, axis=2)[..., 0]
     r_near = np.maximum(np.take_along_axis(r_entry, near, axis=2)[..., 0], 0.0)
-    has_near = r_near > 0
+    # An entry edge within rounding of c passes through c: the wedges next to it have boundary
+    # rays along it, which meet it nowhere (they were dropped, losing up to 2% of the piece).
+    rounding = 64 * np.finfo(float).eps * (np.max(np.abs(K), axis=(1, 2)) + np.max(np.abs(c)) + R)
+    has_near = r_near > rounding[:, None]
+    r_near = np.where(has_near, r_near, 0.0)
     blocked = np.any((ne == 0) & (hk < 0), axis=2)
     valid = (th2 > th1) & np.isfinite(r_far) & (r_far > r_near) & ~blocked
     e1 = np.stack([np.cos(th1), np.sin(th1)], axis=-1)
