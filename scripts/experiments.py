@@ -61,8 +61,8 @@ def budget(dim: int, n: int, method: str) -> dict:
         # (at n = 1024 shorter ones for varpro, BFGS and LM than for SgGN and Adam).
         seconds = {64: 200, 256: 200, 1024: 400}[n]
         short = {64: 200, 256: 200, 1024: 240}[n]
-        table = {"sggn": ({64: 200, 256: 60, 1024: 25}[n], seconds),
-                 "varpro": ({64: 40, 256: 10, 1024: 5}[n], short),
+        table = {"sggn": (500, seconds),
+                 "varpro": ({64: 100, 256: 50, 1024: 10}[n], short),
                  "adam": ({64: 10_000, 256: 2000, 1024: 400}[n], seconds),
                  "bfgs": ({64: 5000, 256: 1000, 1024: 1000}[n], short),
                  "lm": ({64: 500, 256: 100, 1024: 50}[n], short)}
