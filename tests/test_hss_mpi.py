@@ -130,7 +130,7 @@ def test_petsc_cg_with_hss_preconditioner() -> None:
     """The factorization as a PETSc PC of type python (the generic adapter of distgn.krylov)."""
     from petsc4py import PETSc
 
-    krylov = pytest.importorskip("distgn.krylov")
+    from distgn import krylov
 
     op, solver = make_operator(["network.n=400", "network.init=random", "solver.leaf_size=32",
                                 "solver.tol=1e-4"] + BOX, "A", COMM)
