@@ -21,11 +21,18 @@ import numpy as np
 from mpi4py import MPI
 
 from distgn import __version__
+from distgn.analysis import run_study
+from distgn.assembly import MATRICES, assemble_block_rows
 from distgn.config import Config, load_config, to_dict
 from distgn.errors import InputError
+from distgn.fit import solve_output_weights
+from distgn.io import inspect, load_state, save_state, write_block_rows
+from distgn.operator import build
 from distgn.parallel import log, print0, run_collectively, setup_logging, timed
 from distgn.problem import Problem, build_problem
-from distgn.tree import ClusterTree, build_tree, neuron_order
+from distgn.solvers import backward_error, factor, initialize, log_stage
+from distgn.training import train
+from distgn.tree import ClusterTree, network_tree
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,11 +113,10 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.set)
 
 
-def _tree(problem: Problem, config: Config, comm: MPI.Comm, leaf_size: int | None = None
-          ) -> ClusterTree:
+def _tree(problem: Problem, config: Config, comm: MPI.Comm) -> ClusterTree:
     net = problem.network
-    perm = neuron_order(problem.domain, net.W, net.b, config.solver.ordering)
-    return build_tree(perm, comm.size, leaf_size or config.solver.leaf_size)
+    return network_tree(problem.domain, net.W, net.b, config.solver.ordering, comm.size,
+                        config.solver.leaf_size)
 
 
 def _memory(comm: MPI.Comm) -> int:
@@ -133,10 +139,6 @@ def _json_default(value: object) -> object:
 
 def cmd_assemble(args: argparse.Namespace, comm: MPI.Comm) -> int:
     """Assemble and write block rows collectively."""
-    from distgn.assembly import MATRICES, assemble_block_rows
-    from distgn.checkpoint import write_block_rows
-    from distgn.krylov import log_stage
-
     config = _config(args)
     which = tuple(m.strip() for m in args.matrices.split(",") if m.strip())
     bad = [m for m in which if m not in MATRICES]
@@ -163,8 +165,6 @@ def cmd_assemble(args: argparse.Namespace, comm: MPI.Comm) -> int:
 
 def cmd_analyze(args: argparse.Namespace, comm: MPI.Comm) -> int:
     """The matrix study over a list of n."""
-    from distgn.analysis import run_study
-
     config = _config(args)
     sizes = config.analyze.sizes
     if args.sizes:
@@ -184,13 +184,6 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm) -> int:
     configured) and reports the fit error; "H" and "G" solve with right-hand sides
     ``int u h_i`` and ``int u h_i xhat``.
     """
-    from distgn.assembly import assemble_block_rows
-    from distgn.checkpoint import save_state
-    from distgn.fit import solve_output_weights
-    from distgn.krylov import log_stage
-    from distgn.operator import operator_from_block_rows
-    from distgn.solvers import backward_error, factor
-
     config = _config(args)
     cfg = config.solver
     if cfg.matrix not in ("A", "H", "G"):
@@ -199,14 +192,7 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm) -> int:
     tree = _tree(problem, config, comm)
     timings: dict[str, float] = {}
     with log_stage("distgn: assembly"), timed(comm, timings, "seconds_assemble"):
-        blocks = assemble_block_rows(problem, tree, comm.rank,
-                                     () if cfg.matrix_free else (cfg.matrix,))
-        if cfg.matrix_free:
-            from distgn.fastmv import matrix_free_operator
-
-            operator = matrix_free_operator(problem, tree, cfg.matrix, comm)
-        else:
-            operator = operator_from_block_rows(blocks, cfg.matrix, comm, problem.domain)
+        operator, blocks = build(problem, cfg, comm, cfg.matrix, tree)
     result: dict = {"n": tree.n, "d": problem.domain.dim, "ranks": comm.size, "solver": cfg.kind,
                     "matrix": cfg.matrix, "tol": cfg.tol, "matrix_free": cfg.matrix_free}
     if cfg.matrix == "A":
@@ -220,12 +206,10 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm) -> int:
     else:
         rhs = blocks.moments if cfg.matrix == "G" else blocks.moments[:, -1]
         rhs = np.ascontiguousarray(rhs).reshape(-1)
-        with timed(comm, timings, "seconds_factor"):
-            solver = factor(operator, cfg)
-        with timed(comm, timings, "seconds_solve"):
+        with factor(operator, cfg) as solver:
             x = solver.solve(rhs)
-        result.update(solver.stats(),
-                      backward_error=backward_error(operator, x, rhs, operator.norm_estimate()))
+            result.update(solver.stats())
+        result["backward_error"] = backward_error(operator, x, rhs, operator.norm_estimate())
         network = problem.network
         result["solution_norm"] = float(np.linalg.norm(operator.gather(x)))
     result.update(timings, peak_memory_bytes=_memory(comm))
@@ -240,9 +224,6 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm) -> int:
 
 def cmd_train(args: argparse.Namespace, comm: MPI.Comm) -> int:
     """Train with the configured method; checkpoints go to output.path."""
-    from distgn.checkpoint import load_state
-    from distgn.training import train
-
     config = _config(args)
     problem = build_problem(config)
     restart = None
@@ -259,8 +240,6 @@ def cmd_train(args: argparse.Namespace, comm: MPI.Comm) -> int:
 
 def cmd_inspect(args: argparse.Namespace, comm: MPI.Comm) -> int:
     """Print a summary of an HDF5 file."""
-    from distgn.checkpoint import inspect
-
     if not Path(args.path).is_file():
         raise InputError(f"inspect: {args.path!r} does not exist")
     summary = inspect(args.path)
@@ -286,9 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         args, petsc_args = parse(argv)
         setup_logging(comm, args.verbose)
         if petsc_args:
-            import petsc4py
-
-            petsc4py.init([sys.argv[0], *petsc_args])
+            initialize(petsc_args)
         log.debug("distgn %s, %d rank(s), config %s", __version__, comm.size,
                   json.dumps(to_dict(_config(args))) if hasattr(args, "config") else "-")
         return COMMANDS[args.command](args, comm)

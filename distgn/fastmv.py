@@ -6,9 +6,8 @@ the function ``g(x) = sum_j x_j (piece j)`` is piecewise linear (A, G) or piecew
 between the sorted interval ends, so ``int_{a_i}^{z_i} x^p g(x) dx`` for all i comes from one sort
 (done once) and prefix sums of exact cell integrals (per product): O(n log n) set-up, O(n) per
 column.
-``matrix_free_operator`` wraps it (or, in 2D and up, tiled exact entries) into an ``Operator``
-without stored block rows; ``problem_operator`` picks that or assembled block rows from the solver
-settings. Rank-local: nothing here calls MPI (the Operator's ``matvec`` does).
+``distgn.operator.build`` wraps it into a matrix-free ``Operator``. Rank-local: nothing here calls
+MPI.
 """
 
 from __future__ import annotations
@@ -16,14 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from mpi4py import MPI
 
-from distgn.assembly import assemble_block_rows
 from distgn.assembly.exact1d import active_intervals
-from distgn.config import SolverConfig
-from distgn.operator import Operator, operator_from_block_rows
-from distgn.problem import Problem
-from distgn.tree import ClusterTree, build_tree, neuron_order
 
 COLUMNS = 4  # columns per pass: keeps the (k, 2n) work arrays small
 
@@ -95,30 +88,3 @@ def fast_matvec_1d(
         return y.T.reshape(x.shape)
 
     return matvec
-
-
-def matrix_free_operator(
-    problem: Problem, tree: ClusterTree, name: str, comm: MPI.Comm
-) -> Operator:
-    """The operator of matrix ``name`` without stored block rows.
-
-    1D gets the exact fast product; other dimensions use exact entries tile by tile in
-    ``Operator.matvec``. Rank-local construction (the operator's ``matvec`` is collective).
-    """
-    W, b = problem.network.W[tree.perm], problem.network.b[tree.perm]
-    fast = None
-    if problem.domain.dim == 1:
-        fast = fast_matvec_1d(problem.domain.bounds, W, b, name)
-    return Operator(name, comm, tree, problem.domain, W, b, None, fast)
-
-
-def problem_operator(problem: Problem, solver: SolverConfig, comm: MPI.Comm, name: str) -> Operator:
-    """Matrix ``name`` of ``problem`` over ``comm``: ordering and tree from ``solver``, then
-    assembled block rows, or matrix-free when ``solver.matrix_free``. Rank-local."""
-    net = problem.network
-    perm = neuron_order(problem.domain, net.W, net.b, solver.ordering)
-    tree = build_tree(perm, comm.size, solver.leaf_size)
-    if solver.matrix_free:
-        return matrix_free_operator(problem, tree, name, comm)
-    blocks = assemble_block_rows(problem, tree, comm.rank, (name,))
-    return operator_from_block_rows(blocks, name, comm, problem.domain)

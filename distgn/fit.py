@@ -17,7 +17,6 @@ import numpy as np
 from distgn.assembly import BlockRows, exact1d, target_integrals
 from distgn.config import SolverConfig
 from distgn.operator import Operator
-from distgn.parallel import timed
 from distgn.problem import Problem
 from distgn.solvers import backward_error, factor
 from distgn.targets import Target
@@ -38,7 +37,7 @@ class OutputWeights:
     backward_error : float
         ``||A c - f|| / (||A|| ||c|| + ||f||)`` of the solve with A.
     stats : dict
-        The solver's statistics, with ``seconds_factor`` and ``seconds_solve``.
+        The solver's statistics (distgn.solvers.base).
     """
 
     c: np.ndarray
@@ -52,13 +51,11 @@ def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator
                          config: SolverConfig, norm: float | None = None) -> OutputWeights:
     """Solve the normal equations for c (and c0) with the configured solver. Collective."""
     comm = operator.comm
-    timings: dict[str, float] = {}
-    with timed(comm, timings, "seconds_factor"):
-        solver = factor(operator, config)
     F = blocks.F
     rhs = np.column_stack([F, blocks.mass]) if problem.output_bias else F
-    with timed(comm, timings, "seconds_solve"):
+    with factor(operator, config) as solver:
         x = solver.solve(rhs)
+        stats = solver.stats()
     u_int, u_sq = target_integrals(problem.domain, problem.target)
     c0 = None
     if problem.output_bias:
@@ -78,7 +75,7 @@ def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator
         e2 = (parts[0] + 2 * m0 * parts[2] + m0**2 * problem.domain.measure
               - 2 * parts[1] - 2 * m0 * u_int + u_sq)
         l2 = float(np.sqrt(max(e2, 0.0)))
-    return OutputWeights(c, c0, l2, berr, {**solver.stats(), **timings})
+    return OutputWeights(c, c0, l2, berr, stats)
 
 
 def l2_error_1d(bounds: np.ndarray, W: np.ndarray, b: np.ndarray, c: np.ndarray,

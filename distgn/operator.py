@@ -6,6 +6,10 @@ and a collective ``matvec`` on block-row-distributed vectors: from the stored ro
 from the O(n log n) 1D fast product or from exact entries computed tile by tile (O(n) memory per
 rank). Indices are scalar: for G (block = d+1) index ``k`` is derivative ``k % block`` of neuron
 ``k // block``.
+
+``build`` is the one way to make the operator of a problem: it honours ``solver.matrix_free`` and
+returns the assembled block rows (right-hand sides always, matrix rows unless matrix-free) next to
+the operator. Construction is rank-local; ``matvec`` and ``norm_estimate`` are collective.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from distgn.assembly import BlockRows, pair_integrals
+from distgn.assembly import BlockRows, assemble_block_rows, pair_integrals
+from distgn.config import SolverConfig
 from distgn.domain import Domain
-from distgn.tree import ClusterTree
+from distgn.fastmv import fast_matvec_1d
+from distgn.problem import Problem
+from distgn.tree import ClusterTree, network_tree
 
 TILE_ENTRIES = 1 << 22
 
@@ -131,3 +138,24 @@ def operator_from_block_rows(blocks: BlockRows, name: str, comm: MPI.Comm,
     """The operator of matrix ``name`` stored in ``blocks`` (no copy)."""
     return Operator(name, comm, blocks.tree, domain, blocks.W, blocks.b, blocks.matrices[name])
 
+
+def build(problem: Problem, config: SolverConfig, comm: MPI.Comm, name: str,
+          tree: ClusterTree | None = None) -> tuple[Operator, BlockRows]:
+    """Matrix ``name`` of ``problem`` over ``comm``, and this rank's assembled block rows.
+
+    The tree comes from ``config`` (ordering, leaf size) unless given. With
+    ``config.matrix_free`` no matrix rows are stored: 1D gets the exact fast product, other
+    dimensions exact entries tile by tile; the block rows then carry only the right-hand sides.
+    Rank-local.
+    """
+    net = problem.network
+    if tree is None:
+        tree = network_tree(problem.domain, net.W, net.b, config.ordering, comm.size,
+                            config.leaf_size)
+    blocks = assemble_block_rows(problem, tree, comm.rank, () if config.matrix_free else (name,))
+    if not config.matrix_free:
+        return operator_from_block_rows(blocks, name, comm, problem.domain), blocks
+    fast = None
+    if problem.domain.dim == 1:
+        fast = fast_matvec_1d(problem.domain.bounds, blocks.W, blocks.b, name)
+    return Operator(name, comm, tree, problem.domain, blocks.W, blocks.b, None, fast), blocks

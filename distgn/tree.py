@@ -131,6 +131,12 @@ def build_tree(perm: np.ndarray, n_ranks: int, leaf_size: int) -> ClusterTree:
                        n_ranks, leaf_size)
 
 
+def network_tree(domain: Domain, W: np.ndarray, b: np.ndarray, ordering: str, n_ranks: int,
+                 leaf_size: int) -> ClusterTree:
+    """The cluster tree of a network: ``neuron_order`` then ``build_tree``. Rank-local."""
+    return build_tree(neuron_order(domain, W, b, ordering), n_ranks, leaf_size)
+
+
 def neuron_order(domain: Domain, W: np.ndarray, b: np.ndarray,
                  ordering: str = "auto") -> np.ndarray:
     """Ordering of neurons (tree position -> user index) by a geometric proxy.

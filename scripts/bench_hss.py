@@ -32,11 +32,10 @@ import scipy.sparse.linalg as spla
 from mpi4py import MPI
 
 from distgn.config import load_config
-from distgn.fastmv import problem_operator
-from distgn.hss import factor
-from distgn.operator import Operator
+from distgn.operator import Operator, build
 from distgn.problem import build_problem
 from distgn.solvers import backward_error
+from distgn.solvers.hss import factor
 
 
 def report(comm: MPI.Comm, **fields: object) -> None:
@@ -50,7 +49,7 @@ def operator_for(comm: MPI.Comm, sets: list[str], name: str = "A"
     """Operator, solver settings and assembly seconds of a configuration."""
     config = load_config(None, sets)
     start = time.perf_counter()
-    op = problem_operator(build_problem(config), config.solver, comm, name)
+    op = build(build_problem(config), config.solver, comm, name)[0]
     return op, config.solver, comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
 
 

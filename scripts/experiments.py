@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from distgn.checkpoint import load_state
 from distgn.config import load_config
+from distgn.io import load_state
 from distgn.network import Network
 from distgn.parallel import setup_logging
 from distgn.problem import build_problem
@@ -347,10 +347,10 @@ def command_pair(args: argparse.Namespace) -> None:
     has ``J ~ delta``; the table compares the c-solve (deflation, dense Cholesky) with that line.
     """
     from distgn.domain import interval
-    from distgn.objective import Context
     from distgn.problem import Problem
-    from distgn.sggn import solve_output
     from distgn.targets import make_target
+    from distgn.training.objective import Context
+    from distgn.training.sggn import solve_output
 
     domain = interval(0.0, 1.0)
     config = load_config(None, ["solver.kind=dense"])

@@ -19,9 +19,9 @@ import numpy as np
 from mpi4py import MPI
 
 from distgn.config import load_config
-from distgn.fastmv import problem_operator
-from distgn.hss import factor
+from distgn.operator import build
 from distgn.problem import build_problem
+from distgn.solvers.hss import factor
 from distgn.tree import ORDERINGS
 
 TOLS = (1e-2, 1e-4, 1e-8, 1e-12)
@@ -39,7 +39,7 @@ def main() -> None:
                         "domain.bounds=[[0,1],[0,1]]", f"solver.ordering={ordering}",
                         "solver.compensation=none"]
                 config = load_config(None, sets)
-                op = problem_operator(build_problem(config), config.solver, MPI.COMM_SELF, "A")
+                op = build(build_problem(config), config.solver, MPI.COMM_SELF, "A")[0]
                 half = n // 2
                 sigma = np.linalg.svd(op.rows[:half, half:], compute_uv=False)
                 block_ranks = {tol: int(np.count_nonzero(sigma > tol * sigma[0])) for tol in TOLS}

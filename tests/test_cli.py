@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from distgn import checkpoint, cli
+from distgn import cli, io
 from distgn.cli import main
 from distgn.network import Network
 
@@ -51,8 +51,8 @@ def test_analyze_reproduces_growth_exponents(comm, shared_tmp, capsys):
 def test_inspect_and_state_round_trip(tmp_path, comm, capsys):
     path = str(tmp_path / "state.h5")
     net = Network(np.array([[1.0], [-1.0]]), np.array([-0.2, 0.6]), np.array([1.0, 2.0]), 0.5)
-    checkpoint.save_state(path, comm, net, {"loss": [1.0, 0.5]}, {"iterations": 2}, {"a": 1})
-    loaded, history, result = checkpoint.load_state(path)
+    io.save_state(path, comm, net, {"loss": [1.0, 0.5]}, {"iterations": 2}, {"a": 1})
+    loaded, history, result = io.load_state(path)
     np.testing.assert_array_equal(loaded.c, net.c)
     assert loaded.c0 == 0.5 and list(history["loss"]) == [1.0, 0.5] and result["iterations"] == 2
     assert main(["inspect", path, "--json"]) == 0
@@ -63,7 +63,7 @@ def test_inspect_and_state_round_trip(tmp_path, comm, capsys):
 def test_failed_save_keeps_the_old_checkpoint(tmp_path, comm, monkeypatch):
     path = str(tmp_path / "state.h5")
     net = Network(np.array([[1.0]]), np.array([-0.2]), np.array([1.0]))
-    checkpoint.save_state(path, comm, net, {}, {"iterations": 1}, {})
+    io.save_state(path, comm, net, {}, {"iterations": 1}, {})
     before = open(path, "rb").read()
 
     def broken(*args, **kwargs):
@@ -71,7 +71,7 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, comm, monkeypatch):
 
     monkeypatch.setattr(h5py.Group, "create_group", broken)
     with pytest.raises(OSError):
-        checkpoint.save_state(path, comm, net, {"loss": [1.0]}, {"iterations": 2}, {})
+        io.save_state(path, comm, net, {"loss": [1.0]}, {"iterations": 2}, {})
     assert open(path, "rb").read() == before
 
 

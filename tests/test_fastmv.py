@@ -9,8 +9,9 @@ from mpi4py import MPI
 from distgn.assembly import layer_matrix, pair_integrals
 from distgn.config import load_config
 from distgn.domain import interval
-from distgn.fastmv import fast_matvec_1d, problem_operator
+from distgn.fastmv import fast_matvec_1d
 from distgn.network import initial_network
+from distgn.operator import build
 from distgn.problem import build_problem
 
 
@@ -38,9 +39,9 @@ def test_matrix_free_operator_matches_block_rows(sets: list[str], name: str) -> 
     comm = MPI.COMM_WORLD
     config = load_config(None, sets + ["solver.leaf_size=16"])
     problem = build_problem(config)
-    dense = problem_operator(problem, config.solver, comm, name)
+    dense = build(problem, config.solver, comm, name)[0]
     free_config = load_config(None, sets + ["solver.leaf_size=16", "solver.matrix_free=true"])
-    free = problem_operator(problem, free_config.solver, comm, name)
+    free = build(problem, free_config.solver, comm, name)[0]
     assert free.rows is None
     assert (free.fast_matvec is not None) == (problem.domain.dim == 1)
     start, stop = dense.local_range

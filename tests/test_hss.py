@@ -9,12 +9,11 @@ from mpi4py import MPI
 
 from distgn.config import load_config
 from distgn.errors import InputError
-from distgn.fastmv import problem_operator
-from distgn.hss import HSSFactorization, factor
-from distgn.hss.compress import range_basis, row_id
-from distgn.hss.ulv import spd_sqrt
-from distgn.operator import Operator
+from distgn.operator import Operator, build
 from distgn.problem import build_problem
+from distgn.solvers.hss import HSSFactorization, factor
+from distgn.solvers.hss.compress import range_basis, row_id
+from distgn.solvers.hss.ulv import spd_sqrt
 
 BOX = ["domain.kind=box", "domain.bounds=[[0,1],[0,1]]"]
 
@@ -23,7 +22,7 @@ def make_operator(sets: list[str], name: str = "A", comm: MPI.Comm = MPI.COMM_SE
                   ) -> tuple[Operator, object]:
     """The operator and solver settings of a configuration given as ``section.key=value``."""
     config = load_config(None, sets)
-    return problem_operator(build_problem(config), config.solver, comm, name), config.solver
+    return build(build_problem(config), config.solver, comm, name)[0], config.solver
 
 
 def dense_inverse(fact: HSSFactorization) -> np.ndarray:

@@ -13,8 +13,8 @@ from mpi4py import MPI
 from test_hss import BOX, make_operator
 
 from distgn.assembly import pair_integrals
-from distgn.hss import factor
 from distgn.solvers import backward_error
+from distgn.solvers.hss import factor
 
 COMM = MPI.COMM_WORLD
 
@@ -127,10 +127,10 @@ class OperatorContext:
 
 @pytest.mark.mpi
 def test_petsc_cg_with_hss_preconditioner() -> None:
-    """The factorization as a PETSc PC of type python (the generic adapter of distgn.krylov)."""
+    """The factorization as a PETSc PC of type python (distgn.solvers.petsc's adapter)."""
     from petsc4py import PETSc
 
-    from distgn import krylov
+    from distgn.solvers import petsc
 
     op, solver = make_operator(["network.n=400", "network.init=random", "solver.leaf_size=32",
                                 "solver.tol=1e-4"] + BOX, "A", COMM)
@@ -142,7 +142,7 @@ def test_petsc_cg_with_hss_preconditioner() -> None:
     ksp.setType("cg")
     pc = ksp.getPC()
     pc.setType(PETSc.PC.Type.PYTHON)
-    pc.setPythonContext(krylov.FactorizationPC(factor(op, solver)))
+    pc.setPythonContext(petsc.FactorizationPC(factor(op, solver)))
     ksp.setTolerances(rtol=1e-10, max_it=200)
     b, x = mat.createVecs()
     b.array[:] = local_rows(op, np.random.default_rng(9).standard_normal(op.size))

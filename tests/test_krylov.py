@@ -14,16 +14,14 @@ import pytest
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from distgn import krylov
-from distgn.assembly import assemble_block_rows, pair_integrals, target_moments
+from distgn.assembly import pair_integrals
 from distgn.config import SolverConfig, load_config
 from distgn.domain import box, interval
 from distgn.errors import ConvergenceError, InputError, SolverError
-from distgn.fastmv import matrix_free_operator
-from distgn.operator import Operator, operator_from_block_rows
+from distgn.operator import Operator, build
 from distgn.problem import build_problem
-from distgn.solvers import factor
-from distgn.tree import build_tree, neuron_order
+from distgn.solvers import factor, hat, krylov, petsc
+from distgn.tree import build_tree
 
 UNIFORM = ["network.n=64"]
 MIXED = ["network.n=96", 'network.init="random"', 'network.orientation="random"']
@@ -34,17 +32,10 @@ BOX = ['domain.kind="box"', "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]", "network.n
 def operator_for(comm: MPI.Comm, overrides: list[str], name: str = "A", leaf: int = 16,
                  matrix_free: bool = False) -> tuple[Operator, np.ndarray]:
     """The operator ``name`` of the problem given by config overrides, and this rank's F rows."""
-    problem = build_problem(load_config(None, overrides))
-    tree = build_tree(neuron_order(problem.domain, problem.network.W, problem.network.b),
-                      comm.size, leaf)
-    if matrix_free:
-        operator = matrix_free_operator(problem, tree, name, comm)
-        index = np.arange(*tree.rank_range(comm.rank))
-        moments = target_moments(problem.domain, problem.target, operator.W, operator.b, index)
-        r = np.column_stack([operator.W, operator.b])[index]
-        return operator, np.einsum("ik,ik->i", moments, r)
-    blocks = assemble_block_rows(problem, tree, comm.rank, (name,))
-    return operator_from_block_rows(blocks, name, comm, problem.domain), blocks.F
+    config = load_config(None, overrides + [f"solver.leaf_size={leaf}",
+                                            f"solver.matrix_free={str(matrix_free).lower()}"])
+    operator, blocks = build(build_problem(config), config.solver, comm, name)
+    return operator, blocks.F
 
 
 def gathered(operator: Operator) -> np.ndarray:
@@ -72,7 +63,7 @@ def krylov_config(options: str = "", **keys) -> SolverConfig:
 
 def hss_available() -> bool:
     try:
-        from distgn.hss import factor as _  # noqa: F401
+        from distgn.solvers.hss import factor as _  # noqa: F401
     except ImportError:
         return False
     return True
@@ -81,7 +72,7 @@ def hss_available() -> bool:
 @pytest.mark.mpi
 def test_dense_matrix_wraps_the_rows(comm):
     operator, _ = operator_for(comm, UNIFORM)
-    mat, storage = krylov.operator_matrix(operator, matrix_free=False)
+    mat, storage = petsc.operator_matrix(operator, matrix_free=False)
     x = local_rhs(operator)
     product = mat.createVecLeft()
     mat.mult(petsc_vector(mat, x), product)
@@ -110,7 +101,7 @@ def test_cg_with_each_pc_matches_dense(comm, case, pc):
             factor(operator, krylov_config(f"-distgn_pc_type {pc}"))
         return
     if pc == "hss" and not hss_available():
-        pytest.fail("distgn.hss is not available: the hss preconditioner cannot be tested")
+        pytest.fail("distgn.solvers.hss is not available: the hss preconditioner cannot be tested")
     solver = factor(operator, krylov_config(f"-distgn_pc_type {pc}", rtol=1e-10))
     f = local_rhs(operator)
     x = solver.solve(f)
@@ -145,9 +136,9 @@ def test_hat_pc_iterations_independent_of_n(comm):
 def test_hat_solver_is_exact_in_1d(comm, overrides, name):
     """The generalised hat transform solves A, H, G (any orientations) to a small backward error."""
     operator, _ = operator_for(comm, overrides, name)
-    hat = krylov.HatSolver(operator)
+    solver = hat.HatSolver(operator)
     f = local_rhs(operator, columns=2)
-    x = hat.solve(f)
+    x = solver.solve(f)
     M = gathered(operator)
     xf, ff = operator.gather(x), operator.gather(f)
     backward = np.linalg.norm(M @ xf - ff) / (np.linalg.norm(M, 2) * np.linalg.norm(xf)
@@ -161,7 +152,7 @@ def test_hat_solver_refuses_2d_and_dependent_neurons():
     b = np.array([-0.5, -0.5])
     tree = build_tree(np.arange(2), 1, 4)
     with pytest.raises(InputError, match="1D"):
-        krylov.HatSolver(Operator("A", comm, tree, box([[0, 1], [0, 1]]), W, b))
+        hat.HatSolver(Operator("A", comm, tree, box([[0, 1], [0, 1]]), W, b))
     # A right- and a left-facing ReLU at each of three breakpoints: differences are affine, so three
     # independent affine functions would be needed: singular.
     t = np.repeat([0.2, 0.5, 0.8], 2)
@@ -170,14 +161,14 @@ def test_hat_solver_refuses_2d_and_dependent_neurons():
     rows = pair_integrals(interval(0.0, 1.0), w, -w[:, 0] * t, np.arange(6), np.arange(6), ("A",))
     singular = Operator("A", comm, tree, interval(0.0, 1.0), w, -w[:, 0] * t, rows["A"])
     with pytest.raises(SolverError, match="linearly dependent"):
-        krylov.HatSolver(singular)
+        hat.HatSolver(singular)
 
 
 @pytest.mark.mpi
 @pytest.mark.timeout(120)
 def test_hss_pc_converges_fast_where_cg_needs_hundreds(comm):
     if not hss_available():
-        pytest.fail("distgn.hss is not available: the hss preconditioner cannot be tested")
+        pytest.fail("distgn.solvers.hss is not available: the hss preconditioner cannot be tested")
     operator, F = operator_for(comm, ["network.n=256"], "A", leaf=32)
     plain = factor(operator, krylov_config(max_iter=200))
     with pytest.raises(krylov.NotConvergedError, match="DIVERGED_ITS"):
@@ -289,7 +280,7 @@ def test_matrix_free_shell(comm, rows):
     exact = np.linalg.solve(gathered(reference), operator.gather(f))
     start, stop = operator.local_range
     assert np.allclose(x, exact[start:stop], rtol=1e-7, atol=1e-7 * np.abs(exact).max())
-    assert np.allclose(krylov.local_diagonal(operator), krylov.local_diagonal(reference))
+    assert np.allclose(petsc.local_diagonal(operator), petsc.local_diagonal(reference))
     solver.destroy()
 
 

@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from distgn import baselines, sggn
 from distgn.assembly import layer_matrix, pair_integrals
-from distgn.checkpoint import load_state
 from distgn.config import load_config
 from distgn.domain import box, interval, polygon
 from distgn.errors import InputError, SolverError
+from distgn.io import load_state
 from distgn.network import Network
-from distgn.objective import Context, evaluate_loss, loss_and_gradient
 from distgn.problem import Problem
 from distgn.targets import Target, make_target
-from distgn.training import train
+from distgn.training import baselines, sggn, train
+from distgn.training.objective import Context, evaluate_loss, loss_and_gradient
 
 KINKS = np.array([0.3, 0.55, 0.8])
 AMPLITUDES = np.array([1.0, -2.0, 1.5])

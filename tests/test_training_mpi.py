@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from distgn.checkpoint import load_state
 from distgn.config import load_config
+from distgn.io import load_state
 from distgn.problem import build_problem
 from distgn.training import train
 

@@ -2,8 +2,8 @@
 
 ``factor(operator, config)`` builds an ``HSSFactorization`` of an ``Operator`` (block rows or
 matrix-free) with the solver settings of a ``SolverConfig``; the object offers ``solve``,
-``logdet`` and ``stats`` (all collective); ``distgn.krylov.FactorizationPC`` wraps it as a PETSc
-PC of type python. Two compression schemes share the ULV kernels and the process tree:
+``logdet`` and ``stats`` (all collective); ``distgn.solvers.petsc.FactorizationPC`` wraps it as a
+PETSc PC of type python. Two compression schemes share the ULV kernels and the process tree:
 
 - interpolative skeletons (``solver.compensation = "none"``): O(n), matrix-free capable, bytes
   per level independent of n; for tight tolerances (direct solves);
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from distgn.config import SolverConfig
 from distgn.errors import InputError
-from distgn.hss.distributed import HSSFactorization
-from distgn.hss.distributed import factor as factor_operator
 from distgn.operator import Operator
+from distgn.solvers.hss.distributed import HSSFactorization
+from distgn.solvers.hss.distributed import factor as factor_operator
 
 __all__ = ["HSSFactorization", "factor", "compensated"]
 

@@ -1,10 +1,10 @@
 """Training runs: method dispatch, stopping, progress, history, checkpoints and restart.
 
-``train`` fits ``problem.target`` with ``[train] method``: ``"sggn"`` (distgn.sggn, variant
-``"alternating"`` or ``"varpro"``) or a baseline of distgn.baselines (``"adam"``, ``"bfgs"``,
-``"lm"``). Every method starts from the same iterate: the configured network, normalised to
-``|w_i| = 1``, dead neurons removed, and c (and c0) solved for with the configured solver unless
-the network comes with c (``sggn.start``).
+``train`` fits ``problem.target`` with ``[train] method``: ``"sggn"`` (distgn.training.sggn,
+variant ``"alternating"`` or ``"varpro"``) or a baseline of distgn.training.baselines (``"adam"``,
+``"bfgs"``, ``"lm"``). Every method starts from the same iterate: the configured network,
+normalised to ``|w_i| = 1``, dead neurons removed, and c (and c0) solved for with the configured
+solver unless the network comes with c (``sggn.start``).
 
 Stopping (the first that holds; the reason is returned as ``stop_reason``):
 
@@ -16,12 +16,12 @@ Stopping (the first that holds; the reason is returned as ``stop_reason``):
 ``max_seconds`` the run took ``max_seconds`` of wall time
 method's own   ``line_search`` (SgGN: no step decreases the loss), ``gn_solve_failed`` (G
                breaks down with every deflation and with the shifted hss fallback),
-               ``no_movable_neurons``, and the baselines' reasons (distgn.baselines)
+               ``no_movable_neurons``, and the baselines' reasons (distgn.training.baselines)
 ============== ==============================================================================
 
 Every iteration is appended to the history (``iteration, loss, l2_error, relative_l2_error, step,
 active, seconds, solver_seconds, grad_norm`` and the method's own counters) and logged on rank 0
-every ``log_every`` iterations. The run file ``output.path`` (distgn.checkpoint) is written every
+every ``log_every`` iterations. The run file ``output.path`` (distgn.io) is written every
 ``checkpoint_every`` iterations and at the end: the network in the user's neuron order with the
 removed neurons recorded, the history and the result. A restart continues the history (iteration
 numbers and seconds go on from the saved ones; ``max_iter`` counts this run's iterations).
@@ -37,14 +37,14 @@ from collections.abc import Mapping
 import numpy as np
 from mpi4py import MPI
 
-from distgn import baselines, sggn
-from distgn.checkpoint import save_state
 from distgn.config import Config, to_dict
 from distgn.errors import InputError, SolverError
+from distgn.io import save_state
 from distgn.network import Network
-from distgn.objective import Context
 from distgn.parallel import log
 from distgn.problem import Problem
+from distgn.training import baselines, sggn
+from distgn.training.objective import Context
 
 METHODS = ("sggn", "adam", "bfgs", "lm")
 

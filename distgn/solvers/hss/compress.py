@@ -2,8 +2,8 @@
 
 Owns the sketch ``Y = M Omega`` (one seeded Gaussian Omega shared by all ranks), the row
 interpolative decomposition and range bases (pivoted QR from scipy), and the two per-node schemes
-that turn a node's sample into its ULV factor (``distgn.hss.ulv``) and the summary its parent
-needs. Ranks are adaptive (decided by the tolerance); the caller grows the sketch when a rank
+that turn a node's sample into its ULV factor (``distgn.solvers.hss.ulv``) and the summary its
+parent needs. Ranks are adaptive (decided by the tolerance); the caller grows the sketch when a rank
 comes within the oversampling margin of its width.
 
 ``SkeletonScheme`` (Martinsson's randomized HSS construction with interpolative skeletons): a
@@ -28,7 +28,8 @@ import numpy as np
 import scipy.linalg as sla
 
 from distgn.assembly import layer_matrix, pair_integrals
-from distgn.hss.ulv import (
+from distgn.operator import Operator
+from distgn.solvers.hss.ulv import (
     NodeFactor,
     ScaledFactor,
     coupled_block,
@@ -38,7 +39,6 @@ from distgn.hss.ulv import (
     spd_sqrt,
     upper_solve,
 )
-from distgn.operator import Operator
 from distgn.tree import Node
 
 

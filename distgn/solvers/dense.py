@@ -1,11 +1,11 @@
 """The exact reference solver, ``solver.kind = "dense"``: dense Cholesky of the stored block rows.
 
 One rank: LAPACK Cholesky (``scipy.linalg.cho_factor``) of the rows, which are the whole matrix.
-P ranks: PETSc's MATSCALAPACK Cholesky (``-pc_type cholesky -pc_factor_mat_solver_type scalapack``):
-the block rows become a MATMPIDENSE (see ``distgn.krylov.operator_matrix``), which is converted to
-ScaLAPACK's 2D block-cyclic layout and factored with ``pdpotrf``; PETSc has no Cholesky for
-MATMPIDENSE itself. Memory: the block rows, plus one copy of them (P > 1), plus the factor.
-``logdet`` comes from the diagonal of the Cholesky factor in both cases.
+P ranks: PETSc's MATSCALAPACK Cholesky (``-pc_type cholesky -pc_factor_mat_solver_type
+scalapack``): the block rows become a MATMPIDENSE (``distgn.solvers.petsc.operator_matrix``),
+which is converted to ScaLAPACK's 2D block-cyclic layout and factored with ``pdpotrf``; PETSc has
+no Cholesky for MATMPIDENSE itself. Memory: the block rows, plus one copy of them (P > 1), plus
+the factor. ``logdet`` comes from the diagonal of the Cholesky factor in both cases.
 
 When Cholesky meets a non-positive pivot (the matrix is not numerically positive definite, i.e.
 cond > ~1/eps) a SolverError says so and suggests the hierarchical solver. The ScaLAPACK
@@ -24,8 +24,8 @@ from petsc4py import PETSc
 
 from distgn.config import SolverConfig
 from distgn.errors import InputError, SolverError
-from distgn.krylov import PetscOwner, log_stage, operator_matrix, petsc_message
 from distgn.operator import Operator
+from distgn.solvers.petsc import PetscOwner, log_stage, operator_matrix, petsc_message
 
 
 def not_positive_definite(operator: Operator, detail: str) -> SolverError:
@@ -44,14 +44,17 @@ class DenseCholesky(PetscOwner):
             raise InputError("solver.kind = \"dense\" needs stored block rows; set "
                              "solver.matrix_free = false")
         self.operator = operator
-        self.solve_seconds = 0.0
+        self.seconds_solve = 0.0
+        # The factor's storage on this rank: the whole matrix (LAPACK), this rank's share of
+        # the block-cyclic factor (ScaLAPACK), about the size of its block rows.
+        self.factor_bytes = operator.rows.nbytes
         start = time.perf_counter()
         with log_stage("distgn: setup"):
             if operator.comm.size == 1:
                 self._factor_lapack()
             else:
                 self._factor_scalapack()
-        self.factor_seconds = operator.comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
+        self.seconds_factor = operator.comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
 
     def _factor_lapack(self) -> None:
         """``cho_factor`` of the rows (the whole matrix on one rank)."""
@@ -98,7 +101,7 @@ class DenseCholesky(PetscOwner):
                 out = sla.cho_solve(self.lapack, columns, check_finite=False)
             else:
                 out = self._solve_scalapack(columns)
-        self.solve_seconds = self.operator.comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
+        self.seconds_solve = self.operator.comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
         return out.reshape(rhs.shape)
 
     def _solve_scalapack(self, columns: np.ndarray) -> np.ndarray:
@@ -122,9 +125,11 @@ class DenseCholesky(PetscOwner):
 
     def stats(self) -> dict:
         """Method, size and timings. Collective."""
-        return {"kind": "dense", "method": self.method, "size": self.operator.size,
-                "ranks": self.operator.comm.size, "factor_seconds": self.factor_seconds,
-                "solve_seconds": self.solve_seconds}
+        return {"kind": "dense", "seconds_factor": self.seconds_factor,
+                "seconds_solve": self.seconds_solve,
+                "factor_bytes": self.operator.comm.allreduce(self.factor_bytes, op=MPI.MAX),
+                "method": self.method, "size": self.operator.size,
+                "ranks": self.operator.comm.size}
 
 
 def factor(operator: Operator, config: SolverConfig) -> DenseCholesky:

@@ -37,8 +37,8 @@ from distgn.assembly import ONE, target_moments
 from distgn.config import TrainConfig
 from distgn.errors import InputError
 from distgn.network import Network, activity
-from distgn.objective import Context, Gradient, loss_and_gradient, owned_rows, pair_rows
-from distgn.sggn import State
+from distgn.training.objective import Context, Gradient, loss_and_gradient, owned_rows, pair_rows
+from distgn.training.sggn import State
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-8

@@ -32,36 +32,11 @@ search minimises:
 - ``"alternating"``: ``J(c, r + gamma p)`` with c fixed, then c is solved for at the new r;
 - ``"varpro"``: the projected loss ``min_c J(c, r + gamma p)``; every trial point is a c-solve.
 
-The step length is the minimiser along the path (``line_minimum``): bracketing from ``gamma = 1``
-(expanding by the golden ratio while the loss decreases, backtracking by safeguarded quadratic
-interpolation until it decreases, giving up where the predicted decrease is below J's rounding
-level), then the zero of the exact derivative ``dJ/dgamma = grad_r J . p`` in the bracket by
-Brent's root finder, to relative accuracy 4 eps (function values alone resolve a minimiser only
-to ``sqrt(eps)``, which would let serial and parallel runs drift apart). J is only piecewise
-smooth along the path (kinks where breakpoints cross each other or the target's
-discontinuities): a derivative that jumps from < 0 to > 0 within 1e-8 of the best bracket point
-is a kink minimum, taken at once (Gauss-Newton steps often end on one: a breakpoint landing on a
-jump of u); where the derivative does not change sign in the bracket, Brent's minimiser on J. The
-loss at the start of the search is evaluated by the same function as the trial points
-(alternating variant), so that rounding differences between the c-solve's loss and J cannot
-reject a descent direction. Each slope evaluation also yields J there. There is no cap at 1 and
-no tuned damping constant. When no step decreases the loss, the direction is recomputed on the
-next deflation rung (below) before the iteration gives up.
-
-Singular components
--------------------
-Before each solve the neurons that make the matrix numerically singular are set aside; the counts
-are reported per iteration:
-
-- dead neurons (hyperplane outside the domain, or ``w_i = 0``): removed for good, ``c_i = 0``,
-  recorded in the run file;
-- GN step only: ``|c_i| <= drop_tol max|c|`` (D singular): not moved;
-- coincident hyperplanes (``independent_neurons``): two neurons delta apart give the matrix an
-  eigenvalue ~ ``delta^power`` (``SINGULAR_POWERS``), so they count as coincident below
-  ``eps^(1/power)``; a cluster keeps one neuron per orientation; a cluster with both orientations,
-  like a neuron active on the whole domain, generates affine functions, and only an independent
-  set of generators is kept. When the solver still breaks down, the next of ``DEFLATION_RUNGS``
-  rungs raises the tolerances and the solve is retried.
+The step length is the minimiser along the path (distgn.training.linesearch). The loss at the
+start of the search is evaluated by the same function as the trial points (alternating variant),
+so that rounding differences between the c-solve's loss and J cannot reject a descent direction.
+Each slope evaluation also yields J there. When no step decreases the loss, the direction is
+recomputed on the next deflation rung (distgn.training.deflation) before the iteration gives up.
 
 Neurons set aside from the c-solve keep their previous coefficient ("deflated": the solve fits
 ``u`` minus their contribution). A c-solve that comes out worse than the previous c at the same
@@ -70,9 +45,7 @@ loss never increases; deflations, rejections and rungs are counted in the histor
 c-solve correct when neurons coalesce around a jump (coefficients ~ 1/delta).
 
 Functions taking a ``Context`` are collective over ``ctx.comm`` (every rank holds the whole
-network; distgn.objective makes the ranks agree bit for bit). ``normalise``, ``dead_neurons``,
-``coincident_clusters``, ``independent_neurons`` and ``line_minimum`` (given a collective
-``phi``) are rank-local.
+network; distgn.training.objective makes the ranks agree bit for bit).
 """
 
 from __future__ import annotations
@@ -82,18 +55,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import scipy.optimize
 from mpi4py import MPI
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
-from distgn.assembly import assemble_block_rows
 from distgn.config import SolverConfig, TrainConfig
 from distgn.errors import SolverError
 from distgn.fit import solve_output_weights
-from distgn.network import Network, activity
-from distgn.objective import (
+from distgn.network import Network
+from distgn.operator import build
+from distgn.parallel import log
+from distgn.problem import Problem
+from distgn.solvers import factor
+from distgn.targets import Target
+from distgn.training.deflation import (
+    DEFLATION_RUNGS,
+    dead_neurons,
+    independent_neurons,
+    normalise,
+)
+from distgn.training.linesearch import line_minimum
+from distgn.training.objective import (
     EPS,
     Context,
     Gradient,
@@ -102,172 +82,8 @@ from distgn.objective import (
     network_moments,
     on_ranks,
 )
-from distgn.operator import operator_from_block_rows
-from distgn.parallel import log
-from distgn.problem import Problem
-from distgn.solvers import factor
-from distgn.targets import Target
-from distgn.tree import build_tree, neuron_order
 
-GOLDEN = (1 + 5**0.5) / 2
-# Relative accuracy of the line minimiser's root finder: to rounding, so that serial and
-# parallel runs (whose slopes differ in the last digits) find the same step.
-ROOT_RTOL = 4 * EPS
-# A sign change of the slope within KINK_RTOL of the best bracket point is taken as a kink there.
-KINK_RTOL = 1e-8
 VARIANTS = ("alternating", "varpro")
-
-
-# ---------------------------------------------------------------------------------------------
-# Parametrisation and singular components (rank-local)
-
-
-def normalise(network: Network) -> Network:
-    """Rows scaled to ``|w_i| = 1`` with ``c_i`` rescaled, so v is unchanged (rows w = 0 kept)."""
-    scale = np.linalg.norm(network.W, axis=1)
-    scale = np.where(scale > 0, scale, 1.0)
-    c = None if network.c is None else network.c * scale
-    return replace(network, W=network.W / scale[:, None], b=network.b / scale, c=c)
-
-
-def dead_neurons(problem: Problem, network: Network) -> np.ndarray:
-    """Neurons active nowhere in the domain (including ``w_i = 0``)."""
-    dead, _ = activity(network.W, network.b, problem.domain)
-    return dead | np.all(network.W == 0, axis=1)
-
-
-def _hyperplane_points(problem: Problem, network: Network) -> tuple[np.ndarray, float]:
-    """Each neuron's normalised hyperplane ``(w, b + w . centre) / |w|`` and the domain radius."""
-    domain = problem.domain
-    radius = 0.5 * float(np.linalg.norm(domain.bounds[:, 1] - domain.bounds[:, 0]))
-    norm = np.linalg.norm(network.W, axis=1)
-    unit = network.W / norm[:, None]
-    offset = (network.b / norm + unit @ domain.center) / radius
-    return np.column_stack([unit, offset]), radius
-
-
-def _extents(problem: Problem, network: Network) -> tuple[np.ndarray, np.ndarray]:
-    """How far each neuron's active and inactive parts reach into the domain (relative to its
-    radius): the largest positive and negative distances of the domain's corners from the
-    hyperplane (0 when the part is empty)."""
-    points, radius = _hyperplane_points(problem, network)
-    corners = problem.domain.corners
-    distance = ((corners - problem.domain.center) / radius) @ points[:, :-1].T + points[:, -1]
-    return np.maximum(distance.max(axis=0), 0.0), np.maximum(-distance.min(axis=0), 0.0)
-
-
-def coincident_clusters(problem: Problem, network: Network, index: np.ndarray,
-                        tau_same: float, tau_opposite: float) -> tuple[np.ndarray, np.ndarray]:
-    """Clusters of (nearly) coincident hyperplanes among the neurons ``index``. Rank-local.
-
-    Two neurons are linked when their normalised hyperplanes are within ``tau_same`` (same
-    orientation) or ``tau_opposite`` (opposite orientations); clusters are the connected components.
-
-    Returns
-    -------
-    label : ndarray of int, shape (|index|,)
-        Cluster of each neuron.
-    sign : ndarray, shape (|index|,)
-        +1 or -1: the orientation relative to the first neuron of its cluster.
-    """
-    points, _ = _hyperplane_points(problem, network.subset(index))
-    m = index.size
-    # Both orientations of every hyperplane, so a pair is found whichever way each neuron faces.
-    both = np.vstack([points, -points])
-    pairs = cKDTree(both).query_pairs(max(tau_same, tau_opposite), output_type="ndarray")
-    a, b = pairs[:, 0], pairs[:, 1]
-    same = (a < m) == (b < m)
-    distance = np.linalg.norm(both[a] - both[b], axis=1)
-    link = (a % m != b % m) & (distance <= np.where(same, tau_same, tau_opposite))
-    graph = coo_matrix((np.ones(int(link.sum())), (a[link] % m, b[link] % m)), shape=(m, m))
-    _, label = connected_components(graph, directed=False)
-    first = np.zeros(label.max(initial=-1) + 1, dtype=int)
-    first[label[::-1]] = np.arange(m)[::-1]
-    sign = np.where(np.einsum("ij,ij->i", points[:, :-1], points[first[label], :-1]) >= 0, 1, -1)
-    return label, sign
-
-
-# Smallest eigenvalue of a matrix with two neurons whose hyperplanes are delta apart ~ delta^power,
-# for (same, opposite) orientations. A: phi_i - phi_j = O(delta) everywhere, relu(z) - relu(-z') - z
-# = O(delta) on a strip of width delta; G: (h_i -+ h_j)(xhat . r) = O(delta) on such a strip.
-# Coincidence tolerance eps^(1/power) on rung 0; each further rung (used when the solver still
-# breaks down, e.g. for triples, whose eigenvalue decays faster) adds 1 to the power.
-SINGULAR_POWERS = {"A": (2, 3), "G": (2, 3)}
-# A neuron active (or inactive) only on a strip of width delta along the boundary: phi_i (or
-# relu(-z)), and h_i (xhat . r) on the strip, are O(delta^1.5) in L2.
-THIN_POWER = 3
-DEFLATION_RUNGS = 3
-
-
-def _generated(matrix: str, vector: np.ndarray, everywhere: bool) -> np.ndarray:
-    """Rows spanning the affine functions that a generator adds to ``matrix``'s feature span.
-
-    A cluster with both orientations generates ``z = r . xhat`` (its hyperplane), and so does a
-    neuron active on the whole domain in A. In G a neuron with ``h = 1`` on the whole domain, or
-    two opposite ones on the same hyperplane (``h_i + h_j = 1``; ``everywhere``), bring every
-    ``xhat_k``; two opposite ones delta apart bring ``xhat . r`` up to O(delta^1.5), the other
-    ``xhat_k`` only up to O(delta^0.5).
-    """
-    k = vector.size
-    if matrix == "G" and everywhere:
-        return np.eye(k)
-    return vector[None, :] / np.linalg.norm(vector)
-
-
-def independent_neurons(problem: Problem, network: Network, candidates: np.ndarray, matrix: str,
-                        priority: np.ndarray | None = None, rung: int = 0) -> np.ndarray:
-    """The neurons among ``candidates`` (mask) that keep ``matrix`` ("A" or "G") nonsingular.
-
-    A neuron active on a part of the domain thinner than ``eps^(1/(THIN_POWER + rung))`` (relative
-    to the domain radius) is left out, and one inactive on such a thin part counts as active on
-    the whole domain (both are singular to working precision like a coincident pair). Hyperplanes
-    closer than ``eps^(1/(power + rung))`` (``SINGULAR_POWERS``) are coincident; a
-    cluster of coincident hyperplanes keeps at most one neuron per orientation, in the order of
-    ``priority`` (default ``|c_i|``, highest first). Affine generators (``_generated``) are then
-    kept in that order while their spans stay independent (relative tolerance ``eps^(1/3)``) of
-    those kept before (and, in A, of the constant when c0 is used); for a dependent one the neuron
-    (or the cluster member of lower priority) is dropped. Rank-local.
-    """
-    thin = EPS ** (1 / (THIN_POWER + rung))
-    active, inactive = _extents(problem, network)
-    index = np.flatnonzero(candidates & (active > thin))
-    keep = np.zeros(network.n, dtype=bool)
-    if index.size == 0:
-        return keep
-    same, opposite = (EPS ** (1 / (power + rung)) for power in SINGULAR_POWERS[matrix])
-    c = np.zeros(network.n) if network.c is None else np.abs(network.c)
-    c = c if priority is None else priority
-    order = np.argsort(-c[index], kind="stable")
-    label, sign = coincident_clusters(problem, network, index, same, opposite)
-    points, _ = _hyperplane_points(problem, network.subset(index))
-    affine = inactive[index] <= thin
-    taken: dict[tuple[int, int], int] = {}
-    for pos in order:
-        taken.setdefault((int(label[pos]), int(sign[pos])), int(pos))
-    kept = np.zeros(index.size, dtype=bool)
-    kept[list(taken.values())] = True
-    # Affine generators in priority order: (position to drop if dependent, spanned rows).
-    full = EPS ** (1 / (1 + rung)) if matrix == "G" else -1.0
-    generators = []
-    for pos in order:
-        partner = taken.get((int(label[pos]), -int(sign[pos])))
-        if kept[pos] and affine[pos]:
-            generators.append((pos, _generated(matrix, points[pos], True)))
-        elif kept[pos] and partner is not None and sign[pos] > 0:
-            drop = pos if c[index[pos]] < c[index[partner]] else partner
-            exact = np.linalg.norm(points[pos] + points[partner]) <= full
-            generators.append((drop, _generated(matrix, points[pos], exact)))
-    k = problem.domain.dim + 1
-    basis = np.eye(k)[-1:] if problem.output_bias and matrix == "A" else np.zeros((0, k))
-    tolerance = EPS ** (1 / 3)
-    for drop, rows in generators:
-        residual = rows - (rows @ basis.T) @ basis
-        if np.linalg.norm(residual, 2) > tolerance and basis.shape[0] + rows.shape[0] <= k:
-            basis = np.vstack([basis, np.linalg.qr(residual.T)[0].T])
-        else:
-            kept[drop] = False
-    keep[index[kept]] = True
-    return keep
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,17 +200,13 @@ def _correction(ctx: Context, sub: Problem, ref: Network, comm: MPI.Comm
     statistics and seconds. Collective over ``comm``."""
     problem = ctx.problem
     network = sub.network
-    tree = build_tree(neuron_order(problem.domain, network.W, network.b, ctx.solver.ordering),
-                      comm.size, ctx.solver.leaf_size)
-    if problem.domain.dim == 1:
-        blocks = assemble_block_rows(sub, tree, comm.rank, ("A",))
-    else:
-        blocks = assemble_block_rows(replace(sub, target=problem.target), tree, comm.rank, ("A",))
-        if ref.n:
-            rows = np.arange(blocks.start, blocks.stop)
-            blocks = replace(blocks, moments=blocks.moments - network_moments(
-                problem, Network(blocks.W, blocks.b), rows, ref))
-    operator = operator_from_block_rows(blocks, "A", comm, problem.domain)
+    source = sub if problem.domain.dim == 1 else replace(sub, target=problem.target)
+    operator, blocks = build(source, ctx.solver, comm, "A")
+    tree = blocks.tree
+    if problem.domain.dim > 1 and ref.n:
+        rows = np.arange(blocks.start, blocks.stop)
+        blocks = replace(blocks, moments=blocks.moments - network_moments(
+            problem, Network(blocks.W, blocks.b), rows, ref))
     start = time.perf_counter()
     out = solve_output_weights(sub, blocks, operator, ctx.solver)
     seconds = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
@@ -480,99 +292,18 @@ def _layer_solve(ctx: Context, sub: Problem, moments: np.ndarray, comm: MPI.Comm
                  solver: SolverConfig) -> tuple[np.ndarray, float]:
     """``y = -G^{-1} gtilde`` for the neurons of ``sub`` (their moments in ``sub``'s order) with
     ``solver``, and the seconds of the factorization and solve. Collective over ``comm``."""
-    problem, network = ctx.problem, sub.network
+    network = sub.network
     k = network.dim + 1
-    tree = build_tree(neuron_order(problem.domain, network.W, network.b, ctx.solver.ordering),
-                      comm.size, ctx.solver.leaf_size)
-    blocks = assemble_block_rows(sub, tree, comm.rank, ("G",))
-    operator = operator_from_block_rows(blocks, "G", comm, problem.domain)
+    operator, blocks = build(sub, ctx.solver, comm, "G")
+    tree = blocks.tree
     local = tree.perm[blocks.start:blocks.stop]
     start = time.perf_counter()
-    y = factor(operator, solver).solve(-moments[local].ravel())
+    with factor(operator, solver) as factorization:
+        y = factorization.solve(-moments[local].ravel())
     seconds = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
     out = np.empty((network.n, k))
     out[tree.perm] = operator.gather(y).reshape(-1, k)
     return out, seconds
-
-
-# ---------------------------------------------------------------------------------------------
-# The line search (rank-local given a collective phi)
-
-
-def line_minimum(phi: Callable[[float], float], phi0: float, tiny: float,
-                 slope: Callable[[float], tuple[float, float]] | None = None,
-                 slope0: float = -np.inf) -> tuple[float, float, int]:
-    """Minimise ``phi`` along ``gamma > 0`` from ``phi(0) = phi0``; ``slope(gamma)`` returns
-    ``(phi(gamma), phi'(gamma))`` (one evaluation of both where that is cheaper).
-
-    Bracketing starts at ``gamma = 1`` and expands by the golden ratio while phi decreases, or
-    backtracks until phi drops below ``phi0``: to the minimiser of the quadratic through
-    ``phi0``, ``slope0`` and ``phi(b)``, kept within ``[b / 10, b / golden]``. The search gives up
-    below ``tiny``, or where the decrease the slope predicts, ``|slope0| gamma``, is under the
-    rounding level ``4 eps |phi0|`` of phi. The bracket ``a < b < c`` (``phi(b)`` below both ends)
-    is then refined: with the derivative ``slope`` (``slope0`` at 0), when it changes sign on
-    ``[a, c]``: b itself if the sign changes within ``KINK_RTOL b`` of it (a kink), else Brent's
-    root finder on it to the relative accuracy ``ROOT_RTOL`` on that side of b; otherwise (or if
-    that root is worse than b) by Brent's minimiser on phi to ``sqrt(eps)``, the accuracy function
-    values allow.
-
-    Returns
-    -------
-    gamma, value : float
-        The step and ``phi(gamma)``; ``(0, phi0)`` when no step decreases phi.
-    evaluations : int
-        Number of evaluations of phi and slope (an evaluation of both counts once).
-    """
-    values: dict[float, float] = {0.0: phi0}
-    slopes: dict[float, float] = {0.0: slope0}
-
-    def f(gamma: float) -> float:
-        gamma = float(gamma)
-        if gamma not in values:
-            value = phi(gamma)
-            values[gamma] = value if np.isfinite(value) else np.inf
-        return values[gamma]
-
-    def df(gamma: float) -> float:
-        gamma = float(gamma)
-        if gamma not in slopes:
-            value, slopes[gamma] = slope(gamma)
-            values.setdefault(gamma, value if np.isfinite(value) else np.inf)
-        return slopes[gamma]
-
-    a, b = 0.0, 1.0
-    if f(b) < phi0:
-        c = b + GOLDEN * (b - a)
-        while f(c) < f(b) and c < 1 / tiny:
-            a, b, c = b, c, c + GOLDEN * (c - b)
-    else:
-        floor = max(tiny, 4 * EPS * abs(phi0) / abs(slope0) if slope0 < 0 else 0.0)
-        while f(b) >= phi0 and b > floor:
-            c = b
-            curvature = (f(b) - phi0 - slope0 * b) / (b * b)
-            trial = -0.5 * slope0 / curvature if np.isfinite(curvature) and curvature > 0 else 0.0
-            b = float(np.clip(trial, 0.1 * b, b / GOLDEN))
-        if f(b) >= phi0:
-            return 0.0, phi0, len(values) - 1
-    root = None
-    if f(c) > f(b) and slope is not None and df(a) < 0 < df(c):
-        # The slope changes sign next to b, or b sits on a kink of phi where it jumps from < 0 to
-        # > 0 (e.g. a breakpoint landing on a jump of u, where Gauss-Newton steps often end): b
-        # is then the minimiser to KINK_RTOL, which the root finder would close in on bit by bit.
-        side = 1.0 if df(b) < 0 else -1.0
-        near = b * (1.0 + side * KINK_RTOL)
-        if df(b) == 0 or side * df(near) > 0:
-            root = b
-        else:
-            root = scipy.optimize.brentq(df, *((near, c) if side > 0 else (a, near)),
-                                         rtol=ROOT_RTOL)
-        if not f(root) <= f(b):
-            root = None
-    if root is None and f(c) > f(b):
-        scipy.optimize.minimize_scalar(f, bracket=(a, b, c), method="brent",
-                                       options={"xtol": EPS**0.5})
-    gamma = root if root is not None else min(values, key=lambda g: (values[g], -g))
-    return gamma, values[gamma], len(values.keys() | slopes.keys()) - 1
 
 
 # ---------------------------------------------------------------------------------------------

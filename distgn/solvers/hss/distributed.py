@@ -24,22 +24,23 @@ import numpy as np
 from mpi4py import MPI
 
 from distgn.errors import InputError
-from distgn.hss import ulv
-from distgn.hss.compress import (
+from distgn.operator import Operator
+from distgn.solvers.base import Disposable
+from distgn.solvers.hss import ulv
+from distgn.solvers.hss.compress import (
     ProjectionScheme,
     Scheme,
     SkeletonScheme,
     gaussian_sketch,
     sketch,
 )
-from distgn.operator import Operator
 from distgn.tree import Node
 
 OVERSAMPLE = 10
 DEFAULT_SAMPLES = 24
 
 
-class HSSFactorization:
+class HSSFactorization(Disposable):
     """Scaled ULV factorization of an HSS approximation of a distributed SPD operator.
 
     Parameters
@@ -244,16 +245,17 @@ class HSSFactorization:
         factor_bytes = sum(f.nbytes for f in self.factors.values())
         shifted = sum(f.shifted for f in self.factors.values())
         return {
+            "kind": "hss",
+            "seconds_factor": self.seconds,
+            "seconds_solve": self.comm.allreduce(self.seconds_solve, op=MPI.MAX),
+            "factor_bytes": int(self.comm.allreduce(factor_bytes, op=MPI.MAX)),
             "max_rank": int(ranks.max()),
             "ranks_per_level": ranks.tolist(),
             "bytes_sent_per_level": sent.tolist(),
-            "factor_bytes": int(self.comm.allreduce(factor_bytes, op=MPI.MAX)),
             "factor_bytes_total": int(self.comm.allreduce(factor_bytes, op=MPI.SUM)),
             "shifted_blocks": int(self.comm.allreduce(shifted, op=MPI.SUM)),
             "samples": self.samples,
             "scheme": "schur" if self.compensated else "skeleton",
-            "seconds_factor": self.seconds,
-            "seconds_last_solve": self.comm.allreduce(self.seconds_solve, op=MPI.MAX),
         }
 
 
