@@ -9,7 +9,7 @@ MPIEXEC   := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_T
 PYTEST    := -m pytest -q -p no:cacheprovider
 STAMP     := $(VENV)/.installed
 
-.PHONY: setup demo test test-serial test-mpi lint clean
+.PHONY: setup demo test test-serial test-mpi lint format tree-snapshot check-clean clean
 
 setup: $(STAMP)
 
@@ -28,17 +28,38 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(MPIEXEC) -n $(NP_MPI) $(PY) -m mpi4py -m distgn train examples/demo.toml
 
-test: setup test-serial test-mpi
+# CI (.ci/run) runs `make test`: lint, the serial suite (which runs every example end to end), the
+# MPI suite on 2, 3 and 4 ranks, and a check that the tests left no file in the source tree.
+test: setup tree-snapshot lint test-serial test-mpi check-clean
 
 test-serial: setup
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) $(PYTEST) --with-mpi tests
 
 test-mpi: setup
-	$(MPIEXEC) -n 2 $(PY) -m mpi4py $(PYTEST) --with-mpi -m mpi tests
-	$(MPIEXEC) -n 4 $(PY) -m mpi4py $(PYTEST) --with-mpi -m mpi tests
+	for np in 2 3 4; do \
+	  $(MPIEXEC) -n $$np $(PY) -m mpi4py $(PYTEST) --with-mpi -m mpi tests || exit 1; \
+	done
+
+# Files that are neither tracked nor the environment's, before and after the tests: the tests must
+# not add any (they write into temporary folders only).
+TREE_FILES := git status --porcelain --untracked-files=all --ignored | grep -E '^(\?\?|!!) ' \
+              | grep -v -E '^!! (\.venv/|\.ruff_cache/|(.*/)?__pycache__/|.*\.egg-info/)' | sort
+
+tree-snapshot: setup
+	@$(TREE_FILES) > $(VENV)/tree-before.txt
+
+check-clean:
+	@$(TREE_FILES) > $(VENV)/tree-after.txt; \
+	left=$$(comm -13 $(VENV)/tree-before.txt $(VENV)/tree-after.txt); \
+	if [ -n "$$left" ]; then echo "files left in the source tree by the tests:"; \
+	  echo "$$left"; exit 1; fi; echo "source tree clean after the tests"
 
 lint: setup
 	$(VENV)/bin/ruff check distgn tests scripts
+	$(VENV)/bin/ruff format --check distgn tests scripts
+
+format: setup
+	$(VENV)/bin/ruff format distgn tests scripts
 
 clean:
 	rm -rf $(VENV) *.egg-info

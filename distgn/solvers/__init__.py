@@ -8,10 +8,11 @@ SgGN, the CLI and the benchmarks call only ``factor`` and the ``Factorization`` 
   the hss factorization, block Jacobi);
 - ``dense`` (distgn.solvers.dense): LAPACK / ScaLAPACK Cholesky, the reference.
 
-The back ends that use PETSc are imported on first use, inside ``factor``: petsc4py takes its
-options from the command line only when ``petsc4py.PETSc`` is first imported, so ``initialize``
-(called by the CLI with the PETSc options it found) must come first. This is the one reason for
-the deferred imports in distgn. ``factor`` is collective over ``operator.comm``.
+The back ends that use PETSc (krylov, dense) are imported on first use, inside ``factor``:
+petsc4py takes its options from the command line only when ``petsc4py.PETSc`` is first imported,
+so ``initialize`` (called by the CLI with the PETSc options it found) must come first. This is the
+one reason for the deferred imports in distgn (tests/test_architecture.py checks it). ``factor`` is
+collective over ``operator.comm``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from distgn.config import SolverConfig
 from distgn.errors import InputError
 from distgn.operator import Operator
 from distgn.solvers.base import STATS_KEYS, Factorization, backward_error
+from distgn.solvers.hss import factor as factor_hss
 
 __all__ = ["KINDS", "STATS_KEYS", "Factorization", "backward_error", "factor", "initialize",
            "log_stage"]
@@ -54,8 +56,6 @@ def log_stage(name: str) -> Iterator[None]:
 def factor(operator: Operator, config: SolverConfig) -> Factorization:
     """Factor (or set up a solver for) ``operator`` with back end ``config.kind``. Collective."""
     if config.kind == "hss":
-        from distgn.solvers.hss import factor as factor_hss
-
         return factor_hss(operator, config)
     if config.kind == "krylov":
         from distgn.solvers.krylov import factor as factor_krylov
