@@ -1,10 +1,18 @@
 """The linear least-squares step: output weights c (and bias c0) for fixed (W, b); the fit error.
 
-Normal equations ``[[A, s], [s^T, |Omega|]] [c; c0] = [F; int u]`` with ``s_i = int phi_i``. The
-bias is eliminated by block elimination on two solves with A (``A x1 = F``, ``A x2 = s``), so every
-solver back end only ever sees the neuron matrix A. The fit error ``int (v - u)^2`` is computed
-directly by Gauss rules on the cells between breakpoints in 1D (no cancellation, so it reaches
-round-off on exactly representable targets) and from the exact matrices otherwise.
+1D (``solver.basis = "auto"``, the default): the least-squares problem is solved in the value
+coordinates of the neurons' span (``distgn.operator.nodal_operator``, docs/large-n.md): the
+configured back end factors the well-conditioned nodal system ``K y = f`` (f by quadrature of u
+against the local basis), the bias is part of the span, c and c0 follow from the values by
+differencing, and the fit error is the quadrature of ``(v - u)^2`` from the nodal values.
+
+Otherwise (2D and up, or ``solver.basis = "relu"``): normal equations
+``[[A, s], [s^T, |Omega|]] [c; c0] = [F; int u]`` with ``s_i = int phi_i``, the bias eliminated by
+block elimination on two solves with A (``A x1 = F``, ``A x2 = s``). The fit error is computed by
+Gauss rules between breakpoints in 1D, and in 2D from the exact matrices,
+``e^2 = ||u||^2 - 2 c^T F + c^T A c`` (+ bias terms): this cancels, so it is reported with its
+rounding level (``fit_l2_error_floor``), and where ``e^2`` is below that level the floor is reported
+as an upper bound instead of clipping to zero.
 ``solve_output_weights`` is collective; ``l2_error_1d`` is rank-local.
 """
 
@@ -16,7 +24,7 @@ import numpy as np
 
 from distgn.assembly import BlockRows, exact1d, target_integrals
 from distgn.config import SolverConfig
-from distgn.operator import Operator
+from distgn.operator import Operator, nodal_operator, uses_nodal
 from distgn.problem import Problem
 from distgn.solvers import backward_error, factor
 from distgn.targets import Target
@@ -49,7 +57,12 @@ class OutputWeights:
 
 def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator,
                          config: SolverConfig, norm: float | None = None) -> OutputWeights:
-    """Solve the normal equations for c (and c0) with the configured solver. Collective."""
+    """Solve the least-squares problem for c (and c0) with the configured solver. Collective.
+
+    ``norm`` (an estimate of ||A||) is used by the neuron-basis path only.
+    """
+    if uses_nodal(problem, config, operator.name):
+        return _solve_nodal(problem, operator, config)
     comm = operator.comm
     F = blocks.F
     rhs = np.column_stack([F, blocks.mass]) if problem.output_bias else F
@@ -72,10 +85,35 @@ def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator
         Ac = operator.matvec(x)
         parts = comm.allreduce(np.array([x @ Ac, x @ F, x @ blocks.mass]))
         m0 = c0 or 0.0
-        e2 = (parts[0] + 2 * m0 * parts[2] + m0**2 * problem.domain.measure
-              - 2 * parts[1] - 2 * m0 * u_int + u_sq)
-        l2 = float(np.sqrt(max(e2, 0.0)))
+        terms = np.array([parts[0], 2 * m0 * parts[2], m0**2 * problem.domain.measure,
+                          -2 * parts[1], -2 * m0 * u_int, u_sq])
+        e2 = float(np.sum(terms))
+        # Each term carries a relative rounding error of a few eps (the exact integrals and the
+        # products): e^2 below that level is not resolved.
+        floor = float(64 * np.finfo(float).eps * np.sum(np.abs(terms)))
+        stats = {**stats, "fit_l2_error_floor": float(np.sqrt(floor)),
+                 "fit_l2_error_resolved": bool(e2 > floor)}
+        l2 = float(np.sqrt(e2)) if e2 > floor else float(np.sqrt(floor))
     return OutputWeights(c, c0, l2, berr, stats)
+
+
+def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> OutputWeights:
+    """The 1D least-squares solve in value coordinates (module docstring). Collective."""
+    nodal = nodal_operator(operator, config, problem.output_bias)
+    system = nodal.system
+    rhs = system.right_hand_side(problem.target, nodal.comm, nodal.offsets())
+    with factor(nodal, config) as solver:
+        x = solver.solve(rhs)
+        stats = solver.stats()
+    berr = backward_error(nodal, x, rhs, nodal.norm_estimate())
+    values = nodal.gather(x)
+    coefficients = system.span.coefficients(values[:, None])[:, 0]
+    n = operator.tree.n
+    c0 = float(coefficients[n]) if problem.output_bias else None
+    l2 = system.l2_error(values, problem.target, nodal.comm, nodal.offsets())
+    stats = {**stats, "basis": "nodal", "nodal_size": nodal.size,
+             "nodal_constraints": int(system.span.null.shape[1])}
+    return OutputWeights(coefficients[:n], c0, l2, berr, stats)
 
 
 def l2_error_1d(bounds: np.ndarray, W: np.ndarray, b: np.ndarray, c: np.ndarray,

@@ -20,8 +20,9 @@ BOX = ["domain.kind=box", "domain.bounds=[[0,1],[0,1]]"]
 
 def make_operator(sets: list[str], name: str = "A", comm: MPI.Comm = MPI.COMM_SELF
                   ) -> tuple[Operator, object]:
-    """The operator and solver settings of a configuration given as ``section.key=value``."""
-    config = load_config(None, sets)
+    """The neuron-basis operator (``solver.basis = "relu"``) and solver settings of a configuration
+    given as ``section.key=value``."""
+    config = load_config(None, sets + ['solver.basis="relu"'])
     return build(build_problem(config), config.solver, comm, name)[0], config.solver
 
 

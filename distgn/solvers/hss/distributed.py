@@ -78,7 +78,7 @@ class HSSFactorization(Disposable):
         self.split: dict[int, int] = {}
         self.ranks: dict[int, int] = {}
         self.sent: dict[int, int] = {}
-        omega = gaussian_sketch(operator.size, self.samples, seed)
+        omega = gaussian_sketch(operator, self.samples, seed)
         sample = sketch(operator, omega)
         self.compensated = compensated
         scheme: Scheme
