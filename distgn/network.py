@@ -120,11 +120,18 @@ def validate(net: Network, domain: Domain) -> None:
         )
 
 
-def duplicate_pairs(W: np.ndarray, b: np.ndarray, rtol: float = 1e-12) -> np.ndarray:
-    """Pairs (i, j), i < j, of neurons with the same normalised (w, b) up to ``rtol``."""
+def duplicate_pairs(W: np.ndarray, b: np.ndarray, ulps: float = 4.0) -> np.ndarray:
+    """Pairs (i, j), i < j, of exact duplicates: the same normalised ``(w, b) / |w|`` (the same
+    hyperplane and orientation) to ``ulps`` units in the last place, componentwise.
+
+    Only exact duplicates make A singular; neurons that are merely close (n random breakpoints are
+    ~1/n^2 apart) make it ill-conditioned, which the solvers handle (docs/large-n.md).
+    """
     r = np.column_stack([W, b]) / np.linalg.norm(W, axis=1)[:, None]
     order = np.lexsort(r.T[::-1])
-    close = np.all(np.abs(np.diff(r[order], axis=0)) <= rtol * (1.0 + np.abs(r[order][1:])), axis=1)
+    sorted_r = r[order]
+    size = np.maximum(np.abs(sorted_r[:-1]), np.abs(sorted_r[1:]))
+    close = np.all(np.abs(np.diff(sorted_r, axis=0)) <= ulps * np.finfo(float).eps * size, axis=1)
     pairs = np.column_stack([order[:-1][close], order[1:][close]])
     return np.sort(pairs, axis=1)
 

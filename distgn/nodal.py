@@ -184,6 +184,7 @@ class NeuronSpan:
         Z = sla.null_space(Ea) if Ea.size else np.eye(basis.g)
         N = np.vstack([(-np.einsum("kqg,gp->kqp", self.main_E, Z)
                         / self.main_scale[:, None, None]).reshape(main.size * basis.q, -1), Z])
+        self.null_coefficients = N
         self.null = np.linalg.qr(basis.to_coefficients.T @ N)[0] if Z.shape[1] else \
             np.zeros((basis.mass.shape[0], 0))
 
@@ -212,8 +213,33 @@ class NeuronSpan:
         Exact (in exact arithmetic) for v in the span; a differencing of the values: slope jumps
         at the nodes, divided by the neurons' scales. O(n).
         """
-        q, k = self.basis.q, values.shape[1]
-        a = self.basis.to_coefficients @ values
+        return self.from_augmented(self.augmented(values))
+
+    def augmented(self, values: np.ndarray) -> np.ndarray:
+        """``T v``: augmented coefficients (slope jumps, global part) of scaled values (V, k).
+
+        For A and H the jumps are differences of the cell slopes (cell values), each computed
+        once: the rounding error of a slope on a small cell then enters the jumps at its two ends
+        with opposite signs and cancels in the function (a product with the assembled sparse T
+        rounds the two ends independently and leaves an error of eps |v| / h_min in the slope
+        of everything beyond). O(n).
+        """
+        basis = self.basis
+        if self.name == "G":
+            return basis.to_coefficients @ values
+        y = values / basis.scale[:, None]
+        z = basis.z
+        if self.name == "A":
+            slopes = np.diff(y, axis=0) / np.diff(z)[:, None]
+            glob = np.vstack([slopes[:1], y[:1] - z[0] * slopes[:1]])
+        else:
+            slopes, glob = y, y[:1]
+        return np.vstack([np.diff(slopes, axis=0), glob])
+
+    def from_augmented(self, a: np.ndarray) -> np.ndarray:
+        """Neuron coefficients (n [+1], k) from augmented coefficients ``a`` in the range of C
+        (``R^T`` then ``Lrow^T``); the part of a outside the range is dropped. O(n)."""
+        q, k = self.basis.q, a.shape[1]
         a_node = a[:-self.basis.g].reshape(-1, q, k) / self.main_scale[:, None, None]
         a_glob = a[-self.basis.g:] - np.einsum("kqg,kqc->gc", self.main_E, a_node)
         x = np.zeros((self.count, q, k))
@@ -246,11 +272,34 @@ class NodalSystem:
         inv_null = self.mass_lu.solve(N) if N.shape[1] else np.zeros((self.size, 0))
         self.inverse_null = inv_null
         self.inverse_gram = sla.cho_factor(N.T @ inv_null) if N.shape[1] else None
+        raw = span.basis.to_coefficients.T @ span.null_coefficients   # Lam
+        self.constraint_solve = self.mass_lu.solve(raw) if raw.shape[1] else raw
+        self.constraint_gram = raw.T @ self.constraint_solve
 
     @property
     def size(self) -> int:
         """Order of K."""
         return self.span.size
+
+    def coefficients(self, values: np.ndarray) -> np.ndarray:
+        """Neuron coefficients (n [+1], k) of the function with scaled values (V, k) in the span.
+
+        The slope jumps ``a = T v`` of values that lie in the span only up to rounding violate
+        the span's affine constraints ``N_aug^T a = 0`` by about ``eps |v| / h_min`` (slopes of
+        the smallest cells), and a neuron facing left carries that error into an affine function
+        on the whole domain. So a is corrected by ``T delta`` with the smallest change of the
+        function (mass-weighted, concentrated on the smallest cells) that restores the
+        constraints exactly: ``delta = -Ms^{-1} Lam (Lam^T Ms^{-1} Lam)^{-1} N_aug^T a`` with
+        ``Lam = T^T N_aug``. Rank-local, O(n).
+        """
+        span = self.span
+        a = span.augmented(values)
+        raw = span.null_coefficients
+        if raw.shape[1]:
+            defect = raw.T @ a
+            a = a - span.augmented(self.constraint_solve
+                                   @ np.linalg.solve(self.constraint_gram, defect))
+        return span.from_augmented(a)
 
     def entries(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
         """Exact entries ``K[I][:, J]``. Rank-local; O(|I| |J| + nnz) per call."""
