@@ -31,6 +31,7 @@ from distgn.operator import Operator, local_gaussian
 from distgn.solvers.hss.ulv import (
     NodeFactor,
     ScaledFactor,
+    block_norm,
     coupled_block,
     lower_solve,
     orthogonal_eliminate,
@@ -264,10 +265,10 @@ class ProjectionScheme(Scheme):
 
     def _reduce(self, node: Node, D: np.ndarray, sample: np.ndarray, omega: np.ndarray
                 ) -> tuple[NodeFactor, Projection]:
-        L, logdet, shifted = spd_sqrt(D)
+        L, logdet, shift = spd_sqrt(D)
         scaled = lower_solve(L, sample)
         Q = range_basis(scaled - L.T @ omega, self.threshold)
-        factor = ScaledFactor(L, Q, logdet, shifted)
+        factor = ScaledFactor(L, Q, logdet, shift, block_norm(D))
         if node.is_local:
             self.extend_map(node, factor)
         return factor, Projection(Q.T @ scaled, (L @ Q).T @ omega)
