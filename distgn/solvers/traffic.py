@@ -63,6 +63,15 @@ class CountingComm(MPI.Intracomm):
         self.bytes[self.label] += int(nbytes)
         self.messages[self.label] += 1
 
+    def snapshot(self) -> tuple[dict, dict]:
+        """Copies of the counters (to report the difference over a phase)."""
+        return dict(self.bytes), dict(self.messages)
+
+    def since(self, snapshot: tuple[dict, dict], label: object) -> tuple[int, int]:
+        """(bytes, messages) under ``label`` since ``snapshot``."""
+        return (self.bytes[label] - snapshot[0].get(label, 0),
+                self.messages[label] - snapshot[1].get(label, 0))
+
     def totals(self) -> tuple[int, int]:
         """(bytes, messages) sent by this rank under every label."""
         return sum(self.bytes.values()), sum(self.messages.values())

@@ -73,6 +73,7 @@ class HSSFactorization(Disposable):
         operator = replace(operator, comm=counting(operator.comm))
         self.operator = operator
         self.comm: CountingComm = operator.comm
+        self.counted_since = self.comm.snapshot()
         self.tol = tol
         self.samples = min(samples, operator.size)
         tree = operator.tree
@@ -106,7 +107,8 @@ class HSSFactorization(Disposable):
             if not node.is_local and node.children:
                 with self.comm.labelled(("level", node.level)):
                     self._merge_ranks(scheme, node, summaries)
-        self.seconds = self.comm.inner.allreduce(time.perf_counter() - start_time, op=MPI.MAX)
+        with self.comm.labelled("setup"):
+            self.seconds = self.comm.allreduce(time.perf_counter() - start_time, op=MPI.MAX)
         self.seconds_solve = 0.0
 
     def _factor_node(self, scheme: Scheme, node: Node, summaries: dict,
@@ -175,8 +177,8 @@ class HSSFactorization(Disposable):
     def warn_shift(self) -> None:
         """One warning line (rank 0) when a diagonal shift exceeds the tolerance relative to its
         block's norm: the factorization is then not within ``tol`` of the matrix. Collective."""
-        relative = self.comm.inner.allreduce(max((f.shift / f.norm for f in self.factors.values()
-                                                  if f.norm > 0), default=0.0), op=MPI.MAX)
+        relative = self.comm.allreduce(max((f.shift / f.norm for f in self.factors.values()
+                                            if f.norm > 0), default=0.0), op=MPI.MAX)
         if relative > self.tol and self.comm.rank == 0:
             log.warning(f"hss: a diagonal shift of {relative:.1e} times its block's norm (above "
                         f"the tolerance {self.tol:.0e}) made {self.operator.name} positive "
@@ -256,10 +258,10 @@ class HSSFactorization(Disposable):
         for nid, r in self.ranks.items():
             ranks[self.nodes[nid].level] = max(ranks[self.nodes[nid].level], r)
         comm.Allreduce(MPI.IN_PLACE, ranks, op=MPI.MAX)
-        counts = np.zeros((2, depth + 2), dtype=np.int64)
+        counts = np.zeros((2, depth + 3), dtype=np.int64)
         for column, label in enumerate([("level", lv) for lv in range(depth)]
-                                       + ["sketch", "solve"]):
-            counts[:, column] = self.comm.bytes[label], self.comm.messages[label]
+                                       + ["sketch", "setup", "solve"]):
+            counts[:, column] = self.comm.since(self.counted_since, label)
         comm.Allreduce(MPI.IN_PLACE, counts, op=MPI.SUM)
         factor_bytes = sum(f.nbytes for f in self.factors.values())
         shifted = sum(f.shift > 0 for f in self.factors.values())
@@ -278,8 +280,10 @@ class HSSFactorization(Disposable):
             "messages_per_level": counts[1, :depth].tolist(),
             "bytes_sent_sketch": int(counts[0, depth]),
             "messages_sketch": int(counts[1, depth]),
-            "bytes_sent_solve": int(counts[0, depth + 1]),
-            "messages_solve": int(counts[1, depth + 1]),
+            "bytes_sent_setup": int(counts[0, depth + 1]),
+            "messages_setup": int(counts[1, depth + 1]),
+            "bytes_sent_solve": int(counts[0, depth + 2]),
+            "messages_solve": int(counts[1, depth + 2]),
             "factor_bytes_total": int(comm.allreduce(factor_bytes, op=MPI.SUM)),
             "shifted_blocks": int(comm.allreduce(shifted, op=MPI.SUM)),
             "shift_max": float(shift),
@@ -296,14 +300,19 @@ def factor(operator: Operator, tol: float, samples: int = 0, seed: int = 1,
     A node's rank within ``OVERSAMPLE`` of the sketch width means the sketch may have missed part
     of its block row: the construction is repeated with a wider sketch (all ranks agree).
     """
+    operator = replace(operator, comm=counting(operator.comm))
+    comm: CountingComm = operator.comm
+    counted_since = comm.snapshot()
     width = samples or DEFAULT_SAMPLES
     seconds = 0.0
-    while True:
-        result = HSSFactorization(operator, tol, width, seed, compensated)
-        seconds += result.seconds
-        top = result.comm.inner.allreduce(result.max_rank, op=MPI.MAX)
-        if samples or top + OVERSAMPLE <= result.samples or result.samples >= operator.size:
-            result.seconds = seconds
-            result.warn_shift()
-            return result
-        width = max(2 * width, top + 2 * OVERSAMPLE)
+    with comm.labelled("setup"):
+        while True:
+            result = HSSFactorization(operator, tol, width, seed, compensated)
+            seconds += result.seconds
+            top = comm.allreduce(result.max_rank, op=MPI.MAX)
+            if samples or top + OVERSAMPLE <= result.samples or result.samples >= operator.size:
+                result.seconds = seconds
+                result.warn_shift()
+                result.counted_since = counted_since  # every attempt's traffic is reported
+                return result
+            width = max(2 * width, top + 2 * OVERSAMPLE)
