@@ -198,7 +198,7 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm) -> int:
     result: dict = {"n": tree.n, "d": problem.domain.dim, "ranks": comm.size, "solver": cfg.kind,
                     "matrix": cfg.matrix, "tol": cfg.tol, "matrix_free": cfg.matrix_free}
     if cfg.matrix == "A":
-        fit = solve_output_weights(problem, blocks, operator, cfg)
+        fit = solve_output_weights(problem, blocks, operator, cfg, forward_error=True)
         c = np.empty(tree.n)
         c[tree.perm] = fit.c
         network = replace(problem.network, c=c, c0=fit.c0)

@@ -24,12 +24,15 @@ import numpy as np
 
 from distgn.assembly import BlockRows, exact1d, target_integrals
 from distgn.config import SolverConfig
-from distgn.operator import Operator, nodal_operator, uses_nodal
+from distgn.errors import ConvergenceError
+from distgn.operator import Operator, local_gaussian, nodal_operator, uses_nodal
+from distgn.parallel import log
 from distgn.problem import Problem
 from distgn.solvers import backward_error, factor
 from distgn.targets import Target
 
 NODAL_RTOL = 1e-13
+FORWARD_ITERATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,16 @@ class OutputWeights:
 
 
 def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator,
-                         config: SolverConfig, norm: float | None = None) -> OutputWeights:
+                         config: SolverConfig, norm: float | None = None,
+                         forward_error: bool = False) -> OutputWeights:
     """Solve the least-squares problem for c (and c0) with the configured solver. Collective.
 
-    ``norm`` (an estimate of ||A||) is used by the neuron-basis path only.
+    ``norm`` (an estimate of ||A||) is used by the neuron-basis path only. With
+    ``forward_error`` the neuron-basis path also estimates the relative forward error of c,
+    ``cond(A) * backward error`` with ``||A^{-1}||`` from ``FORWARD_ITERATIONS`` power steps with
+    the factorization (statistics ``cond_estimate``, ``forward_error_estimate``), and warns (one
+    line, rank 0) when it exceeds the requested tolerance (``solver.rtol`` for krylov, else
+    ``solver.tol``).
     """
     if uses_nodal(problem, config, operator.name):
         return _solve_nodal(problem, operator, config)
@@ -71,6 +80,7 @@ def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator
     with factor(operator, config) as solver:
         x = solver.solve(rhs)
         stats = solver.stats()
+        inverse = inverse_norm_estimate(operator, solver) if forward_error else None
     u_int, u_sq = target_integrals(problem.domain, problem.target)
     c0 = None
     if problem.output_bias:
@@ -80,6 +90,14 @@ def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator
     if norm is None:
         norm = operator.norm_estimate()
     berr = backward_error(operator, x, F - (c0 or 0.0) * blocks.mass, norm)
+    if inverse is not None:
+        cond = norm * inverse
+        requested = config.rtol if config.kind == "krylov" else config.tol
+        stats = {**stats, "cond_estimate": cond, "forward_error_estimate": cond * berr}
+        if cond * berr > requested and comm.rank == 0:
+            log.warning(f"fit: the estimated relative forward error of c, cond(A) {cond:.1e} x "
+                        f"backward error {berr:.1e} = {cond * berr:.1e}, is above the requested "
+                        f"tolerance {requested:.0e}")
     c = operator.gather(x)
     if problem.domain.dim == 1:
         l2 = l2_error_1d(problem.domain.bounds, blocks.W, blocks.b, c, c0, problem.target)
@@ -97,6 +115,22 @@ def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator
                  "fit_l2_error_resolved": bool(e2 > floor)}
         l2 = float(np.sqrt(e2)) if e2 > floor else float(np.sqrt(floor))
     return OutputWeights(c, c0, l2, berr, stats)
+
+
+def inverse_norm_estimate(operator: Operator, solver: object) -> float:
+    """``||M^{-1}||`` estimated by power steps with a factorization's solve (NaN when an
+    iterative solve fails). Collective."""
+    start, stop = operator.local_range
+    x = local_gaussian(2, start, stop, 1)[:, 0]
+    value = np.nan
+    try:
+        for _ in range(FORWARD_ITERATIONS):
+            x = x / np.sqrt(operator.comm.allreduce(float(x @ x)))
+            x = solver.solve(x)
+            value = float(np.sqrt(operator.comm.allreduce(float(x @ x))))
+    except ConvergenceError:
+        return np.nan
+    return value
 
 
 def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> OutputWeights:
