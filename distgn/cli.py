@@ -31,6 +31,7 @@ from distgn.operator import build
 from distgn.parallel import log, print0, run_collectively, setup_logging, timed
 from distgn.problem import Problem, build_problem
 from distgn.solvers import backward_error, factor, initialize, log_stage
+from distgn.solvers.traffic import CountingComm, summary
 from distgn.training import train
 from distgn.tree import ClusterTree, network_tree
 
@@ -191,12 +192,13 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm) -> int:
     problem = build_problem(config)
     tree = _tree(problem, config, comm)
     timings: dict[str, float] = {}
+    counted = CountingComm(comm)  # every byte the solve path sends is counted (--json)
     with log_stage("distgn: assembly"), timed(comm, timings, "seconds_assemble"):
-        operator, blocks = build(problem, cfg, comm, cfg.matrix, tree)
+        operator, blocks = build(problem, cfg, counted, cfg.matrix, tree)
     result: dict = {"n": tree.n, "d": problem.domain.dim, "ranks": comm.size, "solver": cfg.kind,
                     "matrix": cfg.matrix, "tol": cfg.tol, "matrix_free": cfg.matrix_free}
     if cfg.matrix == "A":
-        fit = solve_output_weights(problem, blocks, operator, cfg)
+        fit = solve_output_weights(problem, blocks, operator, cfg, forward_error=True)
         c = np.empty(tree.n)
         c[tree.perm] = fit.c
         network = replace(problem.network, c=c, c0=fit.c0)
@@ -212,7 +214,7 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm) -> int:
         result["backward_error"] = backward_error(operator, x, rhs, operator.norm_estimate())
         network = problem.network
         result["solution_norm"] = float(np.linalg.norm(operator.gather(x)))
-    result.update(timings, peak_memory_bytes=_memory(comm))
+    result.update(timings, **summary(counted), peak_memory_bytes=_memory(comm))
     save_state(config.output.path, comm, network, {}, result, to_dict(config))
     print0(comm, f"solved {cfg.matrix} (n = {tree.n}, {comm.size} rank(s)) with {cfg.kind}: "
                  f"backward error {result['backward_error']:.2e}"

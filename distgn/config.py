@@ -68,6 +68,7 @@ class SolverConfig:
     sample_size: int = 0
     seed: int = 1
     compensation: str = "auto"
+    basis: str = "auto"
 
 
 @dataclass(frozen=True)

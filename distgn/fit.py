@@ -1,25 +1,38 @@
 """The linear least-squares step: output weights c (and bias c0) for fixed (W, b); the fit error.
 
-Normal equations ``[[A, s], [s^T, |Omega|]] [c; c0] = [F; int u]`` with ``s_i = int phi_i``. The
-bias is eliminated by block elimination on two solves with A (``A x1 = F``, ``A x2 = s``), so every
-solver back end only ever sees the neuron matrix A. The fit error ``int (v - u)^2`` is computed
-directly by Gauss rules on the cells between breakpoints in 1D (no cancellation, so it reaches
-round-off on exactly representable targets) and from the exact matrices otherwise.
+1D (``solver.basis = "auto"``, the default): the least-squares problem is solved in the value
+coordinates of the neurons' span (``distgn.operator.nodal_operator``, docs/large-n.md): the
+configured back end factors the well-conditioned nodal system ``K y = f`` (f by quadrature of u
+against the local basis), the bias is part of the span, c and c0 follow from the values by
+differencing, and the fit error is the quadrature of ``(v - u)^2`` from the nodal values.
+
+Otherwise (2D and up, or ``solver.basis = "relu"``): normal equations
+``[[A, s], [s^T, |Omega|]] [c; c0] = [F; int u]`` with ``s_i = int phi_i``, the bias eliminated by
+block elimination on two solves with A (``A x1 = F``, ``A x2 = s``). The fit error is computed by
+Gauss rules between breakpoints in 1D, and in 2D from the exact matrices,
+``e^2 = ||u||^2 - 2 c^T F + c^T A c`` (+ bias terms): this cancels, so it is reported with its
+rounding level (``fit_l2_error_floor``), and where ``e^2`` is below that level the floor is reported
+as an upper bound instead of clipping to zero.
 ``solve_output_weights`` is collective; ``l2_error_1d`` is rank-local.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from distgn.assembly import BlockRows, exact1d, target_integrals
 from distgn.config import SolverConfig
-from distgn.operator import Operator
+from distgn.errors import ConvergenceError
+from distgn.operator import Operator, local_gaussian, nodal_operator, uses_nodal
+from distgn.parallel import log
 from distgn.problem import Problem
 from distgn.solvers import backward_error, factor
 from distgn.targets import Target
+
+NODAL_RTOL = 1e-13
+FORWARD_ITERATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -48,14 +61,26 @@ class OutputWeights:
 
 
 def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator,
-                         config: SolverConfig, norm: float | None = None) -> OutputWeights:
-    """Solve the normal equations for c (and c0) with the configured solver. Collective."""
+                         config: SolverConfig, norm: float | None = None,
+                         forward_error: bool = False) -> OutputWeights:
+    """Solve the least-squares problem for c (and c0) with the configured solver. Collective.
+
+    ``norm`` (an estimate of ||A||) is used by the neuron-basis path only. With
+    ``forward_error`` the neuron-basis path also estimates the relative forward error of c,
+    ``cond(A) * backward error`` with ``||A^{-1}||`` from ``FORWARD_ITERATIONS`` power steps with
+    the factorization (statistics ``cond_estimate``, ``forward_error_estimate``), and warns (one
+    line, rank 0) when it exceeds the requested tolerance (``solver.rtol`` for krylov, else
+    ``solver.tol``).
+    """
+    if uses_nodal(problem, config, operator.name):
+        return _solve_nodal(problem, operator, config)
     comm = operator.comm
     F = blocks.F
     rhs = np.column_stack([F, blocks.mass]) if problem.output_bias else F
     with factor(operator, config) as solver:
         x = solver.solve(rhs)
         stats = solver.stats()
+        inverse = inverse_norm_estimate(operator, solver) if forward_error else None
     u_int, u_sq = target_integrals(problem.domain, problem.target)
     c0 = None
     if problem.output_bias:
@@ -65,6 +90,14 @@ def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator
     if norm is None:
         norm = operator.norm_estimate()
     berr = backward_error(operator, x, F - (c0 or 0.0) * blocks.mass, norm)
+    if inverse is not None:
+        cond = norm * inverse
+        requested = config.rtol if config.kind == "krylov" else config.tol
+        stats = {**stats, "cond_estimate": cond, "forward_error_estimate": cond * berr}
+        if cond * berr > requested and comm.rank == 0:
+            log.warning(f"fit: the estimated relative forward error of c, cond(A) {cond:.1e} x "
+                        f"backward error {berr:.1e} = {cond * berr:.1e}, is above the requested "
+                        f"tolerance {requested:.0e}")
     c = operator.gather(x)
     if problem.domain.dim == 1:
         l2 = l2_error_1d(problem.domain.bounds, blocks.W, blocks.b, c, c0, problem.target)
@@ -72,10 +105,60 @@ def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator
         Ac = operator.matvec(x)
         parts = comm.allreduce(np.array([x @ Ac, x @ F, x @ blocks.mass]))
         m0 = c0 or 0.0
-        e2 = (parts[0] + 2 * m0 * parts[2] + m0**2 * problem.domain.measure
-              - 2 * parts[1] - 2 * m0 * u_int + u_sq)
-        l2 = float(np.sqrt(max(e2, 0.0)))
+        terms = np.array([parts[0], 2 * m0 * parts[2], m0**2 * problem.domain.measure,
+                          -2 * parts[1], -2 * m0 * u_int, u_sq])
+        e2 = float(np.sum(terms))
+        # Each term carries a relative rounding error of a few eps (the exact integrals and the
+        # products): e^2 below that level is not resolved.
+        floor = float(64 * np.finfo(float).eps * np.sum(np.abs(terms)))
+        stats = {**stats, "fit_l2_error_floor": float(np.sqrt(floor)),
+                 "fit_l2_error_resolved": bool(e2 > floor)}
+        l2 = float(np.sqrt(e2)) if e2 > floor else float(np.sqrt(floor))
     return OutputWeights(c, c0, l2, berr, stats)
+
+
+def inverse_norm_estimate(operator: Operator, solver: object) -> float:
+    """``||M^{-1}||`` estimated by power steps with a factorization's solve (NaN when an
+    iterative solve fails). Collective."""
+    start, stop = operator.local_range
+    x = local_gaussian(2, start, stop, 1)[:, 0]
+    value = np.nan
+    try:
+        for _ in range(FORWARD_ITERATIONS):
+            x = x / np.sqrt(operator.comm.allreduce(float(x @ x)))
+            x = solver.solve(x)
+            value = float(np.sqrt(operator.comm.allreduce(float(x @ x))))
+    except ConvergenceError:
+        return np.nan
+    return value
+
+
+def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> OutputWeights:
+    """The 1D least-squares solve in value coordinates (module docstring). Collective.
+
+    A Krylov solve runs to ``rtol = min(solver.rtol, NODAL_RTOL)``: the nodal system's condition
+    number is at most a few, so this costs a few iterations, and the best fit reaches ~1e-12 at
+    n = 2^20 (it falls like n^-2 for smooth targets), which a looser residual would not resolve.
+    """
+    config = replace(config, rtol=min(config.rtol, NODAL_RTOL))
+    nodal = nodal_operator(operator, config, problem.output_bias)
+    system = nodal.system
+    rhs = system.right_hand_side(problem.target, nodal.comm, nodal.offsets())
+    with factor(nodal, config) as solver:
+        x = solver.solve(rhs)
+        stats = solver.stats()
+    berr = backward_error(nodal, x, rhs, nodal.norm_estimate())
+    # The exact solution lies in the span; a solver's error along N (outside it) would be
+    # amplified by the differencing B, so it is removed first.
+    values = system.span.project(nodal.gather(x)[:, None])
+    coefficients = system.coefficients(values)[:, 0]
+    values = values[:, 0]
+    n = operator.tree.n
+    c0 = float(coefficients[n]) if problem.output_bias else None
+    l2 = system.l2_error(values, problem.target, nodal.comm, nodal.offsets())
+    stats = {**stats, "basis": "nodal", "nodal_size": nodal.size,
+             "nodal_constraints": int(system.span.null.shape[1])}
+    return OutputWeights(coefficients[:n], c0, l2, berr, stats)
 
 
 def l2_error_1d(bounds: np.ndarray, W: np.ndarray, b: np.ndarray, c: np.ndarray,

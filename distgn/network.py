@@ -65,12 +65,39 @@ class Network:
         if self.c is None:
             raise ValueError("network output weights c are not set")
         x = np.atleast_2d(x)
+        if self.dim == 1:
+            return evaluate_1d(self.W[:, 0], self.b, self.c, self.c0, x[:, 0])
         v = np.maximum(x @ self.W.T + self.b, 0.0) @ self.c
         return v + (self.c0 or 0.0)
 
     def breakpoints(self) -> np.ndarray:
         """1D breakpoints ``t_i = -b_i / w_i``."""
         return -self.b / self.W[:, 0]
+
+
+def evaluate_1d(w: np.ndarray, b: np.ndarray, c: np.ndarray, c0: float | None,
+                x: np.ndarray) -> np.ndarray:
+    """``c0 + sum_i c_i relu(w_i x + b_i)`` at points x in O((n + N) log n).
+
+    A right-facing neuron (w > 0) is ``w x + b`` where ``x > t = -b / w``, a left-facing one where
+    ``x < t``: prefix sums of ``c w`` and ``c b`` over the neurons sorted by t give the active
+    neurons' slope and intercept at every point.
+    """
+    t = -b / w
+    v = np.full(x.shape, float(c0 or 0.0))
+    for right in (True, False):
+        sel = np.flatnonzero((w > 0) == right)
+        order = sel[np.argsort(t[sel], kind="stable")]
+        ts = t[order]
+        slope = np.concatenate([[0.0], np.cumsum((c * w)[order])])
+        icept = np.concatenate([[0.0], np.cumsum((c * b)[order])])
+        if right:
+            k = np.searchsorted(ts, x, side="left")       # t < x
+            v += slope[k] * x + icept[k]
+        else:
+            k = np.searchsorted(ts, x, side="right")      # t <= x are inactive
+            v += (slope[-1] - slope[k]) * x + (icept[-1] - icept[k])
+    return v
 
 
 def activity(W: np.ndarray, b: np.ndarray, domain: Domain) -> tuple[np.ndarray, np.ndarray]:
@@ -120,11 +147,18 @@ def validate(net: Network, domain: Domain) -> None:
         )
 
 
-def duplicate_pairs(W: np.ndarray, b: np.ndarray, rtol: float = 1e-12) -> np.ndarray:
-    """Pairs (i, j), i < j, of neurons with the same normalised (w, b) up to ``rtol``."""
+def duplicate_pairs(W: np.ndarray, b: np.ndarray, ulps: float = 4.0) -> np.ndarray:
+    """Pairs (i, j), i < j, of exact duplicates: the same normalised ``(w, b) / |w|`` (the same
+    hyperplane and orientation) to ``ulps`` units in the last place, componentwise.
+
+    Only exact duplicates make A singular; neurons that are merely close (n random breakpoints are
+    ~1/n^2 apart) make it ill-conditioned, which the solvers handle (docs/large-n.md).
+    """
     r = np.column_stack([W, b]) / np.linalg.norm(W, axis=1)[:, None]
     order = np.lexsort(r.T[::-1])
-    close = np.all(np.abs(np.diff(r[order], axis=0)) <= rtol * (1.0 + np.abs(r[order][1:])), axis=1)
+    sorted_r = r[order]
+    size = np.maximum(np.abs(sorted_r[:-1]), np.abs(sorted_r[1:]))
+    close = np.all(np.abs(np.diff(sorted_r, axis=0)) <= ulps * np.finfo(float).eps * size, axis=1)
     pairs = np.column_stack([order[:-1][close], order[1:][close]])
     return np.sort(pairs, axis=1)
 

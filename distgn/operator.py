@@ -15,7 +15,7 @@ the operator. Construction is rank-local; ``matvec`` and ``norm_estimate`` are c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from mpi4py import MPI
@@ -23,11 +23,31 @@ from mpi4py import MPI
 from distgn.assembly import BlockRows, assemble_block_rows, pair_integrals
 from distgn.config import SolverConfig
 from distgn.domain import Domain
+from distgn.errors import InputError
 from distgn.fastmv import fast_matvec_1d
+from distgn.nodal import NeuronSpan, NodalSystem
 from distgn.problem import Problem
-from distgn.tree import ClusterTree, network_tree
+from distgn.tree import ClusterTree, build_tree, network_tree
 
 TILE_ENTRIES = 1 << 22
+ROW_BLOCK = 1024
+BASES = ("auto", "relu")
+
+
+def local_gaussian(seed: int, lo: int, hi: int, width: int) -> np.ndarray:
+    """Rows ``lo:hi`` of a seeded standard Gaussian matrix (any number of rows) x ``width``.
+
+    Row block j (``ROW_BLOCK`` rows) is drawn by a counter-based Philox generator keyed by
+    ``(seed, j)``, so a rank draws only its own rows and they are the same for every partition
+    into ranks. Rank-local.
+    """
+    out = np.empty((hi - lo, width))
+    for j in range(lo // ROW_BLOCK, (hi - 1) // ROW_BLOCK + 1 if hi > lo else 0):
+        key = np.array([seed, j], dtype=np.uint64)
+        block = np.random.Generator(np.random.Philox(key=key)).standard_normal((ROW_BLOCK, width))
+        a, z = max(lo, j * ROW_BLOCK), min(hi, (j + 1) * ROW_BLOCK)
+        out[a - lo:z - lo] = block[a - j * ROW_BLOCK:z - j * ROW_BLOCK]
+    return out
 
 
 @dataclass(frozen=True)
@@ -60,16 +80,22 @@ class Operator:
     b: np.ndarray
     rows: np.ndarray | None = None
     fast_matvec: Callable[[np.ndarray], np.ndarray] | None = None
+    system: NodalSystem | None = None
 
     @property
     def block(self) -> int:
-        """Scalar unknowns per neuron: d+1 for G, else 1."""
-        return self.domain.dim + 1 if self.name == "G" else 1
+        """Scalar unknowns per tree index: d+1 for G in the neuron basis, else 1."""
+        return self.domain.dim + 1 if self.name == "G" and self.system is None else 1
 
     @property
     def size(self) -> int:
         """Global order N of the matrix."""
         return self.tree.n * self.block
+
+    @property
+    def basis(self) -> str:
+        """``"nodal"`` for the 1D value-coordinate system, ``"relu"`` for the neuron basis."""
+        return "relu" if self.system is None else "nodal"
 
     @property
     def local_range(self) -> tuple[int, int]:
@@ -82,16 +108,23 @@ class Operator:
         return self.tree.rank_offsets() * self.block
 
     def entries(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
-        """Exact entries ``M[I][:, J]`` at global tree-order scalar indices. Rank-local."""
+        """Exact entries ``M[I][:, J]`` at global tree-order scalar indices. Rank-local.
+
+        Only the neurons involved enter the exact integrals, so the cost is
+        O(|I| |J| + |I| + |J|), independent of n.
+        """
         I, J = np.asarray(I, dtype=np.int64), np.asarray(J, dtype=np.int64)
+        if self.system is not None:
+            return self.system.entries(I, J)
         k = self.block
-        ni, nj = I // k, J // k
-        ui, inv_i = np.unique(ni, return_inverse=True)
-        uj, inv_j = np.unique(nj, return_inverse=True)
-        part = pair_integrals(self.domain, self.W, self.b, ui, uj, (self.name,))[self.name]
+        neurons, inverse = np.unique(np.concatenate([I, J]) // k, return_inverse=True)
+        li, lj = inverse[:I.size], inverse[I.size:]
+        part = pair_integrals(self.domain, self.W[neurons], self.b[neurons], li, lj,
+                              (self.name,))[self.name]
         if k == 1:
-            return part[np.ix_(inv_i, inv_j)]
-        return part[inv_i[:, None], inv_j[None, :], (I % k)[:, None], (J % k)[None, :]]
+            return part
+        return part[np.arange(I.size)[:, None], np.arange(J.size)[None, :], (I % k)[:, None],
+                    (J % k)[None, :]]
 
     def gather(self, x_local: np.ndarray) -> np.ndarray:
         """The full vector (N,) or (N, r) from every rank's rows. Collective."""
@@ -105,7 +138,15 @@ class Operator:
         return full
 
     def matvec(self, x_local: np.ndarray) -> np.ndarray:
-        """``M x`` on this rank's rows for a block-row-distributed x (m,) or (m, r). Collective."""
+        """``M x`` on this rank's rows for a block-row-distributed x (m,) or (m, r). Collective.
+
+        The nodal system exchanges only halo rows and a few sums; the neuron-basis products
+        gather x.
+        """
+        if self.system is not None and self.rows is None:
+            x_local = np.asarray(x_local, dtype=float)
+            columns = x_local.reshape(x_local.shape[0], -1)
+            return self.system.matvec(columns, self.comm, self.offsets()).reshape(x_local.shape)
         x = self.gather(x_local)
         start, stop = self.local_range
         if self.rows is not None:
@@ -123,7 +164,7 @@ class Operator:
     def norm_estimate(self, iterations: int = 30, seed: int = 0) -> float:
         """2-norm estimate by power iteration (a lower bound within a few percent). Collective."""
         start, stop = self.local_range
-        x = np.random.default_rng(seed).standard_normal(self.size)[start:stop]
+        x = local_gaussian(seed, start, stop, 1)[:, 0]
         value = 0.0
         for _ in range(iterations):
             norm = np.sqrt(self.comm.allreduce(float(x @ x)))
@@ -139,6 +180,15 @@ def operator_from_block_rows(blocks: BlockRows, name: str, comm: MPI.Comm,
     return Operator(name, comm, blocks.tree, domain, blocks.W, blocks.b, blocks.matrices[name])
 
 
+def uses_nodal(problem: Problem, config: SolverConfig, name: str) -> bool:
+    """Whether solves with matrix ``name`` go through the 1D value coordinates (``nodal_operator``):
+    A in 1D unless ``solver.basis = "relu"``."""
+    if config.basis not in BASES:
+        raise InputError(f"config key solver.basis = {config.basis!r} is not one of "
+                         f"{', '.join(BASES)}")
+    return problem.domain.dim == 1 and name == "A" and config.basis == "auto"
+
+
 def build(problem: Problem, config: SolverConfig, comm: MPI.Comm, name: str,
           tree: ClusterTree | None = None) -> tuple[Operator, BlockRows]:
     """Matrix ``name`` of ``problem`` over ``comm``, and this rank's assembled block rows.
@@ -146,16 +196,35 @@ def build(problem: Problem, config: SolverConfig, comm: MPI.Comm, name: str,
     The tree comes from ``config`` (ordering, leaf size) unless given. With
     ``config.matrix_free`` no matrix rows are stored: 1D gets the exact fast product, other
     dimensions exact entries tile by tile; the block rows then carry only the right-hand sides.
-    Rank-local.
+    The neuron-basis rows of A are not assembled in 1D either when ``uses_nodal`` (every solve with
+    A then goes through ``nodal_operator``). Rank-local.
     """
     net = problem.network
     if tree is None:
         tree = network_tree(problem.domain, net.W, net.b, config.ordering, comm.size,
                             config.leaf_size)
-    blocks = assemble_block_rows(problem, tree, comm.rank, () if config.matrix_free else (name,))
-    if not config.matrix_free:
+    store = not config.matrix_free and not uses_nodal(problem, config, name)
+    blocks = assemble_block_rows(problem, tree, comm.rank, (name,) if store else ())
+    if store:
         return operator_from_block_rows(blocks, name, comm, problem.domain), blocks
     fast = None
     if problem.domain.dim == 1:
         fast = fast_matvec_1d(problem.domain.bounds, blocks.W, blocks.b, name)
     return Operator(name, comm, tree, problem.domain, blocks.W, blocks.b, None, fast), blocks
+
+
+def nodal_operator(operator: Operator, config: SolverConfig, bias: bool = False) -> Operator:
+    """The 1D least-squares system of ``operator``'s neurons (plus the constant with ``bias``) in
+    scaled value coordinates: ``NodalSystem`` over a tree of its own on the same ranks.
+
+    Rows are stored (dense, for the dense back end) unless ``config.matrix_free``. Raises
+    SolverError when the functions are linearly dependent. Rank-local.
+    """
+    L, R = (float(v) for v in operator.domain.bounds[0])
+    system = NodalSystem(NeuronSpan(operator.name, L, R, operator.W[:, 0], operator.b, bias))
+    tree = build_tree(np.arange(system.size), operator.comm.size, config.leaf_size)
+    nodal = Operator(operator.name, operator.comm, tree, operator.domain, operator.W, operator.b,
+                     None, None, system)
+    if config.matrix_free:
+        return nodal
+    return replace(nodal, rows=system.local_rows(*nodal.local_range))

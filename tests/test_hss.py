@@ -20,8 +20,9 @@ BOX = ["domain.kind=box", "domain.bounds=[[0,1],[0,1]]"]
 
 def make_operator(sets: list[str], name: str = "A", comm: MPI.Comm = MPI.COMM_SELF
                   ) -> tuple[Operator, object]:
-    """The operator and solver settings of a configuration given as ``section.key=value``."""
-    config = load_config(None, sets)
+    """The neuron-basis operator (``solver.basis = "relu"``) and solver settings of a configuration
+    given as ``section.key=value``."""
+    config = load_config(None, sets + ['solver.basis="relu"'])
     return build(build_problem(config), config.solver, comm, name)[0], config.solver
 
 
@@ -34,12 +35,12 @@ def test_spd_sqrt_cholesky_and_floor() -> None:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((20, 20))
     D = X @ X.T
-    L, logdet, clamped = spd_sqrt(D)
-    assert clamped == 0 and np.allclose(L @ L.T, D) and np.isclose(logdet, np.linalg.slogdet(D)[1])
+    L, logdet, shift = spd_sqrt(D)
+    assert shift == 0 and np.allclose(L @ L.T, D) and np.isclose(logdet, np.linalg.slogdet(D)[1])
     V = np.linalg.qr(X)[0]
     D = V @ np.diag(np.r_[-1e-3, 1e-20, np.ones(18)]) @ V.T
-    L, logdet, clamped = spd_sqrt(D)
-    assert clamped == 1 and np.all(np.diag(L) > 0) and np.isfinite(logdet)
+    L, logdet, shift = spd_sqrt(D)
+    assert shift > 0 and np.all(np.diag(L) > 0) and np.isfinite(logdet)
     assert np.linalg.norm(L @ L.T - D, 2) < 8.1e-3
 
 

@@ -31,8 +31,9 @@ BOX = ['domain.kind="box"', "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]", "network.n
 
 def operator_for(comm: MPI.Comm, overrides: list[str], name: str = "A", leaf: int = 16,
                  matrix_free: bool = False) -> tuple[Operator, np.ndarray]:
-    """The operator ``name`` of the problem given by config overrides, and this rank's F rows."""
-    config = load_config(None, overrides + [f"solver.leaf_size={leaf}",
+    """The neuron-basis operator ``name`` of the problem given by config overrides (``solver.basis
+    = "relu"``: these tests exercise the back ends on it), and this rank's F rows."""
+    config = load_config(None, overrides + [f"solver.leaf_size={leaf}", 'solver.basis="relu"',
                                             f"solver.matrix_free={str(matrix_free).lower()}"])
     operator, blocks = build(build_problem(config), config.solver, comm, name)
     return operator, blocks.F

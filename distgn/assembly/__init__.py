@@ -3,7 +3,8 @@
 ``pair_integrals``, ``target_moments`` and ``target_integrals`` pick the exact routine for the
 domain (1D closed forms, 2D polygon clipping, tensor quadrature for boxes in d >= 3) and are
 rank-local. ``assemble_block_rows`` computes this rank's block rows in tree order; it never forms an
-n x n array (rows are built in chunks of bounded size) and calls no MPI itself.
+n x n array (rows are built in chunks of bounded size) and calls no MPI itself. With no matrices
+requested (matrix-free) it costs O(n log n): the target moments and masses of its rows only.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def assemble_block_rows(
     matrices = {name: np.empty((stop - start, n) if name != "G" else ((stop - start) * k, n * k))
                 for name in which}
     step = max(1, CHUNK_ENTRIES // (n * (k * k if "G" in which else 1)))
-    for lo in range(start, stop, step):
+    for lo in range(start, stop, step) if which else ():
         hi = min(lo + step, stop)
         part = pair_integrals(problem.domain, W, b, np.arange(lo, hi), J, which)
         for name in which:

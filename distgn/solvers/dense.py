@@ -26,6 +26,7 @@ from distgn.config import SolverConfig
 from distgn.errors import InputError, SolverError
 from distgn.operator import Operator
 from distgn.solvers.petsc import PetscOwner, log_stage, operator_matrix, petsc_message
+from distgn.solvers.traffic import plain
 
 
 def not_positive_definite(operator: Operator, detail: str) -> SolverError:
@@ -70,7 +71,7 @@ class DenseCholesky(PetscOwner):
         self.matrix, storage = operator_matrix(self.operator, matrix_free=False)
         self.own(self.matrix).convert("scalapack")  # in place: the MATMPIDENSE header is replaced
         del storage  # the Fortran-order copy of the rows that the MATMPIDENSE wrapped
-        self.pc = self.own(PETSc.PC().create(self.operator.comm))
+        self.pc = self.own(PETSc.PC().create(plain(self.operator.comm)))
         self.pc.setOperators(self.matrix)
         self.pc.setType(PETSc.PC.Type.CHOLESKY)
         self.pc.setFactorSolverType("scalapack")

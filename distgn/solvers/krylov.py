@@ -81,6 +81,7 @@ from distgn.solvers.petsc import (
     petsc_message,
     solver_options,
 )
+from distgn.solvers.traffic import plain
 
 KSP_DEFAULT = "cg"
 PC_TYPES = ("none", "jacobi", "bjacobi", "hat", "hss")
@@ -182,7 +183,7 @@ class KrylovSolver(PetscOwner):
 
     def _configure(self, ksp_type: str, pc_type: str, db: PETSc.Options) -> None:
         """KSP with defaults, then the options database, then distgn's python PC. Collective."""
-        ksp = self.ksp = self.own(PETSc.KSP().create(self.operator.comm))
+        ksp = self.ksp = self.own(PETSc.KSP().create(plain(self.operator.comm)))
         ksp.setOptionsPrefix(PREFIX)
         ksp.setOperators(self.mat)
         ksp.setType(ksp_type)

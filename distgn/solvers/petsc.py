@@ -30,6 +30,7 @@ from petsc4py import PETSc
 from distgn.errors import InputError, SolverError
 from distgn.operator import Operator
 from distgn.solvers.base import Disposable, Factorization
+from distgn.solvers.traffic import plain
 
 PREFIX = "distgn_"
 DIAGONAL_TILE = 256
@@ -109,11 +110,11 @@ def operator_matrix(operator: Operator, matrix_free: bool) -> tuple[PETSc.Mat, n
     sizes = ((m, operator.size), (m, operator.size))
     comm = operator.comm
     if matrix_free or operator.rows is None:
-        mat = PETSc.Mat().createPython(sizes, OperatorShell(operator), comm=comm)
+        mat = PETSc.Mat().createPython(sizes, OperatorShell(operator), comm=plain(comm))
         mat.setUp()
         return mat, None
     storage = operator.rows.T if comm.size == 1 else np.asfortranarray(operator.rows)
-    mat = PETSc.Mat().createDense(sizes, array=storage, comm=comm)
+    mat = PETSc.Mat().createDense(sizes, array=storage, comm=plain(comm))
     mat.setOption(PETSc.Mat.Option.SYMMETRIC, True)
     mat.assemble()
     return mat, storage

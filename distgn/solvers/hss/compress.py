@@ -1,10 +1,10 @@
 """Compression of HSS block rows from a randomized sketch, node by node, with nested bases.
 
-Owns the sketch ``Y = M Omega`` (one seeded Gaussian Omega shared by all ranks), the row
-interpolative decomposition and range bases (pivoted QR from scipy), and the two per-node schemes
-that turn a node's sample into its ULV factor (``distgn.solvers.hss.ulv``) and the summary its
-parent needs. Ranks are adaptive (decided by the tolerance); the caller grows the sketch when a rank
-comes within the oversampling margin of its width.
+Owns the sketch ``Y = M Omega`` (a seeded Gaussian Omega; each rank draws only its own rows), the
+row interpolative decomposition and range bases (pivoted QR from scipy), and the two per-node
+schemes that turn a node's sample into its ULV factor (``distgn.solvers.hss.ulv``) and the summary
+its parent needs. Ranks are adaptive (decided by the tolerance); the caller grows the sketch when a
+rank comes within the oversampling margin of its width.
 
 ``SkeletonScheme`` (Martinsson's randomized HSS construction with interpolative skeletons): a
 leaf's block-row sample is ``Y(I) - D Omega(I)``; a parent only sees its children's skeleton rows
@@ -22,16 +22,16 @@ Rank-local, except ``sketch`` (collective).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
 
-from distgn.assembly import layer_matrix, pair_integrals
-from distgn.operator import Operator
+from distgn.operator import Operator, local_gaussian
 from distgn.solvers.hss.ulv import (
     NodeFactor,
     ScaledFactor,
+    block_norm,
     coupled_block,
     lower_solve,
     orthogonal_eliminate,
@@ -75,15 +75,18 @@ class Skeleton:
         return int(self.index.size)
 
 
-def gaussian_sketch(size: int, width: int, seed: int) -> np.ndarray:
-    """The seeded Gaussian test matrix Omega (size x width), identical on every rank."""
-    return np.random.default_rng(seed).standard_normal((size, width))
+def gaussian_sketch(operator: Operator, width: int, seed: int) -> np.ndarray:
+    """This rank's rows of the seeded Gaussian test matrix Omega (N x width).
+
+    Each rank draws only its rows (``distgn.operator.local_gaussian``: counter-based, keyed by the
+    seed and the row block), and they are the same whatever the number of ranks. Rank-local.
+    """
+    return local_gaussian(seed, *operator.local_range, width)
 
 
 def sketch(operator: Operator, omega: np.ndarray) -> np.ndarray:
-    """This rank's rows of ``Y = M Omega``. Collective."""
-    start, stop = operator.local_range
-    return operator.matvec(omega[start:stop])
+    """This rank's rows of ``Y = M Omega`` from this rank's rows of Omega. Collective."""
+    return operator.matvec(omega)
 
 
 def row_id(Z: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +124,7 @@ class Scheme:
     sample : ndarray
         This rank's rows of ``Y = M Omega``.
     omega : ndarray
-        The full Omega.
+        This rank's rows of Omega.
     threshold : float
         Pivot threshold of the rank decisions (absolute for skeletons, relative for projections).
     """
@@ -135,27 +138,18 @@ class Scheme:
         self.offset = operator.local_range[0]
 
     def block(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
-        """``M(I, J)``: from the stored rows when this rank has them, else exact entries."""
+        """``M(I, J)``: from the stored rows when this rank has them, else exact entries (of the
+        involved indices only: O(|I| |J|) whatever n)."""
         rows = self.operator.rows
         start, stop = self.operator.local_range
         if rows is not None and I.size and I.min() >= start and I.max() < stop:
             return rows[np.ix_(I - start, J)]
-        # Exact entries over the involved neurons only (the 1D closed forms cost O(neurons)).
-        k = self.operator.block
-        neurons, inverse = np.unique(np.concatenate([I, J]) // k, return_inverse=True)
-        part = replace(self.operator, W=self.operator.W[neurons], b=self.operator.b[neurons])
-        local = inverse * k + np.concatenate([I, J]) % k
-        return part.entries(local[:I.size], local[I.size:])
+        return self.operator.entries(I, J)
 
     def diagonal_block(self, node: Node) -> np.ndarray:
-        """``M(I, I)`` of a leaf: stored rows, or exact entries of its own neurons only."""
-        if self.operator.rows is not None:
-            I = self.scalars(node)
-            return self.block(I, I)
-        op, local = self.operator, np.arange(node.size)
-        part = pair_integrals(op.domain, op.W[node.start:node.stop], op.b[node.start:node.stop],
-                              local, local, (op.name,))[op.name]
-        return layer_matrix(part) if op.name == "G" else part
+        """``M(I, I)`` of a leaf."""
+        I = self.scalars(node)
+        return self.block(I, I)
 
     def scalars(self, node: Node) -> np.ndarray:
         """Global scalar indices of a node."""
@@ -186,7 +180,7 @@ class SkeletonScheme(Scheme):
         D = self.diagonal_block(node)
         if root:
             return root_factor(D, self.scale, self.floor), None
-        omega = self.omega[I]
+        omega = self.omega[I - self.offset]
         local = D @ omega
         sample = self.sample[I - self.offset]
         J, U = row_id(sample - local, self.threshold)
@@ -255,7 +249,7 @@ class ProjectionScheme(Scheme):
         D = self.diagonal_block(node)
         if root:
             return root_factor(D), None
-        return self._reduce(node, D, self.sample[I - self.offset], self.omega[I])
+        return self._reduce(node, D, self.sample[I - self.offset], self.omega[I - self.offset])
 
     def merge(self, node: Node, left: Projection, right: Projection, root: bool = False,
               coupling: np.ndarray | None = None) -> tuple[NodeFactor, Projection | None]:
@@ -271,10 +265,10 @@ class ProjectionScheme(Scheme):
 
     def _reduce(self, node: Node, D: np.ndarray, sample: np.ndarray, omega: np.ndarray
                 ) -> tuple[NodeFactor, Projection]:
-        L, logdet, shifted = spd_sqrt(D)
+        L, logdet, shift = spd_sqrt(D)
         scaled = lower_solve(L, sample)
         Q = range_basis(scaled - L.T @ omega, self.threshold)
-        factor = ScaledFactor(L, Q, logdet, shifted)
+        factor = ScaledFactor(L, Q, logdet, shift, block_norm(D))
         if node.is_local:
             self.extend_map(node, factor)
         return factor, Projection(Q.T @ scaled, (L @ Q).T @ omega)

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import pickle
 import time
+from dataclasses import replace
 
 import numpy as np
 from mpi4py import MPI
 
 from distgn.errors import InputError
 from distgn.operator import Operator
+from distgn.parallel import log
 from distgn.solvers.base import Disposable
 from distgn.solvers.hss import ulv
 from distgn.solvers.hss.compress import (
@@ -34,6 +36,7 @@ from distgn.solvers.hss.compress import (
     gaussian_sketch,
     sketch,
 )
+from distgn.solvers.traffic import CountingComm, counting
 from distgn.tree import Node
 
 OVERSAMPLE = 10
@@ -67,8 +70,10 @@ class HSSFactorization(Disposable):
     def __init__(self, operator: Operator, tol: float, samples: int, seed: int,
                  compensated: bool = False) -> None:
         start_time = time.perf_counter()
+        operator = replace(operator, comm=counting(operator.comm))
         self.operator = operator
-        self.comm = operator.comm
+        self.comm: CountingComm = operator.comm
+        self.counted_since = self.comm.snapshot()
         self.tol = tol
         self.samples = min(samples, operator.size)
         tree = operator.tree
@@ -77,9 +82,9 @@ class HSSFactorization(Disposable):
         self.factors: dict[int, ulv.NodeFactor] = {}
         self.split: dict[int, int] = {}
         self.ranks: dict[int, int] = {}
-        self.sent: dict[int, int] = {}
-        omega = gaussian_sketch(operator.size, self.samples, seed)
-        sample = sketch(operator, omega)
+        omega = gaussian_sketch(operator, self.samples, seed)
+        with self.comm.labelled("sketch"):
+            sample = sketch(operator, omega)
         self.compensated = compensated
         scheme: Scheme
         if compensated:
@@ -89,7 +94,9 @@ class HSSFactorization(Disposable):
             scheme = ProjectionScheme(operator, sample, omega, tol)
         else:
             # ||M Omega||_F / sqrt(k) estimates ||M||_F.
-            norm = np.sqrt(self.comm.allreduce(float(np.sum(sample * sample))) / self.samples)
+            with self.comm.labelled("sketch"):
+                norm = np.sqrt(self.comm.allreduce(float(np.sum(sample * sample)))
+                               / self.samples)
             floor = max(ulv.FLOOR, 0.1 * tol)
             scheme = SkeletonScheme(operator, sample, omega, tol * norm, norm, floor)
         summaries: dict = {}
@@ -98,8 +105,10 @@ class HSSFactorization(Disposable):
                 self._factor_node(scheme, node, summaries)
         for node in reversed(self.nodes):
             if not node.is_local and node.children:
-                self._merge_ranks(scheme, node, summaries)
-        self.seconds = self.comm.allreduce(time.perf_counter() - start_time, op=MPI.MAX)
+                with self.comm.labelled(("level", node.level)):
+                    self._merge_ranks(scheme, node, summaries)
+        with self.comm.labelled("setup"):
+            self.seconds = self.comm.allreduce(time.perf_counter() - start_time, op=MPI.MAX)
         self.seconds_solve = 0.0
 
     def _factor_node(self, scheme: Scheme, node: Node, summaries: dict,
@@ -118,11 +127,9 @@ class HSSFactorization(Disposable):
             summaries[node.id] = summary
             self.ranks[node.id] = summary.rank
 
-    def _send(self, obj: object, dest: int, tag: int, level: int) -> None:
-        """Send a pickled object and log its bytes at ``level``."""
-        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        self.sent[level] = self.sent.get(level, 0) + len(payload)
-        self.comm.send(payload, dest=dest, tag=tag)
+    def _send(self, obj: object, dest: int, tag: int) -> None:
+        """Send a pickled object (counted by the communicator under the current label)."""
+        self.comm.send(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), dest=dest, tag=tag)
 
     def _recv(self, source: int, tag: int) -> object:
         return pickle.loads(self.comm.recv(source=source, tag=tag))
@@ -136,15 +143,12 @@ class HSSFactorization(Disposable):
         if isinstance(scheme, ProjectionScheme):
             coupling = self._coupling(scheme, node, left, right)
         if rank == right.rank_lo:
-            self._send(summaries.pop(right.id), node.rank_lo, node.id, node.level)
+            self._send(summaries.pop(right.id), node.rank_lo, node.id)
         if rank == node.rank_lo:
             summaries[right.id] = self._recv(right.rank_lo, node.id)
             self._factor_node(scheme, node, summaries, coupling)
         if isinstance(scheme, ProjectionScheme) and node.parent >= 0:
             factor = self.comm.bcast(self.factors.get(node.id), root=node.rank_lo)
-            if rank == node.rank_lo:
-                copies = node.rank_hi - node.rank_lo - 1
-                self.sent[node.level] = self.sent.get(node.level, 0) + copies * factor.nbytes
             if node.rank_lo <= rank < node.rank_hi:
                 scheme.extend_map(node, factor)
 
@@ -160,16 +164,25 @@ class HSSFactorization(Disposable):
         tag = len(self.nodes) + node.id
         if right.rank_lo <= rank < right.rank_hi:
             for dest in range(left.rank_lo, left.rank_hi):
-                self._send(scheme.maps[right.id], dest, tag, node.level)
+                self._send(scheme.maps[right.id], dest, tag)
         partial = None
         if left.rank_lo <= rank < left.rank_hi:
             Fb = np.vstack([self._recv(q, tag) for q in range(right.rank_lo, right.rank_hi)])
             partial = scheme.partial_coupling(left, right, Fb)
-            self.sent[node.level] = self.sent.get(node.level, 0) + partial.nbytes
         parts = self.comm.gather(partial, root=node.rank_lo)
         if rank != node.rank_lo:
             return None
         return sum(p for p in parts if p is not None)
+
+    def warn_shift(self) -> None:
+        """One warning line (rank 0) when a diagonal shift exceeds the tolerance relative to its
+        block's norm: the factorization is then not within ``tol`` of the matrix. Collective."""
+        relative = self.comm.allreduce(max((f.shift / f.norm for f in self.factors.values()
+                                            if f.norm > 0), default=0.0), op=MPI.MAX)
+        if relative > self.tol and self.comm.rank == 0:
+            log.warning(f"hss: a diagonal shift of {relative:.1e} times its block's norm (above "
+                        f"the tolerance {self.tol:.0e}) made {self.operator.name} positive "
+                        f"definite; the factorization is that far from the matrix")
 
     @property
     def max_rank(self) -> int:
@@ -178,6 +191,10 @@ class HSSFactorization(Disposable):
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """Solution rows of this rank for right-hand-side rows (m,) or (m, k). Collective."""
+        with self.comm.labelled("solve"):
+            return self._solve(rhs)
+
+    def _solve(self, rhs: np.ndarray) -> np.ndarray:
         start_time = time.perf_counter()
         rhs = np.asarray(rhs, dtype=float)
         b = rhs.reshape(rhs.shape[0], -1)
@@ -229,31 +246,48 @@ class HSSFactorization(Disposable):
 
     def logdet(self) -> float:
         """``log det`` of the approximate (SPD) matrix ``F F^T``. Collective."""
-        return float(self.comm.allreduce(sum(f.logdet for f in self.factors.values())))
+        return float(self.comm.inner.allreduce(sum(f.logdet for f in self.factors.values())))
 
     def stats(self) -> dict:
-        """Ranks, memory, shifted blocks, bytes sent per level and time. Collective."""
+        """Ranks, memory, shifts, bytes and messages sent (per tree level above the ranks'
+        subtrees, by the sketch and by the last solve: the counts taken at the communicator,
+        summed over ranks) and time. Collective."""
+        comm = self.comm.inner
         depth = max(nd.level for nd in self.nodes) + 1
         ranks = np.zeros(depth, dtype=np.int64)
-        sent = np.zeros(depth, dtype=np.int64)
         for nid, r in self.ranks.items():
             ranks[self.nodes[nid].level] = max(ranks[self.nodes[nid].level], r)
-        for level, nbytes in self.sent.items():
-            sent[level] += nbytes
-        self.comm.Allreduce(MPI.IN_PLACE, ranks, op=MPI.MAX)
-        self.comm.Allreduce(MPI.IN_PLACE, sent, op=MPI.SUM)
+        comm.Allreduce(MPI.IN_PLACE, ranks, op=MPI.MAX)
+        counts = np.zeros((2, depth + 3), dtype=np.int64)
+        for column, label in enumerate([("level", lv) for lv in range(depth)]
+                                       + ["sketch", "setup", "solve"]):
+            counts[:, column] = self.comm.since(self.counted_since, label)
+        comm.Allreduce(MPI.IN_PLACE, counts, op=MPI.SUM)
         factor_bytes = sum(f.nbytes for f in self.factors.values())
-        shifted = sum(f.shifted for f in self.factors.values())
+        shifted = sum(f.shift > 0 for f in self.factors.values())
+        shift = comm.allreduce(max((f.shift for f in self.factors.values()), default=0.0),
+                               op=MPI.MAX)
+        relative = comm.allreduce(max((f.shift / f.norm for f in self.factors.values()
+                                       if f.norm > 0), default=0.0), op=MPI.MAX)
         return {
             "kind": "hss",
             "seconds_factor": self.seconds,
-            "seconds_solve": self.comm.allreduce(self.seconds_solve, op=MPI.MAX),
-            "factor_bytes": int(self.comm.allreduce(factor_bytes, op=MPI.MAX)),
+            "seconds_solve": comm.allreduce(self.seconds_solve, op=MPI.MAX),
+            "factor_bytes": int(comm.allreduce(factor_bytes, op=MPI.MAX)),
             "max_rank": int(ranks.max()),
             "ranks_per_level": ranks.tolist(),
-            "bytes_sent_per_level": sent.tolist(),
-            "factor_bytes_total": int(self.comm.allreduce(factor_bytes, op=MPI.SUM)),
-            "shifted_blocks": int(self.comm.allreduce(shifted, op=MPI.SUM)),
+            "bytes_sent_per_level": counts[0, :depth].tolist(),
+            "messages_per_level": counts[1, :depth].tolist(),
+            "bytes_sent_sketch": int(counts[0, depth]),
+            "messages_sketch": int(counts[1, depth]),
+            "bytes_sent_setup": int(counts[0, depth + 1]),
+            "messages_setup": int(counts[1, depth + 1]),
+            "bytes_sent_solve": int(counts[0, depth + 2]),
+            "messages_solve": int(counts[1, depth + 2]),
+            "factor_bytes_total": int(comm.allreduce(factor_bytes, op=MPI.SUM)),
+            "shifted_blocks": int(comm.allreduce(shifted, op=MPI.SUM)),
+            "shift_max": float(shift),
+            "shift_max_relative": float(relative),
             "samples": self.samples,
             "scheme": "schur" if self.compensated else "skeleton",
         }
@@ -266,13 +300,19 @@ def factor(operator: Operator, tol: float, samples: int = 0, seed: int = 1,
     A node's rank within ``OVERSAMPLE`` of the sketch width means the sketch may have missed part
     of its block row: the construction is repeated with a wider sketch (all ranks agree).
     """
+    operator = replace(operator, comm=counting(operator.comm))
+    comm: CountingComm = operator.comm
+    counted_since = comm.snapshot()
     width = samples or DEFAULT_SAMPLES
     seconds = 0.0
-    while True:
-        result = HSSFactorization(operator, tol, width, seed, compensated)
-        seconds += result.seconds
-        top = result.comm.allreduce(result.max_rank, op=MPI.MAX)
-        if samples or top + OVERSAMPLE <= result.samples or result.samples >= operator.size:
-            result.seconds = seconds
-            return result
-        width = max(2 * width, top + 2 * OVERSAMPLE)
+    with comm.labelled("setup"):
+        while True:
+            result = HSSFactorization(operator, tol, width, seed, compensated)
+            seconds += result.seconds
+            top = comm.allreduce(result.max_rank, op=MPI.MAX)
+            if samples or top + OVERSAMPLE <= result.samples or result.samples >= operator.size:
+                result.seconds = seconds
+                result.warn_shift()
+                result.counted_since = counted_since  # every attempt's traffic is reported
+                return result
+            width = max(2 * width, top + 2 * OVERSAMPLE)

@@ -43,15 +43,18 @@ class OrthogonalFactor:
         ``D21 L11^{-T}``.
     logdet : float
         ``log det (L11 L11^T)``.
-    shifted : int
-        1 when ``L11`` needed a diagonal shift, else 0.
+    shift : float
+        Largest diagonal shift added to make the node's blocks SPD (0 when none).
+    norm : float
+        The node's block norm (largest diagonal entry), the reference for ``shift``.
     """
 
     G: np.ndarray
     L11: np.ndarray
     W: np.ndarray
     logdet: float
-    shifted: int
+    shift: float
+    norm: float
 
     @property
     def nbytes(self) -> int:
@@ -82,14 +85,17 @@ class ScaledFactor:
         Orthonormal kept directions in scaled coordinates.
     logdet : float
         ``log det (L L^T)``.
-    shifted : int
-        1 when ``L`` needed a diagonal shift, else 0.
+    shift : float
+        Diagonal shift added to make the block SPD (0 when none).
+    norm : float
+        The block norm (largest diagonal entry), the reference for ``shift``.
     """
 
     L: np.ndarray
     Q: np.ndarray
     logdet: float
-    shifted: int
+    shift: float
+    norm: float
 
     @property
     def nbytes(self) -> int:
@@ -111,7 +117,7 @@ NodeFactor = OrthogonalFactor | ScaledFactor
 
 
 def spd_sqrt(D: np.ndarray, scale: float | None = None, floor: float = FLOOR
-             ) -> tuple[np.ndarray, float, int]:
+             ) -> tuple[np.ndarray, float, float]:
     """Lower-triangular ``L`` with ``L L^T = D + shift I``, the shift 0 whenever possible.
 
     Cholesky is tried first. When it breaks down (D numerically indefinite, e.g. cond(D) > 1/eps)
@@ -127,12 +133,12 @@ def spd_sqrt(D: np.ndarray, scale: float | None = None, floor: float = FLOOR
     L : ndarray
     logdet : float
         ``log det (L L^T)``.
-    shifted : int
-        1 when a shift was needed, else 0.
+    shift : float
+        The diagonal shift added (0.0 when Cholesky of D itself was accepted).
     """
     D = 0.5 * (D + D.T)
     if D.shape[0] == 0:
-        return np.zeros((0, 0)), 0.0, 0
+        return np.zeros((0, 0)), 0.0, 0.0
     shift = 0.0
     if scale is None:
         scale = max(float(np.max(np.abs(np.diag(D)))), np.finfo(float).tiny)
@@ -142,7 +148,7 @@ def spd_sqrt(D: np.ndarray, scale: float | None = None, floor: float = FLOOR
             pivots = np.diag(L) ** 2
             if pivots.min() < floor * scale:
                 raise np.linalg.LinAlgError("pivot below the floor")
-            return L, float(np.sum(np.log(pivots))), int(shift > 0)
+            return L, float(np.sum(np.log(pivots))), float(shift)
         except np.linalg.LinAlgError:
             if shift:
                 shift *= 8.0
@@ -184,25 +190,31 @@ def orthogonal_eliminate(D: np.ndarray, basis: np.ndarray, scale: float, floor: 
     s, r = basis.shape
     # Make the whole block SPD first (a shift when the approximation is indefinite): then the
     # Schur complement stays PSD and ||W||^2 <= ||D22||, so nothing grows from level to level.
-    L, _, shifted = spd_sqrt(D, scale, floor)
-    if shifted:
+    L, _, shift = spd_sqrt(D, scale, floor)
+    if shift:
         D = L @ L.T
     Q, R = np.linalg.qr(basis, mode="complete")
     G = np.hstack([Q[:, r:], Q[:, :r]])
     rotated = G.T @ D @ G
     m = s - r
-    L11, logdet, shifted11 = spd_sqrt(rotated[:m, :m], scale, floor)
+    L11, logdet, shift11 = spd_sqrt(rotated[:m, :m], scale, floor)
     W = lower_solve(L11, rotated[:m, m:]).T
     schur = rotated[m:, m:] - W @ W.T
-    factor = OrthogonalFactor(G, L11, W, logdet, max(shifted, shifted11))
+    factor = OrthogonalFactor(G, L11, W, logdet, max(shift, shift11), block_norm(D))
     return factor, R[:r], 0.5 * (schur + schur.T)
 
 
 def root_factor(D: np.ndarray, scale: float | None = None, floor: float = FLOOR
                 ) -> OrthogonalFactor:
     """The root: everything is eliminated (no kept coordinates)."""
-    L, logdet, shifted = spd_sqrt(D, scale, floor)
-    return OrthogonalFactor(np.eye(D.shape[0]), L, np.zeros((0, D.shape[0])), logdet, shifted)
+    L, logdet, shift = spd_sqrt(D, scale, floor)
+    return OrthogonalFactor(np.eye(D.shape[0]), L, np.zeros((0, D.shape[0])), logdet, shift,
+                            block_norm(D))
+
+
+def block_norm(D: np.ndarray) -> float:
+    """The largest diagonal entry of an SPD block (within a factor of its size of the 2-norm)."""
+    return float(np.max(np.abs(np.diag(D)))) if D.size else 0.0
 
 
 def coupled_block(C: np.ndarray, left: np.ndarray | None = None, right: np.ndarray | None = None
