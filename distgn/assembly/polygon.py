@@ -35,7 +35,18 @@ clipping; a support of width 1e-13 still came out to 5e-14. Speed on one core (n
 Target moments
 --------------
 ``int u h_i xhat`` splits ``P_i`` by every jump line of the target (keeping both sides), so u is
-smooth on each convex piece. Without a jump circle, each piece is fanned into triangles with a
+smooth on each convex piece.
+
+A target declared constant between its jumps (``Target.constant``: line_jump, disk) gets closed
+forms: the moments of a piece K are sums over its edges PQ of the moments of the triangles
+``(c, P, Q)`` (c the circle's centre), and those of K's part in the disk are sums of the moments of
+the same triangles intersected with the disk: the triangle over the edge's chord inside the disk
+and circular sectors where the edge is outside it (``_disk_triangle_moments``; signed, so no arcs
+need to be traced). The part outside is K minus the part inside; u is evaluated once in each part
+(the centroid of the convex part in the disk, ``_outside_point`` outside). Cost at n = 512 on one
+core: about 5 ms (disk), against 0.4-0.8 s for the quadrature below.
+
+Otherwise, without a jump circle, each piece is fanned into triangles with a
 collapsed (Duffy) tensor Gauss-Legendre rule of ``ORDER`` points per direction. With one jump
 circle (centre c, radius R), each piece K is cut into wedges about c. The wedges are split at the
 angles of K's vertices, of the points where K's edges cross the circle, and of the axes through c,
@@ -504,6 +515,15 @@ def _split_by_lines(
     return K, owner
 
 
+def _check_circles(target: Target) -> None:
+    """Reject a target with more than one jump circle."""
+    if len(target.circles) > 1:
+        raise InputError(
+            f"target {target.name!r} has {len(target.circles)} jump circles; the 2D polygon "
+            "backend supports at most one"
+        )
+
+
 def _piece_rule(
     K: np.ndarray, target: Target, q: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -512,11 +532,7 @@ def _piece_rule(
     Returns points (p, N, 2), weights (p, N) and the index (p,) of the input piece each of the p
     sub-pieces belongs to.
     """
-    if len(target.circles) > 1:
-        raise InputError(
-            f"target {target.name!r} has {len(target.circles)} jump circles; the 2D polygon "
-            "backend supports at most one"
-        )
+    _check_circles(target)
     K, owner = _split_by_lines(K, np.arange(K.shape[0]), target.lines)
     if target.circles:
         center, radius = target.circles[0]
@@ -524,6 +540,103 @@ def _piece_rule(
     else:
         points, weights = _fan_rule(K, q)
     return points, weights, owner
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed forms for targets constant between their jumps
+
+
+def _cross(U: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """``U x V`` of 2-vectors (..., 2)."""
+    return U[..., 0] * V[..., 1] - U[..., 1] * V[..., 0]
+
+
+def _unit(U: np.ndarray) -> np.ndarray:
+    """``U / |U|`` (0 for U = 0)."""
+    norm = np.hypot(U[..., 0], U[..., 1])[..., None]
+    return np.where(norm > 0, U / np.where(norm > 0, norm, 1.0), 0.0)
+
+
+def _triangle_moments(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """``int (x, y, 1)`` over the triangles ``(0, P, Q)``, signed (positive when CCW), (..., 3)."""
+    S = 0.5 * _cross(P, Q)
+    return np.stack([S * (P[..., 0] + Q[..., 0]) / 3, S * (P[..., 1] + Q[..., 1]) / 3, S], axis=-1)
+
+
+def _sector_moments(U: np.ndarray, V: np.ndarray, R: float) -> np.ndarray:
+    """``int (x, y, 1)`` over the sectors of the disk ``|x| < R`` from direction U to V (the
+    angle ``atan2(U x V, U . V)`` in (-pi, pi], signed), (..., 3)."""
+    delta = np.arctan2(_cross(U, V), np.einsum("...i,...i->...", U, V))
+    eU, eV = _unit(U), _unit(V)
+    third = R**3 / 3
+    return np.stack([third * (eV[..., 1] - eU[..., 1]), third * (eU[..., 0] - eV[..., 0]),
+                     0.5 * R * R * delta], axis=-1)
+
+
+def _disk_triangle_moments(P: np.ndarray, Q: np.ndarray, R: float) -> np.ndarray:
+    """``int (x, y, 1)`` over the triangles ``(0, P, Q)`` intersected with the disk ``|x| < R``,
+    signed, (..., 3): the triangle on the chord of the edge PQ inside the disk, and sectors where
+    the edge is outside it. Summed over the edges of a polygon it gives the polygon's part in the
+    disk, with no case analysis of arcs."""
+    d = Q - P
+    a = np.einsum("...i,...i->...", d, d)
+    half_b = np.einsum("...i,...i->...", P, d)
+    c = np.einsum("...i,...i->...", P, P) - R * R
+    disc = half_b * half_b - a * c
+    big = -(half_b + np.copysign(np.sqrt(np.maximum(disc, 0.0)), half_b))
+    ok = (disc > 0) & (a > 0) & (big != 0)
+    roots = np.stack([big / np.where(ok, a, 1.0), c / np.where(ok, big, 1.0)], axis=-1)
+    ta = np.clip(np.min(roots, axis=-1), 0.0, 1.0)
+    tb = np.clip(np.max(roots, axis=-1), 0.0, 1.0)
+    chord = ok & (ta < tb)
+    A = P + ta[..., None] * d
+    B = P + tb[..., None] * d
+    return (np.where(chord[..., None], _triangle_moments(A, B), 0.0)
+            + np.where((chord & (ta > 0))[..., None], _sector_moments(P, A, R), 0.0)
+            + np.where((chord & (tb < 1))[..., None], _sector_moments(B, Q, R), 0.0)
+            + np.where(~chord[..., None], _sector_moments(P, Q, R), 0.0))
+
+
+def _outside_point(K: np.ndarray, centroid: np.ndarray, R: float) -> np.ndarray:
+    """A point of each convex piece K (k, m, 2; centred on the circle) outside the disk
+    ``|x| < R``: halfway from K's farthest vertex v towards the centroid g, or towards the point
+    where the segment v g enters the disk. (Meaningless where K lies in the disk.)"""
+    far = np.argmax(np.einsum("kmi,kmi->km", K, K), axis=1)
+    v = K[np.arange(K.shape[0]), far]
+    d = centroid - v
+    a = np.einsum("ki,ki->k", d, d)
+    half_b = np.einsum("ki,ki->k", v, d)
+    disc = half_b * half_b - a * (np.einsum("ki,ki->k", v, v) - R * R)
+    entry = (-half_b - np.sqrt(np.maximum(disc, 0.0))) / np.where(a > 0, a, 1.0)
+    t = np.where((disc > 0) & (a > 0) & (entry > 0) & (entry < 1), entry, 1.0)
+    return v + 0.5 * t[:, None] * d
+
+
+def _constant_moments(K: np.ndarray, target: Target) -> tuple[np.ndarray, np.ndarray]:
+    """``int u (x, y, 1)`` (k, 3) and ``int u^2`` (k,) over convex pieces K (k, m, 2) on which u
+    is constant apart from one jump circle (``target.constant``; the pieces are already split by
+    the jump lines). Exact up to rounding: triangle and sector moments (``_disk_triangle_moments``
+    for the part in the disk, the rest is the piece minus it), and u taken at one interior point
+    of each part (the centroid of the convex part in the disk, ``_outside_point`` outside)."""
+    if target.circles:
+        center, radius = target.circles[0]
+        center, radius = np.asarray(center, dtype=float), float(radius)
+    else:
+        center, radius = np.zeros(2), 0.0
+    rel = K - center
+    nxt = np.roll(rel, -1, axis=1)
+    total = np.sum(_triangle_moments(rel, nxt), axis=1)
+    inside = (np.sum(_disk_triangle_moments(rel, nxt, radius), axis=1) if target.circles
+              else np.zeros_like(total))
+    parts = np.stack([inside, total - inside], axis=1)  # (k, 2, 3): in the disk, outside it
+    area = parts[..., 2]
+    safe = np.where(area > 0, area, 1.0)[..., None]
+    centroid = total[:, :2] / np.where(total[:, 2:] > 0, total[:, 2:], 1.0)
+    points = np.stack([parts[:, 0, :2] / safe[:, 0], _outside_point(rel, centroid, radius)],
+                      axis=1)
+    u = np.where(area > 0, target(points.reshape(-1, 2) + center).reshape(area.shape), 0.0)
+    parts[..., :2] += center * area[..., None]
+    return np.einsum("kp,kpi->ki", u, parts), np.einsum("kp,kp->k", u * u, area)
 
 
 def _points_per_piece(m: int, target: Target, q: int) -> int:
@@ -554,18 +667,24 @@ def target_moments(
     W = np.asarray(W, dtype=float)[I]
     b = np.asarray(b, dtype=float)[I]
     moments = np.zeros((I.size, 3))
-    step = max(1, POINTS_PER_CHUNK // _points_per_piece(V.shape[0] + 1, target, ORDER))
+    _check_circles(target)
+    q = 1 if target.constant else ORDER
+    step = max(1, POINTS_PER_CHUNK // _points_per_piece(V.shape[0] + 1, target, q))
     for lo in range(0, I.size, step):
         P, _, _ = neuron_polygons(V, W[lo:lo + step], b[lo:lo + step])
-        points, weights, owner = _piece_rule(P, target, ORDER)
-        used = weights != 0.0  # most slots of the circle rule are unused wedge parts
-        uw = np.zeros(weights.shape)
-        uw[used] = target(points[used]) * weights[used]
-        part = np.stack(
-            [np.sum(uw * points[..., 0], axis=1), np.sum(uw * points[..., 1], axis=1),
-             np.sum(uw, axis=1)],
-            axis=1,
-        )
+        if target.constant:
+            K, owner = _split_by_lines(P, np.arange(P.shape[0]), target.lines)
+            part = _constant_moments(K, target)[0]
+        else:
+            points, weights, owner = _piece_rule(P, target, ORDER)
+            used = weights != 0.0  # most slots of the circle rule are unused wedge parts
+            uw = np.zeros(weights.shape)
+            uw[used] = target(points[used]) * weights[used]
+            part = np.stack(
+                [np.sum(uw * points[..., 0], axis=1), np.sum(uw * points[..., 1], axis=1),
+                 np.sum(uw, axis=1)],
+                axis=1,
+            )
         np.add.at(moments, lo + owner, part)
     return moments
 
@@ -573,6 +692,11 @@ def target_moments(
 def target_integrals(vertices: np.ndarray, target: Target) -> tuple[float, float]:
     """``(int u, int u^2)`` over a convex polygon (CCW ``vertices`` (V, 2))."""
     K = np.asarray(vertices, dtype=float)[None]
+    if target.constant:
+        _check_circles(target)
+        K, _ = _split_by_lines(K, np.zeros(1, dtype=int), target.lines)
+        moments, squares = _constant_moments(K, target)
+        return float(np.sum(moments[:, 2])), float(np.sum(squares))
     points, weights, _ = _piece_rule(K, target, ORDER)
     u = target(points.reshape(-1, 2)).reshape(weights.shape)
     return float(np.sum(u * weights)), float(np.sum(u * u * weights))

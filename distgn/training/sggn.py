@@ -135,7 +135,7 @@ def residual_target(problem: Problem, reference: Network) -> Target:
     if problem.domain.dim == 1:
         points = points + tuple(reference.breakpoints()[reference.c != 0])
     return replace(u, name=f"{u.name} minus the reference fit", points=points,
-                   func=lambda x: u(x) - reference.evaluate(x))
+                   func=lambda x: u(x) - reference.evaluate(x), constant=False)
 
 
 def solve_output(ctx: Context, network: Network, live: np.ndarray,
