@@ -256,3 +256,59 @@ def test_two_dimensional_polygon_training_decreases(tmp_path):
 def test_bad_train_config_is_rejected(key, value, tmp_path):
     with pytest.raises(InputError, match=f"train.{key}"):
         train(relu_problem(4), config(tmp_path, f"train.{key}={value}"), MPI.COMM_SELF)
+
+
+def test_converged_run_stops_with_tol_and_records_decade_times(tmp_path):
+    # The three-kink target is representable: SgGN reaches the rounding level of J and must stop
+    # there by itself (stop reason tol), long before max_iter.
+    problem = relu_problem(8)
+    result = train(problem, config(tmp_path, "train.max_iter=200", "train.tol=1e-12"),
+                   MPI.COMM_SELF)
+    assert result["stop_reason"] == "tol" and result["iterations"] < 200, result
+    assert result["relative_l2_error"] < 1e-10
+    _, history, saved = load_state(str(tmp_path / "run.h5"))
+    times = result["seconds_to"]
+    assert list(times)[:4] == ["1e-1", "1e-2", "1e-3", "1e-4"]
+    for name, seconds in times.items():
+        first = np.flatnonzero(history["relative_l2_error"] <= float(name))[0]
+        assert seconds == history["seconds"][first]
+    assert list(times.values()) == sorted(times.values())
+
+
+def test_window_tolerance_stops_a_stalled_run(tmp_path):
+    # tol = 0.5 over a window of 2 iterations: stops as soon as two iterations together decrease
+    # the loss by less than half.
+    result = train(relu_problem(8), config(tmp_path, "train.max_iter=50", "train.tol=0.5",
+                                           "train.patience=2", "train.method=adam",
+                                           "train.learning_rate=1e-4"), MPI.COMM_SELF)
+    _, history, _ = load_state(str(tmp_path / "run.h5"))
+    loss = history["loss"]
+    assert result["stop_reason"] == "tol" and loss[-3] - loss[-1] <= 0.5 * loss[-3]
+    assert all(loss[k - 2] - loss[k] > 0.5 * loss[k - 2] for k in range(2, len(loss) - 1))
+
+
+def test_repeated_c_solve_failure_stops_with_exit_status_2(tmp_path, monkeypatch, caplog):
+    problem = relu_problem(8)
+    ctx, state = _state(problem)
+    correction = sggn._correction
+    calls = {"count": 0}
+
+    def failing(ctx, sub, ref, comm):
+        calls["count"] += 1
+        if calls["count"] > 1:  # the start's c-solve succeeds, every later one fails
+            raise SolverError("A is not numerically positive definite")
+        return correction(ctx, sub, ref, comm)
+
+    monkeypatch.setattr(sggn, "_correction", failing)
+    with pytest.raises(SolverError, match="c_solve_failed"):
+        train(problem, config(tmp_path, "train.max_iter=50"), MPI.COMM_SELF)
+    _, history, saved = load_state(str(tmp_path / "run.h5"))
+    assert saved["stop_reason"] == "c_solve_failed" and saved["iterations"] == sggn.C_SOLVE_FAILURES
+    assert "the c-solve failed (A is not numerically positive definite)" in caplog.text
+    from distgn.cli import main
+    calls["count"] = 0
+    path = tmp_path / "train.toml"
+    path.write_text('[domain]\nkind = "interval"\nbounds = [0.0, 1.0]\n[network]\nn = 8\n'
+                    '[target]\nname = "step"\n[solver]\nkind = "dense"\n'
+                    f'[train]\nmax_iter = 20\n[output]\npath = "{tmp_path / "cli.h5"}"\n')
+    assert main(["train", str(path)]) == 2

@@ -4,7 +4,7 @@
 first. A step is accepted when it gives a sufficient decrease (Armijo,
 ``phi(gamma) <= phi(0) + ARMIJO gamma phi'(0)``); otherwise the step is cut to the minimiser of
 the quadratic through ``phi(0)``, ``phi'(0)`` and ``phi(gamma)``, kept within
-``[gamma / 10, gamma / 2]``. One more trial refines the accepted step, kept if it is lower: after
+``[CUT_MIN gamma, gamma / 2]``. One more trial refines the accepted step, kept if it is lower: after
 a cut, the vertex of the parabola through ``phi(0)``, the accepted and the last rejected value
 when it lies between those two steps; when the first trial is accepted and the quadratic through
 ``phi(0)``, ``phi'(0)`` and it puts the minimiser beyond ``EXTRAPOLATE`` times the step (the
@@ -32,6 +32,8 @@ ARMIJO = 1e-4
 EXTRAPOLATE = 2.0
 MAX_GROWTH = 4.0
 MAX_EVALUATIONS = 30
+# The smallest cut of a rejected step (the rounding floor is reached in at most ~9 cuts).
+CUT_MIN = 0.1
 
 
 def _quadratic_minimiser(phi0: float, slope0: float, gamma: float, value: float) -> float:
@@ -87,7 +89,7 @@ def line_search(phi: Callable[[float], float], phi0: float, slope0: float,
         if f(gamma) <= phi0 + ARMIJO * gamma * slope0:
             break
         trial = _quadratic_minimiser(phi0, slope0, gamma, f(gamma))
-        gamma, rejected = float(np.clip(trial, 0.1 * gamma, 0.5 * gamma)), gamma
+        gamma, rejected = float(np.clip(trial, CUT_MIN * gamma, 0.5 * gamma)), gamma
     else:
         best = min(values, key=lambda g: (values[g], -g), default=0.0)
         return (best, values[best], len(values)) if values.get(best, np.inf) < phi0 else (

@@ -72,7 +72,7 @@ from distgn.training.deflation import (
     independent_neurons,
     normalise,
 )
-from distgn.training.linesearch import line_search
+from distgn.training.linesearch import MAX_EVALUATIONS, line_search
 from distgn.training.objective import (
     Context,
     Gradient,
@@ -420,20 +420,15 @@ def _line_search(ctx: Context, state: State, direction: Direction, variant: str,
 
 # Consecutive failed c-solves after which a run stops (stop reason ``c_solve_failed``).
 C_SOLVE_FAILURES = 3
-# A direction whose model decrease -phi'(0) is below this fraction of the loss, and along which
-# no step decreases the loss, marks a converged run (stop reason ``tol``): the Gauss-Newton
-# model predicts nothing above the rounding level of J.
-CONVERGED = 1e-10
-
-
 def run(ctx: Context, state: State, cfg: TrainConfig,
         record: Callable[[Network, np.ndarray, dict], str | None]) -> str:
     """Iterate from ``state`` until ``record`` (training.Recorder) or SgGN itself stops.
 
-    SgGN's own stop reasons: ``tol`` (no step decreases the loss along a direction whose model
-    decrease is below ``CONVERGED`` times the loss: converged to rounding), ``line_search`` (no
-    step decreases the loss although the model predicts more), ``gn_solve_failed``,
-    ``c_solve_failed`` (``C_SOLVE_FAILURES`` consecutive failed c-solves), ``no_movable_neurons``.
+    SgGN's own stop reasons: ``tol`` (on every deflation rung, the line search went down to steps
+    whose predicted decrease is under the rounding level of J without a decrease: J is at its
+    attainable floor along the Gauss-Newton direction), ``line_search`` (it gave up after
+    ``linesearch.MAX_EVALUATIONS`` evaluations instead), ``gn_solve_failed``, ``c_solve_failed``
+    (``C_SOLVE_FAILURES`` consecutive failed c-solves), ``no_movable_neurons``.
     Returns the stop reason. Collective.
     """
     grad, failures = None, 0
@@ -446,7 +441,7 @@ def run(ctx: Context, state: State, cfg: TrainConfig,
         if new is None:
             if not stats["moved"]:
                 return "no_movable_neurons"
-            return "tol" if stats["model_decrease"] <= CONVERGED else "line_search"
+            return "line_search" if stats["evaluations"] >= MAX_EVALUATIONS else "tol"
         failures = failures + 1 if stats["c_solve_failed"] else 0
         state = new
         reason = record(state.network, state.removed,
