@@ -172,34 +172,15 @@ def neuron_polygons(
     return P, phi, np.maximum(count, 1)
 
 
-def _pair_block(
-    px: np.ndarray,
-    py: np.ndarray,
-    pg: np.ndarray,
-    wb: np.ndarray,
-    want_A: bool,
-    want_G: bool,
-) -> dict[str, np.ndarray]:
-    """Integrals over ``P_i & {w_j.x + b_j > 0}`` for a block of pairs.
-
-    ``px, py, pg`` (ci, m) are the slots of the row polygons and ``phi_i`` there; ``wb`` (3, cj)
-    holds ``(w_j, b_j)`` of the columns. Returns (ci, cj) arrays: twice the area ``"D"`` and, when
-    asked, 24 A (``"A"``) and the fan sums ``"x", "y", "xx", "xy", "yy"`` of the moments of
-    ``x - c`` (the caller applies the 1/6, 1/12, 1/24 factors and the shift by the apex
-    ``"cx", "cy"``).
-    """
-    ci, m = px.shape
-    cj = wb.shape[1]
-    slots = np.stack([px, py, np.ones_like(px)], axis=2).reshape(ci * m, 3)
-    s_all = (slots @ wb).reshape(ci, m, cj)
-    s = [s_all[:, k, :] for k in range(m)]
-    inside = [sk > 0 for sk in s]
-    pxk = [px[:, k, None] for k in range(m)]
-    pyk = [py[:, k, None] for k in range(m)]
-    pgk = [pg[:, k, None] for k in range(m)]
-    # Pass 1: the crossing point of every edge with line j; the apex is the last crossing point
-    # (on line j, inside P_i), or slot 0 of P_i when line j misses it.
-    shape = (ci, cj)
+def _crossings(
+    pxk: list, pyk: list, pgk: list, s: list, inside: list, want_A: bool
+) -> tuple[list, tuple[np.ndarray, ...]]:
+    """Pass 1 of ``_pair_block``: the crossing point of every edge k of the row polygons with the
+    column lines (x, y and, for A, ``phi_i`` there; per edge, (ci, cj) arrays), and the apex: the
+    last crossing point (on line j, inside P_i), or slot 0 of P_i when line j misses it, with
+    ``phi_i`` and ``h = relu(w_j . x + b_j)`` there."""
+    m = len(s)
+    shape = s[0].shape
     cx = np.broadcast_to(pxk[0], shape).copy()
     cy = np.broadcast_to(pyk[0], shape).copy()
     cg = np.broadcast_to(pgk[0], shape).copy()
@@ -215,21 +196,30 @@ def _pair_block(
         np.copyto(cx, xk, where=cross)
         np.copyto(cy, yk, where=cross)
         np.copyto(ch, 0.0, where=cross)
+        gk = None
         if want_A:
             gk = pgk[k] + t * (pgk[k1] - pgk[k])
             np.copyto(cg, gk, where=cross)
-        else:
-            gk = None
         X.append((xk, yk, gk))
-    # Pass 2: fan triangles (c, P_k, Q_k) over the clipped edges.
-    out = {"D": np.zeros(shape)}
+    return X, (cx, cy, cg, ch)
+
+
+def _fan_sums(
+    pxk: list, pyk: list, pgk: list, s: list, inside: list, X: list,
+    apex: tuple[np.ndarray, ...], want_A: bool, want_G: bool
+) -> dict[str, np.ndarray]:
+    """Pass 2 of ``_pair_block``: sums over the fan triangles (c, P_k, Q_k) of the clipped edges
+    (the apex c and crossings from ``_crossings``); see ``_pair_block`` for the keys."""
+    cx, cy, cg, ch = apex
+    m = len(s)
+    out = {"D": np.zeros(cx.shape)}
     if want_A:
         h = [np.maximum(sk, 0.0) for sk in s]
         cgh = cg * ch
-        out["A"] = np.zeros(shape)
+        out["A"] = np.zeros(cx.shape)
     if want_G:
         for key in ("x", "y", "xx", "xy", "yy"):
-            out[key] = np.zeros(shape)
+            out[key] = np.zeros(cx.shape)
         out["cx"], out["cy"] = cx, cy
     for k in range(m):
         k1 = (k + 1) % m
@@ -260,6 +250,35 @@ def _pair_block(
             out["yy"] += D * (sy * sy - uy * vy)
             out["xy"] += D * (sx * sy + ux * uy + vx * vy)
     return out
+
+
+def _pair_block(
+    px: np.ndarray,
+    py: np.ndarray,
+    pg: np.ndarray,
+    wb: np.ndarray,
+    want_A: bool,
+    want_G: bool,
+) -> dict[str, np.ndarray]:
+    """Integrals over ``P_i & {w_j.x + b_j > 0}`` for a block of pairs.
+
+    ``px, py, pg`` (ci, m) are the slots of the row polygons and ``phi_i`` there; ``wb`` (3, cj)
+    holds ``(w_j, b_j)`` of the columns. Returns (ci, cj) arrays: twice the area ``"D"`` and, when
+    asked, 24 A (``"A"``) and the fan sums ``"x", "y", "xx", "xy", "yy"`` of the moments of
+    ``x - c`` (the caller applies the 1/6, 1/12, 1/24 factors and the shift by the apex
+    ``"cx", "cy"``).
+    """
+    ci, m = px.shape
+    cj = wb.shape[1]
+    slots = np.stack([px, py, np.ones_like(px)], axis=2).reshape(ci * m, 3)
+    s_all = (slots @ wb).reshape(ci, m, cj)
+    s = [s_all[:, k, :] for k in range(m)]
+    inside = [sk > 0 for sk in s]
+    pxk = [px[:, k, None] for k in range(m)]
+    pyk = [py[:, k, None] for k in range(m)]
+    pgk = [pg[:, k, None] for k in range(m)]
+    X, apex = _crossings(pxk, pyk, pgk, s, inside, want_A)
+    return _fan_sums(pxk, pyk, pgk, s, inside, X, apex, want_A, want_G)
 
 
 def pair_integrals(
@@ -369,22 +388,10 @@ def _fan_rule(K: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
     return points.reshape(k, -1, 2), weights.reshape(k, -1)
 
 
-def _circle_rule(
-    K: np.ndarray, center: np.ndarray, radius: float, q: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Quadrature on convex polygons (k, m, 2) whose parts inside and outside a circle are separate.
-
-    Wedges about the centre (split at the vertex angles, the edge-circle crossing angles and the
-    axes) are cut into a quadrilateral, a circular segment and a ring part, each on one side of
-    the circle (see the module docstring). Returns points (k, N, 2) and weights (k, N).
-    """
-    k, m, _ = K.shape
-    c, R = np.asarray(center, dtype=float), float(radius)
-    rel = K - c
-    d = np.roll(K, -1, axis=1) - K
-    normal = np.stack([d[..., 1], -d[..., 0]], axis=-1)
-    h = np.einsum("kmi,kmi->km", normal, rel)
-    # Breakpoint angles: vertices, edge-circle crossings, axes; sorted, NaN (unused) last.
+def _wedge_angles(K: np.ndarray, rel: np.ndarray, d: np.ndarray, R: float) -> np.ndarray:
+    """Sorted breakpoint angles about the centre (k, a) of pieces K (k, m, 2): vertices (``rel``,
+    relative to the centre), crossings of the edges ``d`` with the circle, and the axes."""
+    k = K.shape[0]
     a2 = np.einsum("kmi,kmi->km", d, d)
     b2 = np.einsum("kmi,kmi->km", d, rel)
     c2 = np.einsum("kmi,kmi->km", rel, rel) - R * R
@@ -401,9 +408,20 @@ def _circle_rule(
     angles = np.concatenate([fixed, np.arctan2(rel[..., 1], rel[..., 0]), cross_angle], axis=1)
     angles = np.sort(angles, axis=1)
     used = int(np.max(np.sum(np.isfinite(angles), axis=1)))
-    angles = np.where(np.isfinite(angles), angles, np.pi)[:, :used]
-    th1, th2 = angles[:, :-1], angles[:, 1:]
-    # The edges met by the ray at mid-angle: far = tightest exit, near = tightest entry.
+    return np.where(np.isfinite(angles), angles, np.pi)[:, :used]
+
+
+def _wedge_rays(
+    K: np.ndarray, center: np.ndarray, R: float, normal: np.ndarray, h: np.ndarray,
+    th1: np.ndarray, th2: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Where the boundary rays of each wedge ``[th1, th2]`` meet its near and far edges.
+
+    ``normal`` (k, m, 2) are the outward edge normals (scaled by the edge lengths) and ``h`` the
+    edges' ``normal . (vertex - centre)``. Returns ``r_near, r_far`` (distances at mid-angle),
+    ``rn1, rn2, rf1, rf2`` (along the rays th1 and th2), whether the wedge has a near edge, and
+    whether it is valid (a nonempty part of K).
+    """
     tm = 0.5 * (th1 + th2)
     ne = (np.cos(tm)[..., None] * normal[:, None, :, 0]
           + np.sin(tm)[..., None] * normal[:, None, :, 1])
@@ -417,7 +435,8 @@ def _circle_rule(
     r_near = np.maximum(np.take_along_axis(r_entry, near, axis=2)[..., 0], 0.0)
     # An entry edge within rounding of c passes through c: the wedges next to it have boundary
     # rays along it, which meet it nowhere (they were dropped, losing up to 2% of the piece).
-    rounding = 64 * np.finfo(float).eps * (np.max(np.abs(K), axis=(1, 2)) + np.max(np.abs(c)) + R)
+    rounding = 64 * np.finfo(float).eps * (np.max(np.abs(K), axis=(1, 2))
+                                           + np.max(np.abs(center)) + R)
     has_near = r_near > rounding[:, None]
     r_near = np.where(has_near, r_near, 0.0)
     blocked = np.any((ne == 0) & (hk < 0), axis=2)
@@ -442,55 +461,78 @@ def _circle_rule(
     rn2, g4 = along(near, e2, -1.0)
     valid &= g1 & g2 & (g3 & g4 | ~has_near)
     rn1, rn2 = np.where(has_near, rn1, 0.0), np.where(has_near, rn2, 0.0)
-    far_in = r_far <= R
-    near_in = r_near <= R
-    arc = valid & near_in & ~far_in
-    F1, F2 = c + rf1[..., None] * e1, c + rf2[..., None] * e2
-    N1, N2 = c + rn1[..., None] * e1, c + rn2[..., None] * e2
-    Y1 = np.where(arc[..., None], c + R * e1, F1)
-    Y2 = np.where(arc[..., None], c + R * e2, F2)
-    # Quadrilateral (N1, Y1, Y2, N2): inside the disk if near_in, outside otherwise.
-    tri = [_triangle_rule(N1, Y1, Y2, q), _triangle_rule(N1, Y2, N2, q)]
+    return r_near, r_far, rn1, rn2, rf1, rf2, valid
+
+
+def _segment_rule(
+    th1: np.ndarray, th2: np.ndarray, center: np.ndarray, R: float, q: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss rule (..., q, q) on the circular segments between the chords of the wedges
+    ``[th1, th2]`` and their arcs: phi in [-beta, beta], xi in ``[R cos(beta), R cos(phi)]``
+    along the bisector (analytic however close the chord passes to the centre)."""
     x, w = _gauss(q)
-    # Circular segment between chord Y1 Y2 and the arc: phi in [-beta, beta], xi in
-    # [R cos(beta), R cos(phi)] along the bisector.
     beta = 0.5 * (th2 - th1)[..., None, None]
     mid = 0.5 * (th1 + th2)[..., None, None]
     phi = beta * (2.0 * x[:, None] - 1.0)
     gap = 2.0 * R * np.sin(0.5 * (beta + phi)) * np.sin(0.5 * (beta - phi))
     xi = R * np.cos(beta) + x[None, :] * gap
     eta = R * np.sin(phi)
-    seg_points = c + np.stack([xi * np.cos(mid) - eta * np.sin(mid),
-                               xi * np.sin(mid) + eta * np.cos(mid)], axis=-1)
-    seg_weights = (2.0 * beta * w[:, None]) * w[None, :] * gap * R * np.cos(phi)
-    # Ring part between the arc and the far edge: lambda along the edge (RING_PANELS Gauss panels,
-    # as the edge's distance to c limits the analyticity in lambda), radius in [R, rho].
+    points = center + np.stack([xi * np.cos(mid) - eta * np.sin(mid),
+                                xi * np.sin(mid) + eta * np.cos(mid)], axis=-1)
+    return points, (2.0 * beta * w[:, None]) * w[None, :] * gap * R * np.cos(phi)
+
+
+def _ring_rule(
+    F1: np.ndarray, F2: np.ndarray, center: np.ndarray, R: float, q: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss rule (..., RING_PANELS q, q) between the arc and the far edges ``F1 F2``: lambda
+    along the edge (``RING_PANELS`` panels, as the edge's distance to the centre limits the
+    analyticity in lambda) and the radius in ``[R, rho]``."""
+    x, w = _gauss(q)
     xl = ((np.arange(RING_PANELS)[:, None] + x[None, :]) / RING_PANELS).reshape(-1)
     wl = np.tile(w / RING_PANELS, RING_PANELS)
     edge = (F2 - F1)[..., None, None, :]
-    E = (F1 - c)[..., None, None, :] + xl[:, None, None] * edge
+    E = (F1 - center)[..., None, None, :] + xl[:, None, None] * edge
     rho = np.sqrt(np.sum(E * E, axis=-1))
     rho_safe = np.where(rho > 0, rho, 1.0)
     r = R + x[None, :] * (rho - R)
-    ring_points = c + (r / rho_safe)[..., None] * E
+    points = center + (r / rho_safe)[..., None] * E
     dtheta = (E[..., 0] * edge[..., 1] - E[..., 1] * edge[..., 0]) / rho_safe**2
-    ring_weights = wl[:, None] * w[None, :] * r * (rho - R) * dtheta
-    shape = th1.shape + (q * q,)
-    ring_shape = th1.shape + (RING_PANELS * q * q,)
-    points = np.concatenate(
-        [tri[0][0], tri[1][0], seg_points.reshape(shape + (2,)),
-         ring_points.reshape(ring_shape + (2,))],
-        axis=2,
-    )
-    weights = np.concatenate(
-        [
-            np.where(valid[..., None], tri[0][1], 0.0),
-            np.where(valid[..., None], tri[1][1], 0.0),
-            np.where(arc[..., None], seg_weights.reshape(shape), 0.0),
-            np.where(arc[..., None], ring_weights.reshape(ring_shape), 0.0),
-        ],
-        axis=2,
-    )
+    return points, wl[:, None] * w[None, :] * r * (rho - R) * dtheta
+
+
+def _circle_rule(
+    K: np.ndarray, center: np.ndarray, radius: float, q: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrature on convex polygons (k, m, 2) whose parts inside and outside a circle are separate.
+
+    Wedges about the centre (split at the vertex angles, the edge-circle crossing angles and the
+    axes, ``_wedge_angles``) are cut into a quadrilateral, a circular segment and a ring part,
+    each on one side of the circle (see the module docstring). Returns points (k, N, 2) and
+    weights (k, N).
+    """
+    k = K.shape[0]
+    c, R = np.asarray(center, dtype=float), float(radius)
+    rel = K - c
+    d = np.roll(K, -1, axis=1) - K
+    normal = np.stack([d[..., 1], -d[..., 0]], axis=-1)
+    angles = _wedge_angles(K, rel, d, R)
+    th1, th2 = angles[:, :-1], angles[:, 1:]
+    r_near, r_far, rn1, rn2, rf1, rf2, valid = _wedge_rays(
+        K, c, R, normal, np.einsum("kmi,kmi->km", normal, rel), th1, th2)
+    arc = valid & (r_near <= R) & (r_far > R)
+    e1 = np.stack([np.cos(th1), np.sin(th1)], axis=-1)
+    e2 = np.stack([np.cos(th2), np.sin(th2)], axis=-1)
+    F1, F2 = c + rf1[..., None] * e1, c + rf2[..., None] * e2
+    N1, N2 = c + rn1[..., None] * e1, c + rn2[..., None] * e2
+    Y1 = np.where(arc[..., None], c + R * e1, F1)
+    Y2 = np.where(arc[..., None], c + R * e2, F2)
+    # Quadrilateral (N1, Y1, Y2, N2): inside the disk if the near edge is, outside otherwise.
+    rules = [(_triangle_rule(N1, Y1, Y2, q), valid), (_triangle_rule(N1, Y2, N2, q), valid),
+             (_segment_rule(th1, th2, c, R, q), arc), (_ring_rule(F1, F2, c, R, q), arc)]
+    points = np.concatenate([p.reshape(th1.shape + (-1, 2)) for (p, _), _ in rules], axis=2)
+    weights = np.concatenate([np.where(mask[..., None], w.reshape(th1.shape + (-1,)), 0.0)
+                              for (_, w), mask in rules], axis=2)
     keep = (weights != 0.0)[..., None] & np.isfinite(points)
     points = np.where(keep, points, K[:, None, None, 0, :])
     return points.reshape(k, -1, 2), weights.reshape(k, -1)
