@@ -94,6 +94,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_decay: float = 1.0
     drop_tol: float = 1e-10
+    deterministic: bool = True
     log_every: int = 1
     checkpoint_every: int = 10
 

@@ -568,24 +568,34 @@ def _check_circles(target: Target) -> None:
 
 def _piece_rule(
     K: np.ndarray, target: Target, q: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Quadrature on convex pieces (k, m, 2) split where ``target`` jumps.
 
-    Returns points (p, N, 2), weights (p, N) and the index (p,) of the input piece each of the p
-    sub-pieces belongs to.
+    Returns points (p, N, 2), weights (p, N), the index (p,) of the input piece each of the p
+    sub-pieces belongs to, and the number of points of each triangle or wedge (N is a multiple;
+    the trailing ones are padding with zero weights when the pieces have fewer vertices).
     """
     _check_circles(target)
     K, owner = _split_by_lines(K, np.arange(K.shape[0]), target.lines)
     if target.circles:
         center, radius = target.circles[0]
         points, weights = _circle_rule(K, center, radius, q)
-    else:
-        points, weights = _fan_rule(K, q)
-    return points, weights, owner
+        return points, weights, owner, (3 + RING_PANELS) * q * q
+    points, weights = _fan_rule(K, q)
+    return points, weights, owner, q * q
 
 
 # ---------------------------------------------------------------------------------------------
 # Closed forms for targets constant between their jumps
+
+
+def _sequential_sum(x: np.ndarray, group: int = 1) -> np.ndarray:
+    """Sums over axis 1 of x (k, N, ...): within fixed groups of ``group`` entries, then group by
+    group in order. Padding with zeros at the end does not change the bits, so a row's sum does
+    not depend on the other rows it is computed with (the number of ranks)."""
+    k, count = x.shape[:2]
+    parts = np.sum(x.reshape((k, count // group, group) + x.shape[2:]), axis=2)
+    return np.cumsum(parts, axis=1)[:, -1]
 
 
 def _cross(U: np.ndarray, V: np.ndarray) -> np.ndarray:
@@ -667,8 +677,8 @@ def _constant_moments(K: np.ndarray, target: Target) -> tuple[np.ndarray, np.nda
         center, radius = np.zeros(2), 0.0
     rel = K - center
     nxt = np.roll(rel, -1, axis=1)
-    total = np.sum(_triangle_moments(rel, nxt), axis=1)
-    inside = (np.sum(_disk_triangle_moments(rel, nxt, radius), axis=1) if target.circles
+    total = _sequential_sum(_triangle_moments(rel, nxt))
+    inside = (_sequential_sum(_disk_triangle_moments(rel, nxt, radius)) if target.circles
               else np.zeros_like(total))
     parts = np.stack([inside, total - inside], axis=1)  # (k, 2, 3): in the disk, outside it
     area = parts[..., 2]
@@ -718,15 +728,12 @@ def target_moments(
             K, owner = _split_by_lines(P, np.arange(P.shape[0]), target.lines)
             part = _constant_moments(K, target)[0]
         else:
-            points, weights, owner = _piece_rule(P, target, ORDER)
+            points, weights, owner, group = _piece_rule(P, target, ORDER)
             used = weights != 0.0  # most slots of the circle rule are unused wedge parts
             uw = np.zeros(weights.shape)
             uw[used] = target(points[used]) * weights[used]
-            part = np.stack(
-                [np.sum(uw * points[..., 0], axis=1), np.sum(uw * points[..., 1], axis=1),
-                 np.sum(uw, axis=1)],
-                axis=1,
-            )
+            part = _sequential_sum(np.stack([uw * points[..., 0], uw * points[..., 1], uw],
+                                            axis=2), group)
         np.add.at(moments, lo + owner, part)
     return moments
 
@@ -739,6 +746,6 @@ def target_integrals(vertices: np.ndarray, target: Target) -> tuple[float, float
         K, _ = _split_by_lines(K, np.zeros(1, dtype=int), target.lines)
         moments, squares = _constant_moments(K, target)
         return float(np.sum(moments[:, 2])), float(np.sum(squares))
-    points, weights, _ = _piece_rule(K, target, ORDER)
+    points, weights, _, _ = _piece_rule(K, target, ORDER)
     u = target(points.reshape(-1, 2)).reshape(weights.shape)
     return float(np.sum(u * weights)), float(np.sum(u * u * weights))

@@ -225,7 +225,7 @@ def train(problem: Problem, config: Config, comm: MPI.Comm,
     network = problem.network if restart is None else restart[0]
     history = {} if restart is None else {k: list(np.asarray(v, dtype=float).ravel())
                                           for k, v in restart[1].items()}
-    ctx = Context(problem, comm, config.solver)
+    ctx = Context(problem, comm, config.solver, cfg.deterministic)
     result = {"method": cfg.method, "variant": cfg.variant if cfg.method == "sggn" else "",
               "n": network.n, "dim": problem.domain.dim, "ranks": comm.size,
               "solver": config.solver.kind, "target": problem.target.name}

@@ -37,11 +37,23 @@ UNIT = replace(ONE, constant=True)
 
 @dataclass(frozen=True)
 class Context:
-    """What every collective evaluation needs: the problem, the ranks and the linear solver."""
+    """What every collective evaluation needs: the problem, the ranks and the linear solver.
+
+    With ``deterministic`` (``[train] deterministic``), the optimizer's linear solves (c-solve,
+    solve with G) run on every rank alike over COMM_SELF (``solve``), so that no rounding that
+    depends on the number of ranks feeds the optimizer; the sums stay shared (``ordered_sum``).
+    """
 
     problem: Problem
     comm: MPI.Comm
     solver: SolverConfig
+    deterministic: bool = False
+
+    def solve(self, count: int, work: Callable[[MPI.Comm], object]) -> object:
+        """Run a linear solve over ``count`` neurons: ``work(comm)`` on ``on_ranks``, or with
+        ``deterministic`` on every rank alike over COMM_SELF (the same bits on every rank and
+        for every number of ranks). Collective."""
+        return work(MPI.COMM_SELF) if self.deterministic else on_ranks(self.comm, count, work)
 
     @property
     def dim(self) -> int:
@@ -78,11 +90,14 @@ def ordered_sum(comm: MPI.Comm, local: np.ndarray) -> np.ndarray:
 def on_ranks(comm: MPI.Comm, count: int, work: Callable[[MPI.Comm], object]) -> object:
     """Run ``work(sub)`` on the first ``min(count, P)`` ranks and broadcast rank 0's result.
 
-    A cluster tree needs at least one neuron per rank, so small systems are solved on fewer ranks.
+    A cluster tree needs at least one neuron per rank, so small systems are solved on fewer ranks
     Collective over ``comm``.
     """
     if count >= comm.size:
         return work(comm)
+    # PETSc starts collectively over MPI_COMM_WORLD when first imported (distgn.solvers): start
+    # it on every rank before only some of them go on to a solver that imports it.
+    from petsc4py import PETSc  # noqa: F401
     sub = comm.Split(0 if comm.rank < count else MPI.UNDEFINED, comm.rank)
     result = None
     if sub != MPI.COMM_NULL:

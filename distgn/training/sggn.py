@@ -79,7 +79,6 @@ from distgn.training.objective import (
     evaluate_loss,
     loss_and_gradient,
     network_moments,
-    on_ranks,
 )
 
 VARIANTS = ("alternating", "varpro")
@@ -172,9 +171,8 @@ def solve_output(ctx: Context, network: Network, live: np.ndarray,
         sub = replace(problem, network=network.subset(index),
                       target=residual_target(problem, ref))
         try:
-            dc, dc0, berr, stats, seconds = on_ranks(
-                ctx.comm, index.size, lambda comm, sub=sub, ref=ref: _correction(ctx, sub, ref,
-                                                                                 comm))
+            dc, dc0, berr, stats, seconds = ctx.solve(
+                index.size, lambda comm, sub=sub, ref=ref: _correction(ctx, sub, ref, comm))
         except SolverError as exc:
             error = str(exc)
             continue
@@ -274,7 +272,7 @@ def gn_direction(ctx: Context, network: Network, live: np.ndarray, grad: Gradien
 
             def solve(solver: SolverConfig, sub: Problem = sub, index: np.ndarray = index
                       ) -> tuple[np.ndarray, float]:
-                return on_ranks(ctx.comm, index.size, lambda comm: _layer_solve(
+                return ctx.solve(index.size, lambda comm: _layer_solve(
                     ctx, sub, grad.moments[index], comm, solver))
 
             try:
