@@ -351,7 +351,9 @@ def iterate(ctx: Context, state: State, variant: str, drop_tol: float,
     ``grad`` is ``loss_and_gradient`` at ``state`` over its live neurons when already known (the
     previous iteration's c-solve computes it). A direction along which no step decreases the loss
     (its solve with a nearly singular G was not accurate enough) is recomputed on the next
-    deflation rung. Returns the new state (None when no rung gives a decrease), the iteration's
+    deflation rung; when no rung gives a decrease, the gradient direction is searched
+    (``gradient_step`` in the statistics). Returns the new state (None when that fails too), the
+    iteration's
     statistics (``model_decrease``: ``-phi'(0)`` of the last direction, relative to the loss) and
     the gradient at the new state.
     """
@@ -371,6 +373,15 @@ def iterate(ctx: Context, state: State, variant: str, drop_tol: float,
         if gamma > 0.0 or direction.rung + 1 >= DEFLATION_RUNGS:
             break
         first_rung = direction.rung + 1
+    if gamma == 0.0 and state.loss > 0:
+        # No Gauss-Newton step decreases the loss (the iterate sits on a kink of J, or G is too
+        # ill-conditioned): the gradient direction, scaled so that gamma = 1 is the linear
+        # extrapolation of J to 0, decides between a step and convergence.
+        steepest = replace(direction, p=-grad.r * state.loss / max(grad.norm(False) ** 2,
+                                                                   np.finfo(float).tiny))
+        gamma, value, fallback, trial = _line_search(ctx, state, steepest, variant, -state.loss)
+        evaluations = {key: evaluations[key] + fallback[key] for key in evaluations}
+        stats.update(step=gamma, evaluations=evaluations["count"], gradient_step=1)
     if gamma == 0.0:
         return None, {**stats, "solver_seconds": seconds + evaluations["solver_seconds"]}, grad
     network, removed, out = trial
@@ -422,9 +433,9 @@ def run(ctx: Context, state: State, cfg: TrainConfig,
         record: Callable[[Network, np.ndarray, dict], str | None]) -> str:
     """Iterate from ``state`` until ``record`` (training.Recorder) or SgGN itself stops.
 
-    SgGN's own stop reasons: ``tol`` (on every deflation rung, the line search went down to steps
-    whose predicted decrease is under the rounding level of J without a decrease: J is at its
-    attainable floor along the Gauss-Newton direction), ``line_search`` (it gave up after
+    SgGN's own stop reasons: ``tol`` (on every deflation rung and along the gradient, the line
+    search went down to steps whose predicted decrease is under the rounding level of J without
+    a decrease: a numerically stationary point), ``line_search`` (it gave up after
     ``linesearch.MAX_EVALUATIONS`` evaluations instead), ``gn_solve_failed``, ``c_solve_failed``
     (``C_SOLVE_FAILURES`` consecutive failed c-solves), ``no_movable_neurons``.
     Returns the stop reason. Collective.
