@@ -116,14 +116,15 @@ def test_gauss_newton_matrices_match_quadrature(dim, m, atol, rng):
                                                   ("alternating", True)])
 def test_recovers_a_sum_of_relus(variant, output_bias, tmp_path):
     problem = relu_problem(8, output_bias)
-    result = train(problem, config(tmp_path, f"train.variant={variant}", "train.max_iter=15"),
+    result = train(problem, config(tmp_path, f"train.variant={variant}", "train.max_iter=30"),
                    MPI.COMM_SELF)
-    assert result["loss"] <= 1e-20, result
+    # Stopped by the parameter test (changes below sqrt(eps)) or max_iter: the kinks are found to
+    # about sqrt(eps), the error is at about that level.
+    assert result["relative_l2_error"] <= 1e-7, result
     network, history, _ = load_state(str(tmp_path / "run.h5"))
     assert history["loss"][-1] == result["loss"]
     t = network.breakpoints()[np.abs(network.c) > 1e-3]
-    # A breakpoint off by delta costs J ~ c^2 delta^3, so J <= 1e-20 pins it to ~1e-7 at worst.
-    assert np.max(np.min(np.abs(t[:, None] - KINKS[None, :]), axis=0)) < 1e-8
+    assert np.max(np.min(np.abs(t[:, None] - KINKS[None, :]), axis=0)) < 1e-6
 
 
 def _state(problem: Problem) -> tuple[Context, sggn.State]:
@@ -219,6 +220,10 @@ def test_baselines_start_from_the_same_iterate_and_decrease(method, tmp_path):
 
 def test_run_file_and_restart_continue_the_history(tmp_path):
     problem = relu_problem(8, output_bias=True, seed=3)
+
+    def config(tmp, *overrides):  # no stop by the convergence tests within the 8 iterations
+        return globals()["config"](tmp, "train.patience=100", *overrides)
+
     straight = train(problem, config(tmp_path, "train.max_iter=8"), MPI.COMM_SELF)
     expected, _, _ = load_state(str(tmp_path / "run.h5"))
     train(problem, config(tmp_path, "train.max_iter=5", "train.checkpoint_every=2"),
@@ -265,7 +270,7 @@ def test_converged_run_stops_with_tol_and_records_decade_times(tmp_path):
     result = train(problem, config(tmp_path, "train.max_iter=200", "train.tol=1e-12"),
                    MPI.COMM_SELF)
     assert result["stop_reason"] == "tol" and result["iterations"] < 200, result
-    assert result["relative_l2_error"] < 1e-10
+    assert result["relative_l2_error"] < 1e-7
     _, history, saved = load_state(str(tmp_path / "run.h5"))
     times = result["seconds_to"]
     assert list(times)[:4] == ["1e-1", "1e-2", "1e-3", "1e-4"]

@@ -352,10 +352,10 @@ def iterate(ctx: Context, state: State, variant: str, drop_tol: float,
     previous iteration's c-solve computes it). A direction along which no step decreases the loss
     (its solve with a nearly singular G was not accurate enough) is recomputed on the next
     deflation rung; when no rung gives a decrease, the gradient direction is searched
-    (``gradient_step`` in the statistics). Returns the new state (None when that fails too), the
-    iteration's
-    statistics (``model_decrease``: ``-phi'(0)`` of the last direction, relative to the loss) and
-    the gradient at the new state.
+    (``gradient_step`` in the statistics). ``parameter_change`` is the largest change of a live
+    neuron's (w, b) relative to ``1 + max |r|``. Returns the new state (None when that fails
+    too), the iteration's statistics (``model_decrease``: ``-phi'(0)`` of the last direction,
+    relative to the loss) and the gradient at the new state.
     """
     live = ~state.removed
     if grad is None:
@@ -390,6 +390,10 @@ def iterate(ctx: Context, state: State, variant: str, drop_tol: float,
         seconds += out.seconds
     if out.rejected and out.stats.get("error"):
         log.warning(f"sggn: the c-solve failed ({out.stats['error']}); kept the previous c")
+    moved = ~removed & ~state.removed
+    change = np.abs(out.network.r[moved] - state.network.r[moved])
+    stats.update(parameter_change=float(np.max(change, initial=0.0))
+                 / (1.0 + float(np.max(np.abs(state.network.r[moved]), initial=0.0))))
     stats.update(removed=int(removed.sum()), deflated=out.deflated, rejected=int(out.rejected),
                  c_solve_failed=int(bool(out.stats.get("error"))), c_rung=out.rung,
                  backward_error=out.backward_error,
