@@ -10,11 +10,10 @@ Stopping (the first that holds; the reason is returned as ``stop_reason``):
 
 ============== ==============================================================================
 ``tol``        over the last ``patience`` iterations the loss decreased by at most ``tol`` times
-               its value at the start of that window (or it is zero); SgGN also stops with
-               ``tol`` when steps down to the rounding level of J give no decrease along the
-               Gauss-Newton direction, on every deflation rung and along the gradient
-               (distgn.training.sggn.run), or when its steps changed no neuron's (w, b) by more
-               than ``XTOL = sqrt(eps)`` (relative) in ``patience`` consecutive iterations
+               the initial loss of the run (the progress left is invisible on the scale of the
+               problem; or the loss is zero); SgGN also stops with ``tol`` when steps down to the
+               rounding level of J give no decrease along the Gauss-Newton direction, on every
+               deflation rung and along the gradient (distgn.training.sggn.run)
 ``gtol``       the gradient norm is at most ``gtol`` (r only for SgGN, all parameters otherwise)
 ``max_iter``   ``max_iter`` iterations were done in this run
 ``max_seconds`` the run took ``max_seconds`` of wall time
@@ -60,9 +59,6 @@ from distgn.training import baselines, sggn
 from distgn.training.objective import Context
 
 METHODS = ("sggn", "adam", "bfgs", "lm")
-# Parameter changes below this (relative, SgGN's ``parameter_change``) resolve the parameters to
-# half the digits, as far as the loss (quadratic near a minimiser) can tell them apart.
-XTOL = float(np.sqrt(np.finfo(float).eps))
 # Stop reasons of a failed linear solver: the run file is written, then SolverError (exit 2).
 SOLVER_FAILURES = ("gn_solve_failed", "c_solve_failed", "solver_failed")
 
@@ -84,7 +80,7 @@ class Recorder:
         self.iterations = 0
         self.clock = time.perf_counter()
         self.losses: list[float] = []
-        self.small_steps = 0
+        self.initial_loss = float(history["loss"][0]) if history.get("loss") else math.nan
         self.network: Network | None = None
         self.removed: np.ndarray | None = None
         self.u_norm = math.sqrt(max(ctx.target_norms[1], 0.0))
@@ -99,12 +95,10 @@ class Recorder:
         self.network, self.removed = network, removed
         loss = float(stats["loss"])
         elapsed = self.elapsed()
+        if initial and not self.history.get("iteration"):
+            self.initial_loss = loss
         if initial and self.history.get("iteration"):
             self.losses = [float(v) for v in self.history["loss"][-self.cfg.patience - 1:]]
-            for change in reversed(self.history.get("parameter_change", [])):
-                if not change <= XTOL:
-                    break
-                self.small_steps += 1
             return None
         self.iterations += 0 if initial else 1
         row = {"iteration": self.base + self.iterations, "seconds": self.offset + elapsed,
@@ -113,8 +107,6 @@ class Recorder:
         _append(self.history, row)
         self._log(row, elapsed, initial)
         self.losses = (self.losses + [loss])[-self.cfg.patience - 1:]
-        small = float(stats.get("parameter_change", math.inf)) <= XTOL
-        self.small_steps = self.small_steps + 1 if small and not initial else 0
         reason = None if initial else self._stop(loss, float(stats.get("grad_norm", math.nan)),
                                                  elapsed)
         every = self.cfg.checkpoint_every
@@ -126,9 +118,7 @@ class Recorder:
         """The stop reason after an iteration (module docstring), or None."""
         window = self.losses[0]
         full = len(self.losses) > self.cfg.patience
-        if loss == 0.0 or full and 0.0 <= window - loss <= self.cfg.tol * window:
-            return "tol"
-        if self.small_steps >= self.cfg.patience:
+        if loss == 0.0 or full and 0.0 <= window - loss <= self.cfg.tol * self.initial_loss:
             return "tol"
         if grad_norm <= self.cfg.gtol:
             return "gtol"
