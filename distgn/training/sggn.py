@@ -150,7 +150,10 @@ def solve_output(ctx: Context, network: Network, live: np.ndarray,
     side ``int (u - v_ref) phi_i`` comes from exact Gauss rules on the residual, with no
     cancellation, so large coefficients of coalescing neurons cost no accuracy), otherwise the
     frozen neurons only (their ``int v_F h_i xhat`` from exact pair integrals; with an output bias,
-    fit's ``int (u - v_F)`` is then a quadrature across the frozen lines, not exact). If the new
+    fit's ``int (u - v_F)`` is then a quadrature across the frozen lines, not exact). When the
+    solver fails on every rung, the last rung is solved with the hss solver, whose factorization
+    shifts the blocks that are not numerically positive definite (rung ``DEFLATION_RUNGS``, a
+    warning); the solve fails only if that fails too (or hss was the configured solver). If the new
     c has a larger loss than ``previous_loss`` (J with the previous c at these W, b), or the
     solver fails on every rung, the previous c is kept and the solve is marked rejected (infinite
     loss without ``previous_loss``). The loss is ``evaluate_loss`` (the function the line search
@@ -159,8 +162,15 @@ def solve_output(ctx: Context, network: Network, live: np.ndarray,
     """
     problem = ctx.problem
     error = ""
-    for rung in range(DEFLATION_RUNGS):
-        solved = independent_neurons(problem, network, live, "A", rung=rung)
+    attempts = [(rung, ctx) for rung in range(DEFLATION_RUNGS)]
+    if ctx.solver.kind != "hss":
+        attempts.append((DEFLATION_RUNGS, replace(ctx, solver=replace(ctx.solver, kind="hss"))))
+    for rung, attempt in attempts:
+        if rung == DEFLATION_RUNGS:
+            log.warning(f"sggn: the c-solve failed on every deflation rung ({error}); solving "
+                        "with the hss solver (shifted where not positive definite)")
+        solved = independent_neurons(problem, network, live, "A",
+                                     rung=min(rung, DEFLATION_RUNGS - 1))
         index = np.flatnonzero(solved)
         frozen = live & ~solved & (network.c != 0)
         if problem.domain.dim == 1:
@@ -172,10 +182,12 @@ def solve_output(ctx: Context, network: Network, live: np.ndarray,
                       target=residual_target(problem, ref))
         try:
             dc, dc0, berr, stats, seconds = ctx.solve(
-                index.size, lambda comm, sub=sub, ref=ref: _correction(ctx, sub, ref, comm))
+                index.size, lambda comm, sub=sub, ref=ref, attempt=attempt: _correction(
+                    attempt, sub, ref, comm))
         except SolverError as exc:
             error = str(exc)
             continue
+        error = ""  # solved: a rejection below is no failure
         c = np.where(reference, network.c, 0.0)
         c[index] += dc
         c0 = None if dc0 is None else dc0 + (c0_ref or 0.0)
