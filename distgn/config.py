@@ -94,7 +94,8 @@ class TrainConfig:
     gtol: float = 0.0
     learning_rate: float = 1e-3
     lr_decay: float = 1.0
-    drop_tol: float = 1e-10
+    drop_tol: float = 1e-4
+    deterministic: bool = True
     log_every: int = 1
     checkpoint_every: int = 10
 

@@ -41,6 +41,9 @@ class Target:
         2D lines ``normal . x = offset`` across which u jumps.
     circles : tuple of (ndarray, float)
         2D circles (centre, radius) across which u jumps.
+    constant : bool
+        u is constant on each region cut out by its ``lines`` and ``circles`` (2D target moments
+        then come in closed form, distgn.assembly.polygon).
     """
 
     name: str
@@ -50,6 +53,7 @@ class Target:
     layers: tuple[tuple[float, float], ...] = ()
     lines: tuple[tuple[np.ndarray, float], ...] = field(default=())
     circles: tuple[tuple[np.ndarray, float], ...] = field(default=())
+    constant: bool = False
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Evaluate u at points ``x`` of shape (N, d)."""
@@ -84,14 +88,15 @@ def make_target(name: str, domain: Domain) -> Target:
             normal = np.array([np.cos(np.pi / 6), np.sin(np.pi / 6)])
             offset = float(normal @ center)
             return Target(
-                name, lambda x: (x @ normal >= offset).astype(float), lines=((normal, offset),)
+                name, lambda x: (x @ normal >= offset).astype(float), lines=((normal, offset),),
+                constant=True,
             )
         if name == "disk":
             radius = 0.25 * float(np.min(hi - lo))
             return Target(
                 name,
                 lambda x: (np.sum((x - center) ** 2, axis=1) <= radius**2).astype(float),
-                circles=((center, radius),),
+                circles=((center, radius),), constant=True,
             )
         scale = np.pi / (hi - lo)
         return Target(

@@ -10,24 +10,26 @@ history and (SgGN) the networks before and after in ``benchmarks/training/result
     python scripts/experiments.py run --dim 2
     python scripts/experiments.py report
     python scripts/experiments.py pair     # the jump-pair resolution table
+    python scripts/experiments.py profile --n 512 1024   # 2D SgGN iteration profile (disk)
+    python scripts/experiments.py diagnose   # SgGN error versus n for two drop_tol (docs/sggn.md)
     python scripts/experiments.py merge --dim 2 FILE   # runs of a job run with --store FILE
 
-Budgets (``budget``) are per dimension and size; Adam's learning rate is the best of
-``ADAM_RATES`` at the sizes up to ``SWEEP_UP_TO``, and the best rate of the largest swept size
-above. Collective when run under mpiexec (rank 0 writes).
+Budgets (``budget``): SgGN runs to convergence or its caps; every baseline then gets SgGN's wall
+time on the same problem. Adam's learning rate is the best of ``ADAM_RATES`` (every size).
+Collective when run under mpiexec (rank 0 writes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
 
 from distgn.config import load_config
+from distgn.errors import SolverError
 from distgn.io import load_state
 from distgn.network import Network
 from distgn.parallel import setup_logging
@@ -42,32 +44,23 @@ def results_file(dim: int) -> Path:
     return OUT / f"results_{dim}d.json"
 
 
-TARGETS = {1: ("step", "tanh_layer", "power"), 2: ("line_jump", "disk")}
-SIZES = {1: (8, 16, 32, 64, 128, 256), 2: (64, 256, 1024)}
+TARGETS = {1: ("step", "tanh_layer", "power", "sine"), 2: ("line_jump", "disk")}
+SIZES = {1: (8, 16, 32, 64, 128, 256), 2: (16, 64, 256)}
 DOMAIN = {1: ["domain.kind=interval", "domain.bounds=[0.0, 1.0]"],
           2: ["domain.kind=box", "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]"]}
-METHODS = ("sggn", "varpro", "adam", "bfgs", "lm")
-ADAM_RATES = {1: (1e-2, 1e-3, 1e-4), 2: (1e-2,)}
-SWEEP_UP_TO = {1: 256, 2: 64}
+METHODS = ("sggn", "adam", "bfgs", "lm")
+ADAM_RATES = {1: (1e-2, 1e-3, 1e-4), 2: (1e-2, 1e-3, 1e-4)}
+SWEEP_UP_TO = {1: 256, 2: 256}
 
 
-def budget(dim: int, n: int, method: str) -> dict:
-    """``max_iter`` and ``max_seconds`` of a run (``None``: skipped)."""
-    if dim == 1:
-        table = {"sggn": (500, 600), "varpro": (200, 300), "adam": (10_000, math.inf),
-                 "bfgs": (10_000, 600), "lm": (2000, 600)}
-    else:
-        # Cut to what a 2-core machine does in about two hours for both targets: wall-time caps
-        # (at n = 1024 shorter ones for varpro, BFGS and LM than for SgGN and Adam).
-        seconds = {64: 200, 256: 200, 1024: 400}[n]
-        short = {64: 200, 256: 200, 1024: 240}[n]
-        table = {"sggn": (500, seconds),
-                 "varpro": ({64: 100, 256: 50, 1024: 10}[n], short),
-                 "adam": ({64: 10_000, 256: 2000, 1024: 400}[n], seconds),
-                 "bfgs": ({64: 5000, 256: 1000, 1024: 1000}[n], short),
-                 "lm": ({64: 500, 256: 100, 1024: 50}[n], short)}
-    iterations, seconds = table[method]
-    return None if iterations is None else {"max_iter": iterations, "max_seconds": seconds}
+def budget(dim: int, n: int, method: str, results: dict, target: str) -> dict:
+    """``max_iter`` and ``max_seconds`` of a run: SgGN up to 500 (1D) / 300 (2D) iterations and
+    60 s; every baseline gets the wall time SgGN took on the same problem
+    (at least 1 s), so that methods are compared at equal wall time."""
+    if method == "sggn":
+        return {"max_iter": 500 if dim == 1 else 300, "max_seconds": 60}
+    sggn = results[key(dim, target, n, "sggn")]["result"]
+    return {"max_iter": 10**6, "max_seconds": max(float(sggn["seconds"]), 1.0)}
 
 
 def key(dim: int, target: str, n: int, method: str, rate: float | None = None) -> str:
@@ -84,33 +77,39 @@ def subsample(history: dict, points: int = 400) -> dict:
             for name in ("iteration", "loss", "seconds", "l2_error")}
 
 
+def saved_result(path: Path) -> dict:
+    """The result attributes of a run file as plain JSON values."""
+    result = load_state(str(path))[2]
+    return {name: value.item() if hasattr(value, "item") else value
+            for name, value in result.items()}
+
+
 def network_json(network: Network) -> dict:
     return {"W": network.W.tolist(), "b": network.b.tolist(), "c": network.c.tolist(),
             "c0": network.c0}
 
 
 def run_one(comm: MPI.Comm, dim: int, target: str, n: int, method: str, rate: float | None,
-            work: Path) -> dict:
+            work: Path, limits: dict) -> dict:
     """Train one configuration; return its record for results.json."""
-    limits = budget(dim, n, method)
     path = work / f"{key(dim, target, n, method, rate).replace('/', '-')}.h5"
     overrides = DOMAIN[dim] + [
         f"target.name={target}", f"network.n={n}", "network.init=uniform", "solver.kind=dense",
         f"output.path={path}", f"train.max_iter={limits['max_iter']}",
-        f"train.max_seconds={min(limits['max_seconds'], 1e9)}", "train.log_every=100",
-        "train.checkpoint_every=0",
-        f"train.method={'sggn' if method == 'varpro' else method}",
-        f"train.variant={'varpro' if method == 'varpro' else 'alternating'}",
-        f"train.tol={1e-12 if method in ('sggn', 'varpro') else 0.0}"]
+        f"train.max_seconds={limits['max_seconds']}", "train.log_every=100",
+        "train.checkpoint_every=0", f"train.method={method}", "train.tol=1e-12"]
     if rate is not None:
         overrides.append(f"train.learning_rate={rate}")
     config = load_config(None, overrides)
     problem = build_problem(config)
-    result = train(problem, config, comm)
+    try:
+        result = train(problem, config, comm)
+    except SolverError:  # a failed solver: the run file holds the run and its stop reason
+        result = saved_result(path)
     network, history, _ = load_state(str(path))
     record = {"dim": dim, "target": target, "n": n, "method": method, "learning_rate": rate,
               "result": result, "history": subsample(history)}
-    if method in ("sggn", "varpro"):
+    if method == "sggn":
         start = problem.network
         record["start"] = network_json(Network(start.W, start.b, np.zeros(start.n)))
         record["final"] = network_json(network)
@@ -136,8 +135,6 @@ def command_run(args: argparse.Namespace) -> None:
     for target in args.targets or TARGETS[args.dim]:
         for n in args.sizes or SIZES[args.dim]:
             for method in args.methods:
-                if budget(args.dim, n, method) is None:
-                    continue
                 sweep = method == "adam" and n <= SWEEP_UP_TO[args.dim]
                 rates = ADAM_RATES[args.dim] if sweep else (
                     (best_rate(results, args.dim, target, n),) if method == "adam" else (None,))
@@ -145,7 +142,8 @@ def command_run(args: argparse.Namespace) -> None:
                     name = key(args.dim, target, n, method, rate)
                     if name in results and not args.force:
                         continue
-                    record = run_one(comm, args.dim, target, n, method, rate, work)
+                    record = run_one(comm, args.dim, target, n, method, rate, work,
+                                     budget(args.dim, n, method, results, target))
                     results[name] = fresh[name] = record
                     if comm.rank == 0:
                         if args.store:
@@ -162,9 +160,8 @@ def command_run(args: argparse.Namespace) -> None:
 # Report
 
 
-LABELS = {"sggn": "SgGN (alternating)", "varpro": "SgGN (varpro)", "adam": "Adam", "bfgs": "BFGS",
-          "lm": "LM"}
-COLOURS = {"sggn": "C0", "varpro": "C1", "adam": "C2", "bfgs": "C3", "lm": "C4"}
+LABELS = {"sggn": "SgGN", "adam": "Adam", "bfgs": "BFGS", "lm": "LM"}
+COLOURS = {"sggn": "C0", "adam": "C2", "bfgs": "C3", "lm": "C4"}
 
 
 def chosen(results: dict, dim: int, target: str, n: int) -> dict[str, dict]:
@@ -181,6 +178,14 @@ def chosen(results: dict, dim: int, target: str, n: int) -> dict[str, dict]:
     return out
 
 
+def _seconds_to(result: dict, decade: str) -> str:
+    """When the run first reached the relative error ``decade`` ("-" if never)."""
+    seconds = result.get("seconds_to", {})
+    if isinstance(seconds, str):
+        seconds = json.loads(seconds)
+    return f"{seconds[decade]:.1f}" if decade in seconds else "-"
+
+
 def tables(results: dict) -> str:
     lines = ["<!-- written by scripts/experiments.py report -->"]
     for dim in (1, 2):
@@ -189,9 +194,12 @@ def tables(results: dict) -> str:
             if not sizes:
                 continue
             lines += ["", f"### {dim}D `{target}`", "",
-                      "relative L2 error / loss / iterations / seconds (stop reason)", "",
-                      "| n | " + " | ".join(LABELS[m] for m in METHODS) + " |",
-                      "|---|" + "---|" * len(METHODS)]
+                      "relative L2 error / iterations / seconds (stop reason); seconds to a "
+                      "relative error of 1e-2, 1e-3, 1e-4 ('-': not reached). Baselines ran for "
+                      "SgGN's wall time; Adam: the best of learning rates "
+                      + ", ".join(f"{rate:g}" for rate in ADAM_RATES[dim]) + ".", "",
+                      "| n | " + " | ".join(LABELS[m] for m in METHODS)
+                      + " | SgGN <= best baseline |", "|---|" + "---|" * (len(METHODS) + 1)]
             for n in sizes:
                 runs = chosen(results, dim, target, n)
                 cells = []
@@ -202,29 +210,15 @@ def tables(results: dict) -> str:
                     res = runs[method]["result"]
                     rate = (f", lr {runs[method]['learning_rate']:g}" if method == "adam"
                             else "")
-                    cells.append(f"**{res['relative_l2_error']:.2e}** / {res['loss']:.1e} / "
-                                 f"{res['iterations']} / {res['seconds']:.1f}s "
-                                 f"({res['stop_reason']}{rate})")
-                lines.append(f"| {n} | " + " | ".join(cells) + " |")
-            lines += ["", "SgGN (alternating) against Adam: final L2 errors, and the time SgGN "
-                      "took to get 100 times below Adam's final error", "",
-                      "| n | Adam / SgGN error | SgGN seconds to Adam/100 | Adam seconds |",
-                      "|---|---|---|---|"]
-            for n in sizes:
-                runs = chosen(results, dim, target, n)
-                if "sggn" in runs and "adam" in runs:
-                    lines.append(f"| {n} | " + " | ".join(_against_adam(runs)) + " |")
+                    cells.append(f"**{res['relative_l2_error']:.2e}** / {res['iterations']} / "
+                                 f"{res['seconds']:.1f}s ({res['stop_reason']}{rate}); "
+                                 + " ".join(_seconds_to(res, f"1e-{k}") for k in (2, 3, 4)))
+                errors = {m: runs[m]["result"]["relative_l2_error"] for m in runs}
+                baselines = [errors[m] for m in errors if m != "sggn"]
+                verdict = ("yes" if baselines and errors.get("sggn", np.inf) <= min(baselines)
+                           else "no" if baselines else "-")
+                lines.append(f"| {n} | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines) + "\n"
-
-
-def _against_adam(runs: dict) -> list[str]:
-    """Error ratio, SgGN's time to reach 1/100 of Adam's final error, Adam's time."""
-    adam, sggn = runs["adam"]["result"], runs["sggn"]
-    history = sggn["history"]
-    reached = [t for t, e in zip(history["seconds"], history["l2_error"], strict=True)
-               if e <= adam["l2_error"] / 100]
-    return [f"{adam['l2_error'] / sggn['result']['l2_error']:.0f}",
-            f"{reached[0]:.1f}" if reached else "not reached", f"{adam['seconds']:.1f}"]
 
 
 def convergence_figure(results: dict, dim: int, target: str, path: Path) -> None:
@@ -325,6 +319,8 @@ def command_report(args: argparse.Namespace) -> None:
         if results_file(dim).exists():
             results.update(json.loads(results_file(dim).read_text()))
     (OUT / "tables.md").write_text(tables(results))
+    if (OUT / "diagnosis.json").exists():
+        diagnosis_report(json.loads((OUT / "diagnosis.json").read_text()))
     for dim in (1, 2):
         for target in TARGETS[dim]:
             if any(k.startswith(f"{dim}d/{target}/") for k in results):
@@ -369,6 +365,150 @@ def command_pair(args: argparse.Namespace) -> None:
               f"{out.rejected} |")
 
 
+DIAGNOSIS_TARGETS = ("step", "tanh_layer", "power", "sine")
+DIAGNOSIS_DROP_TOLS = (1e-10, 1e-4)
+
+
+def diagnosis_report(runs: dict) -> None:
+    """``diagnosis.md`` (table) and ``diagnosis.png`` from the runs of ``command_diagnose``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = ["<!-- written by scripts/experiments.py diagnose / report -->", "",
+             "SgGN, 1D, uniform start, dense solver, at most 300 iterations: relative L2 error "
+             "(stop reason), mean step length, loss evaluations per iteration.", "",
+             "| target | n | " + " | ".join(f"drop_tol {drop:g}" for drop in DIAGNOSIS_DROP_TOLS)
+             + " |", "|---|---|" + "---|" * len(DIAGNOSIS_DROP_TOLS)]
+    for target in DIAGNOSIS_TARGETS:
+        for n in SIZES[1]:
+            cells = []
+            for drop in DIAGNOSIS_DROP_TOLS:
+                run = runs.get(f"{target}/{n}/{drop:g}")
+                cells.append("-" if run is None else
+                             f"{run['result']['relative_l2_error']:.2e} "
+                             f"({run['result']['stop_reason']}), step {run['mean_step']:.2g}, "
+                             f"{run['evaluations']:.1f} evaluations")
+            lines.append(f"| {target} | {n} | " + " | ".join(cells) + " |")
+    (OUT / "diagnosis.md").write_text("\n".join(lines) + "\n")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for target, colour in zip(DIAGNOSIS_TARGETS, ("C0", "C1", "C2", "C3"), strict=True):
+        for drop, style in zip(DIAGNOSIS_DROP_TOLS, ("--", "-"), strict=True):
+            sizes = [n for n in SIZES[1] if f"{target}/{n}/{drop:g}" in runs]
+            picked = [runs[f"{target}/{n}/{drop:g}"] for n in sizes]
+            label = f"{target}, drop_tol {drop:g}"
+            axes[0].loglog(sizes, [r["result"]["relative_l2_error"] for r in picked], style,
+                           color=colour, marker="o", label=label)
+            axes[1].loglog(sizes, [r["mean_step"] for r in picked], style, color=colour,
+                           marker="o")
+            axes[2].semilogx(sizes, [r["evaluations"] for r in picked], style, color=colour,
+                             marker="o")
+    for ax, title in zip(axes, ("relative L2 error after <= 300 iterations", "mean step length",
+                                "loss evaluations per iteration"), strict=True):
+        ax.set_xlabel("n")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(OUT / "diagnosis.png", dpi=90)
+    plt.close(fig)
+
+
+def command_diagnose(args: argparse.Namespace) -> None:
+    """SgGN's final error versus n on the 1D reference set with the GN step over all neurons
+    (``drop_tol = 1e-10``, the old default) and without the neurons of small ``|c_i|``: runs
+    (300 iterations at most, one rank, dense solver) into ``benchmarks/training/diagnosis.json``,
+    the figure ``diagnosis.png`` (error, mean step, evaluations per iteration versus n)."""
+    comm = MPI.COMM_SELF
+    store = OUT / "diagnosis.json"
+    runs = json.loads(store.read_text()) if store.exists() else {}
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    for drop in DIAGNOSIS_DROP_TOLS:
+        for target in DIAGNOSIS_TARGETS:
+            for n in SIZES[1]:
+                name = f"{target}/{n}/{drop:g}"
+                if name in runs:
+                    continue
+                path = work / "diagnose.h5"
+                config = load_config(None, DOMAIN[1] + [
+                    f"target.name={target}", f"network.n={n}", "network.init=uniform",
+                    "solver.kind=dense", f"output.path={path}", "train.max_iter=300",
+                    f"train.drop_tol={drop}", "train.log_every=1000",
+                    "train.checkpoint_every=0"])
+                try:
+                    result = train(build_problem(config), config, comm)
+                except SolverError:
+                    result = saved_result(path)
+                _, history, _ = load_state(str(path))
+                runs[name] = {"result": result,
+                              "mean_step": float(np.nanmean(history["step"][1:])),
+                              "evaluations": float(np.nanmean(history["evaluations"][1:]))}
+                store.write_text(json.dumps(runs))
+                print(name, f"{result['relative_l2_error']:.3e}", result["stop_reason"],
+                      flush=True)
+    diagnosis_report(runs)
+
+
+PROFILE_FUNCTIONS = {
+    "target moments": "target_moments", "pair integrals": "pair_integrals",
+    "loss and gradient": "loss_and_gradient", "line search": "_line_search",
+    "c-solve": "solve_output", "solve with G": "gn_direction"}
+
+
+def command_profile(args: argparse.Namespace) -> None:
+    """Seconds per SgGN iteration on the 2D disk target (one rank), and where they go.
+
+    Runs ``train`` under cProfile for ``--iterations`` iterations at each n and appends one row
+    per n to ``benchmarks/training/profile.md`` under the label ``--label``: wall seconds per
+    iteration (from the history, after the start), objective evaluations per iteration in the
+    line search, and the cumulative seconds per iteration of the main steps (they nest: the line
+    search and the c-solve include target moments and pair integrals).
+    """
+    import cProfile
+    import inspect
+    import pstats
+
+    import distgn
+
+    comm = MPI.COMM_SELF
+    path = OUT / "profile.md"
+    lines = [] if path.exists() else [
+        "<!-- written by scripts/experiments.py profile -->", "",
+        "SgGN on the 2D disk target, unit square, uniform start, dense solver, one rank: seconds "
+        "per iteration (wall) and cumulative seconds per iteration in the main steps "
+        "(cProfile; they nest).", "",
+        "| code | n | iterations | s / iteration | evaluations / iteration | "
+        + " | ".join(PROFILE_FUNCTIONS) + " |", "|---|---|---|---|---|"
+        + "---|" * len(PROFILE_FUNCTIONS)]
+    for n in args.n:
+        config = load_config(None, DOMAIN[2] + [
+            "target.name=disk", f"network.n={n}", "network.init=uniform", "solver.kind=dense",
+            f"output.path={Path(args.work) / 'profile.h5'}", f"train.max_iter={args.iterations}",
+            "train.checkpoint_every=0", "train.log_every=1000"])
+        problem = build_problem(config)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        result = train(problem, config, comm)
+        profiler.disable()
+        _, history, _ = load_state(str(Path(args.work) / "profile.h5"))
+        count = max(int(result["iterations"]), 1)
+        per_iteration = (history["seconds"][-1] - history["seconds"][0]) / count
+        evaluations = np.nansum(history.get("evaluations", [np.nan])) / count
+        stats = pstats.Stats(profiler).stats
+        cumulative = {label: sum(entry[3] for (_, _, function), entry in stats.items()
+                                 if function == name) / count
+                      for label, name in PROFILE_FUNCTIONS.items()}
+        where = Path(inspect.getfile(distgn)).parent.parent
+        lines.append(f"| {args.label} (`{where.name}`) | {n} | {count} | {per_iteration:.3f} | "
+                     f"{evaluations:.1f} | "
+                     + " | ".join(f"{cumulative[label]:.3f}" for label in PROFILE_FUNCTIONS)
+                     + " |")
+        print(lines[-1], flush=True)
+    with path.open("a") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -386,10 +526,18 @@ def main() -> None:
     p.add_argument("files", nargs="+")
     sub.add_parser("report", help="tables and figures from the results files")
     sub.add_parser("pair", help="resolution of a jump by a ReLU pair versus its width")
+    p = sub.add_parser("diagnose", help="SgGN error versus n for two drop_tol values")
+    p.add_argument("--work", default="/tmp/distgn-experiments")
+    p = sub.add_parser("profile", help="2D SgGN iteration profile on the disk target")
+    p.add_argument("--n", nargs="+", type=int, default=[512, 1024])
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--label", default="current")
+    p.add_argument("--work", default="/tmp/distgn-experiments")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     {"run": command_run, "report": command_report, "pair": command_pair,
-     "merge": command_merge}[args.command](args)
+     "merge": command_merge, "profile": command_profile,
+     "diagnose": command_diagnose}[args.command](args)
 
 
 if __name__ == "__main__":

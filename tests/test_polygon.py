@@ -9,6 +9,7 @@ mpmath (dps 30): exact clipping, then Green's theorem along the exact boundary o
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 import mpmath as mp
@@ -371,3 +372,38 @@ def test_disk_moments_of_half_planes_through_the_centre(theta, offset):
     area = np.pi * radius**2 / 2
     centroid = center + w[0] * 4 * radius / (3 * np.pi)
     np.testing.assert_allclose(moments, [*(area * centroid), area], rtol=1e-13)
+
+
+@pytest.mark.parametrize("domain_name", ["square", "pentagon"])
+@pytest.mark.parametrize("target_name", ["line_jump", "disk"])
+def test_target_moments_quadrature_path_mpmath(domain_name, target_name):
+    # The quadrature rules (used for targets not declared constant) against the same references
+    # as the closed forms.
+    domain = DOMAINS[domain_name]
+    W, b = random_neurons(8, seed=5, domain=domain)
+    target = replace(make_target(target_name, domain), constant=False)
+    got = polygon.target_moments(domain.vertices, W, b, np.arange(b.size), target)
+    assert np.max(np.abs(got - mp_target_moments(target_name, domain, W, b))) <= 1e-13
+
+
+def test_constant_target_with_line_and_circle_matches_quadrature():
+    # Four constant values (two sides of a line, inside and outside a circle), circles centred
+    # inside, on the boundary and outside the pentagon: the closed form against the quadrature.
+    W, b = random_neurons(40, seed=9, domain=PENTAGON)
+    normal, offset = np.array([0.6, 0.8]), 0.9
+    for center in ([0.8, 0.9], [0.0, 0.5], [3.0, 0.4]):
+        center = np.array(center)
+
+        def u(x, center=center):
+            inside = np.sum((x - center) ** 2, axis=1) <= 0.49
+            return np.where(x @ normal >= offset, 2.0, -0.5) + 1.5 * inside
+
+        constant = Target("pieces", u, lines=((normal, offset),), circles=((center, 0.7),),
+                          constant=True)
+        quadrature = replace(constant, constant=False)
+        got = polygon.target_moments(PENTAGON.vertices, W, b, np.arange(40), constant)
+        ref = polygon.target_moments(PENTAGON.vertices, W, b, np.arange(40), quadrature)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-14)
+        np.testing.assert_allclose(polygon.target_integrals(PENTAGON.vertices, constant),
+                                   polygon.target_integrals(PENTAGON.vertices, quadrature),
+                                   rtol=0, atol=1e-14)

@@ -9,15 +9,27 @@ solver unless the network comes with c (``sggn.start``).
 Stopping (the first that holds; the reason is returned as ``stop_reason``):
 
 ============== ==============================================================================
-``tol``        the loss decreased by at most ``tol`` times its previous value in ``patience``
-               consecutive iterations (or is zero)
+``tol``        over the last ``patience`` iterations the loss decreased by at most ``tol`` times
+               the initial loss of the run (the progress left is invisible on the scale of the
+               problem; or the loss is zero); SgGN also stops with ``tol`` when steps down to the
+               rounding level of J give no decrease along the Gauss-Newton direction, on every
+               deflation rung and along the gradient (distgn.training.sggn.run)
 ``gtol``       the gradient norm is at most ``gtol`` (r only for SgGN, all parameters otherwise)
 ``max_iter``   ``max_iter`` iterations were done in this run
 ``max_seconds`` the run took ``max_seconds`` of wall time
-method's own   ``line_search`` (SgGN: no step decreases the loss), ``gn_solve_failed`` (G
-               breaks down with every deflation and with the shifted hss fallback),
+method's own   ``line_search`` (SgGN: the line search gave up before reaching that rounding
+               level), ``gn_solve_failed`` (G breaks down with every deflation and with the
+               shifted hss fallback), ``c_solve_failed`` (the c-solve failed on every deflation
+               rung in 3 consecutive iterations; each failure is a warning with its reason),
                ``no_movable_neurons``, and the baselines' reasons (distgn.training.baselines)
 ============== ==============================================================================
+
+A run that stops because a linear solver failed (``gn_solve_failed``, ``c_solve_failed``,
+``solver_failed``) writes its run file and then raises SolverError: ``distgn train`` exits with
+status 2 (README, "Exit status").
+
+The result records ``seconds_to``: for each decade ``1e-k`` of the relative L2 error reached, the
+run's seconds at the first iterate at or below it (from the history, so restarts keep them).
 
 Every iteration is appended to the history (``iteration, loss, l2_error, relative_l2_error, step,
 active, seconds, solver_seconds, grad_norm`` and the method's own counters) and logged on rank 0
@@ -47,6 +59,8 @@ from distgn.training import baselines, sggn
 from distgn.training.objective import Context
 
 METHODS = ("sggn", "adam", "bfgs", "lm")
+# Stop reasons of a failed linear solver: the run file is written, then SolverError (exit 2).
+SOLVER_FAILURES = ("gn_solve_failed", "c_solve_failed", "solver_failed")
 
 
 class Recorder:
@@ -65,8 +79,8 @@ class Recorder:
         self.offset = float(history["seconds"][-1]) if history.get("seconds") else 0.0
         self.iterations = 0
         self.clock = time.perf_counter()
-        self.previous_loss: float | None = None
-        self.stalled = 0
+        self.losses: list[float] = []
+        self.initial_loss = float(history["loss"][0]) if history.get("loss") else math.nan
         self.network: Network | None = None
         self.removed: np.ndarray | None = None
         self.u_norm = math.sqrt(max(ctx.target_norms[1], 0.0))
@@ -81,8 +95,10 @@ class Recorder:
         self.network, self.removed = network, removed
         loss = float(stats["loss"])
         elapsed = self.elapsed()
+        if initial and not self.history.get("iteration"):
+            self.initial_loss = loss
         if initial and self.history.get("iteration"):
-            self.previous_loss = loss
+            self.losses = [float(v) for v in self.history["loss"][-self.cfg.patience - 1:]]
             return None
         self.iterations += 0 if initial else 1
         row = {"iteration": self.base + self.iterations, "seconds": self.offset + elapsed,
@@ -90,19 +106,19 @@ class Recorder:
                **stats}
         _append(self.history, row)
         self._log(row, elapsed, initial)
+        self.losses = (self.losses + [loss])[-self.cfg.patience - 1:]
         reason = None if initial else self._stop(loss, float(stats.get("grad_norm", math.nan)),
                                                  elapsed)
-        self.previous_loss = loss
         every = self.cfg.checkpoint_every
         if reason is None and not initial and every > 0 and self.iterations % every == 0:
             self.save({"stop_reason": "running"})
         return reason
 
     def _stop(self, loss: float, grad_norm: float, elapsed: float) -> str | None:
-        decrease = self.previous_loss - loss if self.previous_loss is not None else math.inf
-        stalled = 0.0 <= decrease <= self.cfg.tol * self.previous_loss
-        self.stalled = self.stalled + 1 if stalled else 0
-        if loss == 0.0 or self.stalled >= max(self.cfg.patience, 1):
+        """The stop reason after an iteration (module docstring), or None."""
+        window = self.losses[0]
+        full = len(self.losses) > self.cfg.patience
+        if loss == 0.0 or full and 0.0 <= window - loss <= self.cfg.tol * self.initial_loss:
             return "tol"
         if grad_norm <= self.cfg.gtol:
             return "gtol"
@@ -133,6 +149,7 @@ class Recorder:
         result = dict(self.result)
         last = {key: values[-1] for key, values in self.history.items() if values}
         result.update(
+            seconds_to=decade_seconds(self.history),
             iterations=self.iterations,
             total_iterations=int(last.get("iteration", 0)),
             loss=float(last.get("loss", math.nan)),
@@ -145,6 +162,19 @@ class Recorder:
         save_state(self.config.output.path, self.ctx.comm, self.network, self.history, result,
                    to_dict(self.config), np.flatnonzero(self.removed))
         return result
+
+
+def decade_seconds(history: Mapping[str, list]) -> dict[str, float]:
+    """``{"1e-k": seconds}``: when the relative L2 error first reached each decade 1e-k."""
+    out: dict[str, float] = {}
+    errors = np.asarray(history.get("relative_l2_error", []), dtype=float)
+    seconds = np.asarray(history.get("seconds", []), dtype=float)
+    for k in range(1, 17):
+        reached = np.flatnonzero(errors <= 10.0**-k)
+        if not reached.size:
+            break
+        out[f"1e-{k}"] = float(seconds[reached[0]])
+    return out
 
 
 def _append(history: dict[str, list], row: Mapping[str, float]) -> None:
@@ -199,7 +229,7 @@ def train(problem: Problem, config: Config, comm: MPI.Comm,
     network = problem.network if restart is None else restart[0]
     history = {} if restart is None else {k: list(np.asarray(v, dtype=float).ravel())
                                           for k, v in restart[1].items()}
-    ctx = Context(problem, comm, config.solver)
+    ctx = Context(problem, comm, config.solver, cfg.deterministic)
     result = {"method": cfg.method, "variant": cfg.variant if cfg.method == "sggn" else "",
               "n": network.n, "dim": problem.domain.dim, "ranks": comm.size,
               "solver": config.solver.kind, "target": problem.target.name}
@@ -228,4 +258,7 @@ def train(problem: Problem, config: Config, comm: MPI.Comm,
     log.info(f"{cfg.method}: stopped ({reason}) after {final['iterations']} iterations, "
              f"{final['seconds']:.2f}s: loss {final['loss']:.6e}, L2 error {final['l2_error']:.3e} "
              f"(relative {final['relative_l2_error']:.3e})")
+    if reason in SOLVER_FAILURES:
+        raise SolverError(f"training stopped ({reason}) after {final['iterations']} iterations; "
+                          f"the run file {config.output.path} holds the last iterate")
     return final

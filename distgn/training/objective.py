@@ -7,15 +7,16 @@ loss comes from direct Gauss rules between the breakpoints (``fit.l2_error_1d``:
 it reaches round-off); in 2D from the same moments (it cancels at ~1e-16 of ``int u^2``).
 
 Every rank holds the whole network (replicated, user order). Row-wise work is split into
-contiguous shares (``owned_rows``) and the partial results are gathered and added in rank order
-(``allsum``, ``allrows``), so every rank gets the same bits and takes the same decisions.
+contiguous shares (``owned_rows``), every row is computed the same way whatever the share, and the
+rows are gathered in neuron order before they are added (``ordered_sum``, ``allrows``), so every
+rank, on any number of ranks, gets the same bits and takes the same decisions.
 Functions taking a ``Context`` or a communicator are collective; the others are rank-local.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -30,15 +31,29 @@ from distgn.problem import Problem
 
 EPS = float(np.finfo(float).eps)
 CHUNK_ENTRIES = 1 << 21
+# u = 1, declared constant: its 2D moments come in closed form (distgn.assembly.polygon).
+UNIT = replace(ONE, constant=True)
 
 
 @dataclass(frozen=True)
 class Context:
-    """What every collective evaluation needs: the problem, the ranks and the linear solver."""
+    """What every collective evaluation needs: the problem, the ranks and the linear solver.
+
+    With ``deterministic`` (``[train] deterministic``), the optimizer's linear solves (c-solve,
+    solve with G) run on every rank alike over COMM_SELF (``solve``), so that no rounding that
+    depends on the number of ranks feeds the optimizer; the sums stay shared (``ordered_sum``).
+    """
 
     problem: Problem
     comm: MPI.Comm
     solver: SolverConfig
+    deterministic: bool = False
+
+    def solve(self, count: int, work: Callable[[MPI.Comm], object]) -> object:
+        """Run a linear solve over ``count`` neurons: ``work(comm)`` on ``on_ranks``, or with
+        ``deterministic`` on every rank alike over COMM_SELF (the same bits on every rank and
+        for every number of ranks). Collective."""
+        return work(MPI.COMM_SELF) if self.deterministic else on_ranks(self.comm, count, work)
 
     @property
     def dim(self) -> int:
@@ -61,24 +76,28 @@ def owned_rows(comm: MPI.Comm, index: np.ndarray) -> np.ndarray:
     return index[edges[comm.rank]:edges[comm.rank + 1]]
 
 
-def allsum(comm: MPI.Comm, values: np.ndarray | float) -> np.ndarray:
-    """Sum over ranks, added in rank order so that every rank gets the same bits. Collective."""
-    return np.sum(np.asarray(comm.allgather(np.asarray(values, dtype=float))), axis=0)
-
-
 def allrows(comm: MPI.Comm, local: np.ndarray) -> np.ndarray:
     """Concatenate every rank's rows in rank order. Collective."""
     return np.concatenate(comm.allgather(local), axis=0)
 
 
+def ordered_sum(comm: MPI.Comm, local: np.ndarray) -> np.ndarray:
+    """Column sums of rows shared out by ``owned_rows``: the rows are gathered in neuron order
+    and added there, so the bits do not depend on the number of ranks. Collective."""
+    return np.sum(allrows(comm, local), axis=0)
+
+
 def on_ranks(comm: MPI.Comm, count: int, work: Callable[[MPI.Comm], object]) -> object:
     """Run ``work(sub)`` on the first ``min(count, P)`` ranks and broadcast rank 0's result.
 
-    A cluster tree needs at least one neuron per rank, so small systems are solved on fewer ranks.
+    A cluster tree needs at least one neuron per rank, so small systems are solved on fewer ranks
     Collective over ``comm``.
     """
     if count >= comm.size:
         return work(comm)
+    # PETSc starts collectively over MPI_COMM_WORLD when first imported (distgn.solvers): start
+    # it on every rank before only some of them go on to a solver that imports it.
+    from petsc4py import PETSc  # noqa: F401
     sub = comm.Split(0 if comm.rank < count else MPI.UNDEFINED, comm.rank)
     result = None
     if sub != MPI.COMM_NULL:
@@ -113,47 +132,27 @@ def evaluate_loss(ctx: Context, network: Network) -> tuple[float, float]:
     """``(J, L2 error)``, ``J = 1/2 int (v - u)^2``. Collective.
 
     1D: direct Gauss rules on the cells between breakpoints (no cancellation, reaches round-off).
-    Otherwise the exact-matrix formula ``c^T A c - 2 c^T F + 2 c0 c^T s + c0^2 |Omega| - 2 c0 int
-    u + int u^2``, which cancels: it is not allowed below its rounding level, ``n eps`` times the
-    magnitude of its terms (``|c|^T A |c|``, ...), so that a huge, cancelling c (e.g. from a solve
-    with a numerically singular A) cannot pass for a good fit.
+    Otherwise ``loss_and_gradient``'s formula over the neurons with ``c_i != 0`` (the line search
+    and the c-solve measure the loss exactly as the gradient does).
     """
-    problem, comm = ctx.problem, ctx.comm
-    c, c0 = network.c, network.c0 or 0.0
     if ctx.dim == 1:
-        l2 = l2_error_1d(problem.domain.bounds, network.W, network.b, c, network.c0,
-                         problem.target)
+        l2 = l2_error_1d(ctx.problem.domain.bounds, network.W, network.b, network.c, network.c0,
+                         ctx.problem.target)
         return 0.5 * l2 * l2, l2
-    support = np.flatnonzero(c != 0)
-    rows = owned_rows(comm, support)
-    cAc, abs_cAc = np.zeros(rows.size), np.zeros(rows.size)
-    offset = 0
-    for chunk, part in pair_rows(problem, network, rows, support, ("A",)):
-        cAc[offset:offset + chunk.size] = c[chunk] * (part["A"] @ c[support])
-        abs_cAc[offset:offset + chunk.size] = np.abs(c[chunk]) * (part["A"] @ np.abs(c[support]))
-        offset += chunk.size
-    r = network.r
-    cF = c[rows] * np.einsum("ik,ik->i", target_moments(problem.domain, problem.target,
-                                                        network.W, network.b, rows), r[rows])
-    cs = c[rows] * np.einsum("ik,ik->i", target_moments(problem.domain, ONE, network.W,
-                                                        network.b, rows), r[rows])
-    sums = allsum(comm, [np.sum(cAc), np.sum(cF), np.sum(cs), np.sum(abs_cAc),
-                         np.sum(np.abs(cF)), np.sum(np.abs(cs))])
-    (cAc, cF, cs, abs_cAc, abs_cF, abs_cs), (u_int, u_sq) = sums, ctx.target_norms
-    measure = problem.domain.measure
-    e2 = cAc - 2 * cF + 2 * c0 * cs + c0 * c0 * measure - 2 * c0 * u_int + u_sq
-    magnitude = (abs_cAc + 2 * abs_cF + 2 * abs(c0) * abs_cs + c0 * c0 * measure
-                 + 2 * abs(c0 * u_int) + u_sq)
-    e2 = float(max(e2, network.n * EPS * magnitude))
-    return 0.5 * e2, float(np.sqrt(e2))
+    grad = loss_and_gradient(ctx, network, network.c != 0)
+    return grad.loss, grad.l2_error
 
 
 def network_moments(problem: Problem, network: Network, rows: np.ndarray,
-                    source: Network | None = None) -> np.ndarray:
+                    source: Network | None = None, diagonal: bool = False
+                    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``int v h_i xhat`` for neurons ``rows`` of ``network``, shape (|rows|, d+1). Rank-local.
 
-    v is the function of ``source`` (default: ``network`` itself):
-    ``int v h_i xhat = sum_j c_j G_(i,j) r_j + c0 int h_i xhat`` (exact pair integrals).
+    v is the function of ``source`` (default: ``network`` itself) without its output bias:
+    ``int v h_i xhat = sum_j c_j G_(i,j) r_j`` (exact pair integrals). With ``diagonal`` (source
+    = network), also ``A_(i,i) = r_i^T G_(i,i) r_i = int phi_i^2`` for the rows with
+    ``c_i != 0`` (0 for the others). Each row is contracted by numpy's einsum the same way
+    whatever the chunk, so it does not depend on the number of ranks.
     """
     source = network if source is None else source
     support = np.flatnonzero(source.c != 0)
@@ -162,13 +161,18 @@ def network_moments(problem: Problem, network: Network, rows: np.ndarray,
     columns = network.n + np.arange(support.size)
     cr = source.c[support, None] * source.r[support]
     out = np.zeros((rows.size, problem.domain.dim + 1))
+    squares = np.zeros(rows.size)
     offset = 0
     for chunk, part in pair_rows(problem, both, rows, columns, ("G",)):
         out[offset:offset + chunk.size] = np.einsum("ijkl,jl->ik", part["G"], cr)
+        if diagonal and support.size:
+            position = np.minimum(np.searchsorted(support, chunk), support.size - 1)
+            own = np.flatnonzero(support[position] == chunk)
+            r = network.r[chunk[own]]
+            squares[offset + own] = np.einsum("ik,ikl,il->i", r,
+                                              part["G"][own, position[own]], r)
         offset += chunk.size
-    if source.c0:
-        out += source.c0 * target_moments(problem.domain, ONE, network.W, network.b, rows)
-    return out
+    return (out, squares) if diagonal else out
 
 
 @dataclass(frozen=True)
@@ -209,23 +213,43 @@ def loss_and_gradient(ctx: Context, network: Network, neurons: np.ndarray | None
     """The exact loss and gradient of J in (c, c0, W, b). Collective.
 
     Gradient rows are computed for ``neurons`` (a mask, default all; the others get zero rows),
-    which must include every neuron with ``c_i != 0``. The loss is ``evaluate_loss``.
+    which must include every neuron with ``c_i != 0``. The loss: 1D ``evaluate_loss``; otherwise
+    from the same moments, ``2 J = c^T A c - 2 c^T F + 2 c0 c^T s + c0^2 |Omega| - 2 c0 int u +
+    int u^2`` with ``(A c)_i = r_i . sum_j G_(i,j) c_j r_j`` (``A_(i,j) = r_i^T G_(i,j) r_j``),
+    ``F_i = r_i . int u h_i xhat``, ``s_i = int phi_i``. It cancels, so it is not allowed below
+    its rounding level, ``n eps`` times the magnitude of its terms (``c^T A c`` bounded by
+    ``(sum_i |c_i| |phi_i|)^2``), and a huge, cancelling c (from a solve with a numerically
+    singular A) cannot pass for a good fit. Sums over neurons are
+    taken over rows gathered in neuron order, so every rank count gives the same bits.
     """
     problem, comm = ctx.problem, ctx.comm
     domain = problem.domain
     index = np.arange(network.n) if neurons is None else np.flatnonzero(neurons)
     rows = owned_rows(comm, index)
     r, c, c0 = network.r, network.c, network.c0 or 0.0
-    vm = network_moments(problem, network, rows)
+    vm, squares = network_moments(problem, network, rows, diagonal=True)
     um = target_moments(domain, problem.target, network.W, network.b, rows)
+    ones = (target_moments(domain, UNIT, network.W, network.b, rows)
+            if problem.output_bias or ctx.dim > 1 else np.zeros_like(um))
     moments = np.zeros((network.n, domain.dim + 1))
-    moments[index] = allrows(comm, vm - um)
-    loss, l2 = evaluate_loss(ctx, network)
-    g_c0 = None
-    if problem.output_bias:
-        mass = np.einsum("ik,ik->i", target_moments(domain, ONE, network.W, network.b, rows),
-                         r[rows])
-        v_int = allsum(comm, np.sum(c[rows] * mass)) + c0 * domain.measure
-        g_c0 = float(v_int - ctx.target_norms[0])
+    moments[index] = allrows(comm, vm + c0 * ones - um)
+    cr, abs_cr = c[rows, None] * r[rows], np.abs(c[rows, None] * r[rows])
+    terms = np.stack([np.einsum("ik,ik->i", cr, vm), np.einsum("ik,ik->i", cr, um),
+                      np.einsum("ik,ik->i", cr, ones),
+                      np.abs(c[rows]) * np.sqrt(np.maximum(squares, 0.0)),
+                      np.einsum("ik,ik->i", abs_cr, np.abs(um)),
+                      np.einsum("ik,ik->i", abs_cr, np.abs(ones))], axis=1)
+    cAc, cF, cs, c_phi, abs_cF, abs_cs = ordered_sum(comm, terms)
+    if ctx.dim == 1:
+        loss, l2 = evaluate_loss(ctx, network)
+    else:
+        u_int, u_sq = ctx.target_norms
+        measure = domain.measure
+        e2 = cAc - 2 * cF + 2 * c0 * cs + c0 * c0 * measure - 2 * c0 * u_int + u_sq
+        magnitude = (c_phi * c_phi + 2 * abs_cF + 2 * abs(c0) * abs_cs + c0 * c0 * measure
+                     + 2 * abs(c0 * u_int) + u_sq)
+        e2 = float(max(e2, network.n * EPS * magnitude))
+        loss, l2 = 0.5 * e2, float(np.sqrt(e2))
+    g_c0 = float(cs + c0 * domain.measure - ctx.target_norms[0]) if problem.output_bias else None
     return Gradient(loss, l2, moments, np.einsum("ik,ik->i", moments, r), g_c0,
                     c[:, None] * moments)

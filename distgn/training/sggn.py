@@ -72,15 +72,13 @@ from distgn.training.deflation import (
     independent_neurons,
     normalise,
 )
-from distgn.training.linesearch import line_minimum
+from distgn.training.linesearch import MAX_EVALUATIONS, line_search
 from distgn.training.objective import (
-    EPS,
     Context,
     Gradient,
     evaluate_loss,
     loss_and_gradient,
     network_moments,
-    on_ranks,
 )
 
 VARIANTS = ("alternating", "varpro")
@@ -112,6 +110,8 @@ class OutputSolve:
         The deflation rung used (``DEFLATION_RUNGS``).
     stats : dict
         The solver's statistics.
+    gradient : Gradient or None
+        ``loss_and_gradient`` at the result, when asked for (its loss is ``loss``).
     """
 
     network: Network
@@ -123,6 +123,7 @@ class OutputSolve:
     seconds: float
     rung: int = 0
     stats: dict = field(default_factory=dict)
+    gradient: Gradient | None = None
 
 
 def residual_target(problem: Problem, reference: Network) -> Target:
@@ -135,11 +136,11 @@ def residual_target(problem: Problem, reference: Network) -> Target:
     if problem.domain.dim == 1:
         points = points + tuple(reference.breakpoints()[reference.c != 0])
     return replace(u, name=f"{u.name} minus the reference fit", points=points,
-                   func=lambda x: u(x) - reference.evaluate(x))
+                   func=lambda x: u(x) - reference.evaluate(x), constant=False)
 
 
 def solve_output(ctx: Context, network: Network, live: np.ndarray,
-                 previous_loss: float | None = None) -> OutputSolve:
+                 previous_loss: float | None = None, gradient: bool = False) -> OutputSolve:
     """Least-squares c (and c0) for the live neurons of ``network``, with deflation. Collective.
 
     ``network.c`` is the previous c. Neurons set aside by ``independent_neurons(..., "A")`` keep
@@ -149,15 +150,27 @@ def solve_output(ctx: Context, network: Network, live: np.ndarray,
     side ``int (u - v_ref) phi_i`` comes from exact Gauss rules on the residual, with no
     cancellation, so large coefficients of coalescing neurons cost no accuracy), otherwise the
     frozen neurons only (their ``int v_F h_i xhat`` from exact pair integrals; with an output bias,
-    fit's ``int (u - v_F)`` is then a quadrature across the frozen lines, not exact). If the new
+    fit's ``int (u - v_F)`` is then a quadrature across the frozen lines, not exact). When the
+    solver fails on every rung, the last rung is solved with the hss solver, whose factorization
+    shifts the blocks that are not numerically positive definite (rung ``DEFLATION_RUNGS``, a
+    warning); the solve fails only if that fails too (or hss was the configured solver). If the new
     c has a larger loss than ``previous_loss`` (J with the previous c at these W, b), or the
     solver fails on every rung, the previous c is kept and the solve is marked rejected (infinite
-    loss without ``previous_loss``).
+    loss without ``previous_loss``). The loss is ``evaluate_loss`` (the function the line search
+    minimises), or with ``gradient`` ``loss_and_gradient`` over the live neurons, kept in the
+    result for the next iteration.
     """
     problem = ctx.problem
     error = ""
-    for rung in range(DEFLATION_RUNGS):
-        solved = independent_neurons(problem, network, live, "A", rung=rung)
+    attempts = [(rung, ctx) for rung in range(DEFLATION_RUNGS)]
+    if ctx.solver.kind != "hss":
+        attempts.append((DEFLATION_RUNGS, replace(ctx, solver=replace(ctx.solver, kind="hss"))))
+    for rung, attempt in attempts:
+        if rung == DEFLATION_RUNGS:
+            log.warning(f"sggn: the c-solve failed on every deflation rung ({error}); solving "
+                        "with the hss solver (shifted where not positive definite)")
+        solved = independent_neurons(problem, network, live, "A",
+                                     rung=min(rung, DEFLATION_RUNGS - 1))
         index = np.flatnonzero(solved)
         frozen = live & ~solved & (network.c != 0)
         if problem.domain.dim == 1:
@@ -168,36 +181,38 @@ def solve_output(ctx: Context, network: Network, live: np.ndarray,
         sub = replace(problem, network=network.subset(index),
                       target=residual_target(problem, ref))
         try:
-            dc, dc0, l2, berr, stats, seconds = on_ranks(
-                ctx.comm, index.size, lambda comm, sub=sub, ref=ref: _correction(ctx, sub, ref,
-                                                                                 comm))
+            dc, dc0, berr, stats, seconds = ctx.solve(
+                index.size, lambda comm, sub=sub, ref=ref, attempt=attempt: _correction(
+                    attempt, sub, ref, comm))
         except SolverError as exc:
             error = str(exc)
             continue
+        error = ""  # solved: a rejection below is no failure
         c = np.where(reference, network.c, 0.0)
         c[index] += dc
         c0 = None if dc0 is None else dc0 + (c0_ref or 0.0)
         result = replace(network, c=c, c0=c0)
-        if problem.domain.dim > 1:
-            # fit's 2D error formula clips a negative value to 0 (a garbage c from a singular A
-            # would pass for a perfect fit) and would integrate u - v_ref across its kinks.
-            l2 = evaluate_loss(ctx, result)[1]
-        loss = 0.5 * l2 * l2
+        # Measured as the line search measures it (fit's formulas differ in the last digits,
+        # and its 2D one would integrate u - v_ref across the frozen neurons' kinks).
+        grad = loss_and_gradient(ctx, result, live) if gradient else None
+        loss, l2 = (grad.loss, grad.l2_error) if grad else evaluate_loss(ctx, result)
         deflated = int(np.count_nonzero(live & ~solved))
         if previous_loss is None or loss <= previous_loss:
-            return OutputSolve(result, loss, l2, berr, deflated, False, seconds, rung, stats)
+            return OutputSolve(result, loss, l2, berr, deflated, False, seconds, rung, stats,
+                               grad)
         break
     fallback = np.inf if previous_loss is None else previous_loss
+    grad = loss_and_gradient(ctx, network, live) if gradient else None
     return OutputSolve(network, fallback, float(np.sqrt(2 * fallback)), np.nan,
                        int(np.count_nonzero(live & ~solved)), True, 0.0, rung,
-                       {"error": error} if error else {})
+                       {"error": error} if error else {}, grad)
 
 
 def _correction(ctx: Context, sub: Problem, ref: Network, comm: MPI.Comm
-                ) -> tuple[np.ndarray, float | None, float, float, dict, float]:
+                ) -> tuple[np.ndarray, float | None, float, dict, float]:
     """``fit.solve_output_weights`` for ``sub`` (target ``u - v_ref``) on ``comm``: the
-    correction of c in the user order of ``sub``, c0, the L2 error, backward error, solver
-    statistics and seconds. Collective over ``comm``."""
+    correction of c in the user order of ``sub``, c0, backward error, solver statistics and
+    seconds. Collective over ``comm``."""
     problem = ctx.problem
     network = sub.network
     source = sub if problem.domain.dim == 1 else replace(sub, target=problem.target)
@@ -212,7 +227,7 @@ def _correction(ctx: Context, sub: Problem, ref: Network, comm: MPI.Comm
     seconds = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
     c = np.empty(network.n)
     c[tree.perm] = out.c
-    return c, out.c0, out.l2_error, out.backward_error, out.stats, seconds
+    return c, out.c0, out.backward_error, out.stats, seconds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +284,7 @@ def gn_direction(ctx: Context, network: Network, live: np.ndarray, grad: Gradien
 
             def solve(solver: SolverConfig, sub: Problem = sub, index: np.ndarray = index
                       ) -> tuple[np.ndarray, float]:
-                return on_ranks(ctx.comm, index.size, lambda comm: _layer_solve(
+                return ctx.solve(index.size, lambda comm: _layer_solve(
                     ctx, sub, grad.moments[index], comm, solver))
 
             try:
@@ -341,51 +356,74 @@ def start(ctx: Context, network: Network) -> tuple[State, OutputSolve | None]:
     return State(out.network, removed, out.loss, out.l2_error), out
 
 
-def iterate(ctx: Context, state: State, variant: str, drop_tol: float
-            ) -> tuple[State | None, dict]:
+def iterate(ctx: Context, state: State, variant: str, drop_tol: float,
+            grad: Gradient | None = None) -> tuple[State | None, dict, Gradient | None]:
     """One SgGN iteration: gradient, GN direction, line search, c-solve. Collective.
 
-    A direction along which no step decreases the loss (its solve with a nearly singular G was
-    not accurate enough) is recomputed on the next deflation rung. Returns the new state (None
-    when no rung gives a decrease) and the iteration's statistics.
+    ``grad`` is ``loss_and_gradient`` at ``state`` over its live neurons when already known (the
+    previous iteration's c-solve computes it). A direction along which no step decreases the loss
+    (its solve with a nearly singular G was not accurate enough) is recomputed on the next
+    deflation rung; when no rung gives a decrease, the gradient direction is searched
+    (``gradient_step`` in the statistics). ``parameter_change`` is the largest change of a live
+    neuron's (w, b) relative to ``1 + max |r|``. Returns the new state (None when that fails
+    too), the iteration's statistics (``model_decrease``: ``-phi'(0)`` of the last direction,
+    relative to the loss) and the gradient at the new state.
     """
     live = ~state.removed
-    grad = loss_and_gradient(ctx, state.network, live)
+    if grad is None:
+        grad = loss_and_gradient(ctx, state.network, live)
     first_rung, seconds = 0, 0.0
     while True:
         direction = gn_direction(ctx, state.network, live, grad, drop_tol, first_rung)
-        gamma, value, evaluations, trial = _line_search(ctx, state, grad, direction, variant)
+        slope0 = float(np.sum(grad.r * direction.p))
+        gamma, value, evaluations, trial = _line_search(ctx, state, direction, variant, slope0)
         seconds += direction.seconds
         stats = {"grad_norm": grad.norm(linear=False), "moved": int(direction.moved.sum()),
                  "excluded": direction.excluded, "live": int(live.sum()), "step": gamma,
-                 "evaluations": evaluations["count"], "gn_rung": direction.rung}
+                 "evaluations": evaluations["count"], "gn_rung": direction.rung,
+                 "model_decrease": -slope0 / state.loss if state.loss > 0 else 0.0}
         if gamma > 0.0 or direction.rung + 1 >= DEFLATION_RUNGS:
             break
         first_rung = direction.rung + 1
+    if gamma == 0.0 and state.loss > 0:
+        # No Gauss-Newton step decreases the loss (the iterate sits on a kink of J, or G is too
+        # ill-conditioned): the gradient direction, scaled so that gamma = 1 is the linear
+        # extrapolation of J to 0, decides between a step and convergence.
+        steepest = replace(direction, p=-grad.r * state.loss / max(grad.norm(False) ** 2,
+                                                                   np.finfo(float).tiny))
+        gamma, value, fallback, trial = _line_search(ctx, state, steepest, variant, -state.loss)
+        evaluations = {key: evaluations[key] + fallback[key] for key in evaluations}
+        stats.update(step=gamma, evaluations=evaluations["count"], gradient_step=1)
     if gamma == 0.0:
-        return None, {**stats, "solver_seconds": seconds + evaluations["solver_seconds"]}
+        return None, {**stats, "solver_seconds": seconds + evaluations["solver_seconds"]}, grad
     network, removed, out = trial
     if variant == "alternating":
-        out = solve_output(ctx, network, ~removed, value)
+        out = solve_output(ctx, network, ~removed, value, gradient=True)
         seconds += out.seconds
+    if out.rejected and out.stats.get("error"):
+        log.warning(f"sggn: the c-solve failed ({out.stats['error']}); kept the previous c")
+    moved = ~removed & ~state.removed
+    change = np.abs(out.network.r[moved] - state.network.r[moved])
+    stats.update(parameter_change=float(np.max(change, initial=0.0))
+                 / (1.0 + float(np.max(np.abs(state.network.r[moved]), initial=0.0))))
     stats.update(removed=int(removed.sum()), deflated=out.deflated, rejected=int(out.rejected),
-                 c_rung=out.rung, backward_error=out.backward_error,
+                 c_solve_failed=int(bool(out.stats.get("error"))), c_rung=out.rung,
+                 backward_error=out.backward_error,
                  solver_seconds=seconds + evaluations["solver_seconds"])
-    return State(out.network, removed, out.loss, out.l2_error), stats
+    return State(out.network, removed, out.loss, out.l2_error), stats, out.gradient
 
 
-def _line_search(ctx: Context, state: State, grad: Gradient, direction: Direction, variant: str
+def _line_search(ctx: Context, state: State, direction: Direction, variant: str, slope0: float
                  ) -> tuple[float, float, dict, tuple[Network, np.ndarray, OutputSolve | None]]:
-    """Minimise the variant's loss along ``direction``. Collective.
+    """Minimise the variant's loss along ``direction`` (``linesearch.line_search``). Collective.
 
-    Returns the step, the loss there, the evaluations (``count``, and ``solver_seconds`` of the
-    trial c-solves) and the trial at the step: renormalised network, removed mask and (varpro)
-    its c-solve.
+    ``phi(0)`` is the state's loss: ``evaluate_loss`` at the state, the function the trial points
+    are measured with (alternating), or the c-solve's loss there (varpro). Returns the step, the
+    loss there, the evaluations (``count``, and ``solver_seconds`` of the trial c-solves) and the
+    trial at the step: renormalised network, removed mask and (varpro) its c-solve.
     """
     network = state.network
     r, p = network.r, direction.p
-    scale = max(float(np.max(np.abs(r[direction.moved]), initial=1.0)), 1.0)
-    tiny = EPS * scale / max(float(np.max(np.abs(p))), np.finfo(float).tiny)
     solves: dict[float, OutputSolve] = {}
 
     def moved_network(gamma: float) -> tuple[Network, np.ndarray]:
@@ -397,53 +435,45 @@ def _line_search(ctx: Context, state: State, grad: Gradient, direction: Directio
         trial, removed = moved_network(gamma)
         if variant == "alternating":
             return evaluate_loss(ctx, trial)[0]
-        solves[gamma] = solve_output(ctx, trial, ~removed)
+        solves[gamma] = solve_output(ctx, trial, ~removed, gradient=True)
         return solves[gamma].loss
 
-    def slope(gamma: float) -> tuple[float, float]:
-        # d/dgamma of J along r + gamma p: the r-gradient at the (renormalised) trial network,
-        # divided by the renormalisation scale of each neuron (J is invariant under it). The
-        # gradient's loss is phi itself in the alternating variant.
-        trial, removed = moved_network(gamma)
-        if variant == "varpro":
-            value = solves[gamma].loss if gamma in solves else phi(gamma)
-            if not np.isfinite(value):
-                return value, np.nan
-            trial = solves[gamma].network
-        norm = np.linalg.norm(network.W + gamma * p[:, :-1], axis=1)
-        gradient = loss_and_gradient(ctx, trial, ~removed)
-        if variant == "alternating":
-            value = gradient.loss
-        return value, float(np.sum(np.einsum("ij,ij->i", gradient.r, p)
-                                   / np.where(norm > 0, norm, 1.0)))
-
-    # Alternating: phi(0) by phi itself, as the c-solve's loss differs from it in the last digits
-    # and a direction must be judged against the function it is searched along. Varpro: phi is
-    # the c-solve's loss, so the state's loss (phi at the previous step) is phi(0).
-    phi0 = phi(0.0) if variant == "alternating" else state.loss
-    gamma, value, count = line_minimum(phi, phi0, tiny, slope, float(np.sum(grad.r * p)))
-    count += variant == "alternating"
+    gamma, value, count = line_search(phi, state.loss, slope0)
     counts = {"count": count, "solver_seconds": sum(out.seconds for out in solves.values())}
     return gamma, value, counts, (*moved_network(gamma), solves.get(gamma))
 
 
+# Consecutive failed c-solves after which a run stops (stop reason ``c_solve_failed``).
+C_SOLVE_FAILURES = 3
 def run(ctx: Context, state: State, cfg: TrainConfig,
         record: Callable[[Network, np.ndarray, dict], str | None]) -> str:
-    """Iterate from ``state`` until ``record`` (training.Recorder) or the line search stops.
+    """Iterate from ``state`` until ``record`` (training.Recorder) or SgGN itself stops.
 
+    SgGN's own stop reasons: ``tol`` (on every deflation rung and along the gradient, the line
+    search went down to steps whose predicted decrease is under the rounding level of J without
+    a decrease: a numerically stationary point), ``line_search`` (it gave up after
+    ``linesearch.MAX_EVALUATIONS`` evaluations instead), ``gn_solve_failed``, ``c_solve_failed``
+    (``C_SOLVE_FAILURES`` consecutive failed c-solves), ``no_movable_neurons``.
     Returns the stop reason. Collective.
     """
+    grad, failures = None, 0
     while True:
         try:
-            new, stats = iterate(ctx, state, cfg.variant, cfg.drop_tol)
+            new, stats, grad = iterate(ctx, state, cfg.variant, cfg.drop_tol, grad)
         except SolverError as exc:
             log.warning(f"sggn: the solve with G failed on every deflation rung ({exc})")
             return "gn_solve_failed"
         if new is None:
-            return "line_search" if stats["moved"] else "no_movable_neurons"
+            if not stats["moved"]:
+                return "no_movable_neurons"
+            return "line_search" if stats["evaluations"] >= MAX_EVALUATIONS else "tol"
+        failures = failures + 1 if stats["c_solve_failed"] else 0
         state = new
         reason = record(state.network, state.removed,
                         {**stats, "loss": state.loss, "l2_error": state.l2_error,
                          "active": stats["moved"]})
         if reason is not None:
             return reason
+        if failures >= C_SOLVE_FAILURES:
+            log.warning(f"sggn: the c-solve failed {failures} times in a row; stopping")
+            return "c_solve_failed"
