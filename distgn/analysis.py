@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -31,6 +30,7 @@ from distgn.assembly import MATRICES, BlockRows, assemble_block_rows
 from distgn.assembly.exact1d import active_intervals
 from distgn.config import Config
 from distgn.errors import InputError
+from distgn.io import write_file
 from distgn.parallel import print0
 from distgn.problem import build_problem
 from distgn.tree import ClusterTree, build_tree, neuron_order
@@ -130,11 +130,19 @@ def decay_exponent(eigenvalues: np.ndarray) -> float:
     return -float(np.polyfit(np.log(k[sel]), np.log(eigenvalues[sel]), 1)[0])
 
 
-def run_study(config: Config, sizes: list[int], comm: MPI.Comm, path: str) -> dict:
+def plot_prefix(config: Config, path: str) -> str:
+    """Where the plots go: ``analyze.plots`` relative to the folder of ``path`` (absolute as
+    given); ``""`` is ``path`` without ``.h5``."""
+    prefix = config.analyze.plots or os.path.basename(path.removesuffix(".h5"))
+    return os.path.join(os.path.dirname(os.path.abspath(path)), prefix)
+
+
+def run_study(config: Config, sizes: list[int], comm: MPI.Comm, path: str,
+              attrs: dict[str, object]) -> dict:
     """Condition numbers, eigenvalue decay and HSS ranks for every n in ``sizes``. Collective.
 
-    Prints a table on rank 0, writes the numbers to ``path`` (HDF5) and PNG plots next to it
-    (prefix ``analyze.plots``). Returns the JSON-ready results.
+    Prints a table on rank 0, writes the numbers to ``path`` (HDF5, root attributes ``attrs``)
+    and PNG plots next to it (``plot_prefix``). Returns the JSON-ready results.
     """
     tolerances = [float(t) for t in config.analyze.tolerances]
     if not sizes or any(n < 2 for n in sizes):
@@ -178,27 +186,27 @@ def run_study(config: Config, sizes: list[int], comm: MPI.Comm, path: str) -> di
         f"{m}: {results[f'constant_{m}']:.3g} n^{results[f'exponent_{m}']:.2f}" for m in MATRICES))
     print0(comm, "condition numbers from: " + "; ".join(
         f"{m}: {results[f'method_{m}']}" for m in MATRICES))
+    results["plots"] = [f"{plot_prefix(config, path)}.png"]
     if comm.rank == 0:
-        _save_study(path, results, spectra)
-        results["plots"] = _plot_study(config.analyze.plots, results, spectra)
-        print0(comm, f"wrote {path} and {', '.join(results['plots'])}")
-    return comm.bcast(results)
+        _plot_study(results["plots"][0], results, spectra)
 
-
-def _save_study(path: str, results: dict, spectra: dict[str, list[np.ndarray]]) -> None:
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as fh:
+    def fill(fh: h5py.File) -> None:
         fh.attrs["results"] = json.dumps(results)
+        fh.attrs["plots"] = json.dumps(results["plots"])
         fh.create_dataset("n", data=np.asarray(results["n"]))
         for name, eigs in spectra.items():
             fh.create_dataset(f"cond_{name}", data=np.asarray(results[f"cond_{name}"]))
             group = fh.create_group(f"eigenvalues_{name}")
+            group.attrs["method"] = results[f"method_{name}"]
             for n, eig in zip(results["n"], eigs, strict=True):
                 group.create_dataset(str(n), data=eig)
-    os.replace(tmp, path)
+
+    write_file(path, comm, {**attrs, "n": int(max(sizes)), "d": problem.domain.dim}, fill)
+    print0(comm, f"wrote {path} and {', '.join(results['plots'])}")
+    return results
 
 
-def _plot_study(prefix: str, results: dict, spectra: dict[str, list[np.ndarray]]) -> list[str]:
+def _plot_study(out: str, results: dict, spectra: dict[str, list[np.ndarray]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,8 +230,5 @@ def _plot_study(prefix: str, results: dict, spectra: dict[str, list[np.ndarray]]
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    out = f"{prefix}.png"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return [out]

@@ -17,9 +17,9 @@ from distgn.problem import build_problem
 def test_overrides_and_types(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[network]\nn = 32\n[solver]\ntol = 1e-6\n')
-    cfg = load_config(path, ["network.n=48", "target.name=tanh_layer", "solver.tol=1"])
-    assert cfg.network.n == 48 and cfg.target.name == "tanh_layer"
-    assert cfg.solver.tol == 1.0 and isinstance(cfg.solver.tol, float)
+    cfg = load_config(path, ["network.n=48", "target.name=tanh_layer", "train.max_seconds=100"])
+    assert cfg.network.n == 48 and cfg.target.name == "tanh_layer" and cfg.solver.tol == 1e-6
+    assert cfg.train.max_seconds == 100.0 and isinstance(cfg.train.max_seconds, float)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -46,12 +46,12 @@ def test_missing_and_malformed_files(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ('domain.kind="sphere"', "domain.kind = 'sphere' is not one of"),
-    ("domain.bounds=[1.0, 0.0]", r"domain.bounds = \[1.0, 0.0\] is not an interval"),
+    ("domain.bounds=[1.0, 0.0]", r"domain.bounds = \[1.0, 0.0\] is not ordered"),
     ('network.init="gaussian"', "network.init = 'gaussian'"),
     ('network.orientation="up"', "network.orientation = 'up'"),
     ('target.name="nope"', "target.name = 'nope' is not a built-in 1D target"),
     ('target.name="math:nothing_here"', "cannot be imported"),
-    ("network.n=0", "network.n = 0 must be at least 1"),
+    ("network.n=0", "network.n = 0 must be >= 1"),
 ])
 def test_bad_problem_values(override, message):
     with pytest.raises(InputError, match=message):
