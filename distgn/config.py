@@ -166,6 +166,8 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "checkpoint.keep": (1, False, None, False),
     "checkpoint.seconds": (0.0, False, None, False),
 }
+# Lists of numbers whose items must be integers.
+LIST_ITEMS = {"analyze.sizes": int}
 # Keys that may be infinite (no limit); every other float must be finite.
 UNBOUNDED = ("train.max_seconds", "checkpoint.seconds")
 # Old names that still work: train.checkpoint_every is checkpoint.every.
@@ -295,9 +297,11 @@ def _check_value(key: str, value: object) -> None:
     if key in RANGES and isinstance(value, list):
         if not value:
             raise InputError(f"config key {key} = [] must not be empty")
+        kind = LIST_ITEMS.get(key, float)
         for item in items:
-            if isinstance(item, bool) or not isinstance(item, (int, float)):
-                raise InputError(f"config key {key} = {value!r} must be a list of numbers")
+            if isinstance(item, bool) or not isinstance(item, (int, kind)):
+                raise InputError(f"config key {key} = {value!r} must be a list of "
+                                 f"{'integers' if kind is int else 'numbers'}")
     for item in items:
         if isinstance(item, float) and not math.isfinite(item) and \
                 not (key in UNBOUNDED and item == math.inf):
