@@ -1,7 +1,7 @@
-"""The README's commands work as written: every command of the "Quick start" (but its site-module
-install) and "Running" sections runs, in order, in a fresh folder holding the examples (shrunk: fewer iterations and
-neurons), with ``.venv/bin`` on PATH as ``source .venv/bin/activate`` puts it. Nothing is written
-into the source tree."""
+"""The README's commands work as written: every command of the "Quick start" (but its
+site-module install) and "Running" sections runs, in order, in a fresh folder holding the
+examples (shrunk: fewer iterations and neurons), with ``.venv/bin`` on PATH as ``source
+.venv/bin/activate`` puts it. Nothing is written into the source tree."""
 
 from __future__ import annotations
 
