@@ -136,9 +136,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return _parser().parse_args(ours), petsc
 
 
-def check_petsc_options(options: list[str]) -> None:
+def check_petsc_options(options: list[str], where: str = "") -> None:
     """Raise InputError naming the first option distgn does not know (``PETSC_PREFIXES``,
-    ``PETSC_GLOBAL``), with the closest known name."""
+    ``PETSC_GLOBAL``), with the closest known name; ``where`` names the source in the
+    message."""
     for token in options:
         if not token.startswith("-") or _is_number(token):
             continue
@@ -151,12 +152,13 @@ def check_petsc_options(options: list[str]) -> None:
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean {'--' if close and close[0] in LONG_OPTIONS else '-'}{close[0]}?" \
             if close else ""
-        raise InputError(f"unknown option {token} (PETSc options distgn uses: -distgn_ksp_*, "
-                         f"-distgn_pc_*, -log_view, ...){hint}")
+        raise InputError(f"unknown option {token}{where} (PETSc options distgn uses: "
+                         f"-distgn_ksp_*, -distgn_pc_*, -log_view, ...){hint}")
 
 
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config, args.set)
+    check_petsc_options(config.solver.petsc_options.split(), " in solver.petsc_options")
     if config.solver.kind not in KINDS:
         raise InputError(f"config key solver.kind = {config.solver.kind!r} is not one of "
                          f"{', '.join(KINDS)}")

@@ -84,7 +84,8 @@ def write_file(path: str, comm: MPI.Comm, attrs: Mapping[str, object],
     tmp = None
     if comm.rank == 0:
         tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    tmp = comm.bcast(tmp, root=0)
+    # rank 0's name and attributes (``created`` may differ by a second between ranks)
+    tmp, attrs = comm.bcast((tmp, dict(attrs)), root=0)
     error: BaseException | None = None
     try:
         if parallel and comm.size > 1:

@@ -13,6 +13,22 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
+SOURCE_TREE = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_source_tree():
+    """Tests write into temporary folders only: the top level of the repository and examples/
+    hold the same files after the session as before."""
+    def listing() -> list[str]:
+        return sorted(str(p.relative_to(SOURCE_TREE)) for folder in (SOURCE_TREE,
+                      SOURCE_TREE / "examples") for p in folder.iterdir())
+
+    before = listing()
+    yield
+    new = sorted(set(listing()) - set(before))
+    assert not new, f"tests wrote into the source tree: {new}"
+
 
 @pytest.fixture
 def comm() -> MPI.Comm:

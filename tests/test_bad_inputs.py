@@ -77,6 +77,8 @@ CASES = [
     # options
     (["solve", "CFG", "-json"], "option -json has one dash: did you mean --json?"),
     (["solve", "CFG", "-distgn_kspp_type", "cg"], "unknown option -distgn_kspp_type"),
+    (["solve", "CFG", "--set", "solver.petsc_options=\"-distgn_kps_type cg\""],
+     "unknown option -distgn_kps_type in solver.petsc_options"),
     (["solve", "CFG", "--bogus"], "unrecognized arguments: --bogus"),
     (["trian", "CFG"], "argument command: invalid choice: 'trian'"),
     (["assemble", "CFG", "--matrices", "A,X"], "--matrices 'A,X': X not in A, H, G"),
