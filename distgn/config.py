@@ -249,7 +249,9 @@ def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value)
+        return '"' + "".join(
+            "\\" + ch if ch in '"\\' else f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7f
+            else ch for ch in value) + '"'
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
     if isinstance(value, list):
