@@ -108,3 +108,20 @@ def test_unknown_petsc_options_are_refused(options, message):
         cli.check_petsc_options(options)
     cli.check_petsc_options(["-distgn_ksp_type", "minres", "-distgn_pc_type", "jacobi",
                              "-log_view", "-distgn_ksp_monitor"])
+
+
+def test_outputs_of_subcommands_do_not_collide_and_force_replaces(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "case.toml"
+    config.write_text('[network]\nn = 8\n[solver]\nkind = "dense"\n[train]\nmax_iter = 1\n'
+                      '[analyze]\nsizes = [16, 32]\n')
+    for command in ("train", "solve", "analyze", "assemble"):
+        assert main([command, str(config)]) == 0, command
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["case.analyze.h5", "case.analyze.png", "case.assemble.h5", "case.solve.h5",
+                     "case.toml", "case.train.h5"]
+    assert main(["train", str(config), "-o", "case.solve.h5"]) == 2  # another subcommand's file
+    assert main(["train", str(config), "-o", "case.solve.h5", "--force"]) == 0
+    with h5py.File(tmp_path / "case.solve.h5", "r") as fh:
+        assert fh.attrs["subcommand"] == "train"
+    assert main(["train", str(config)]) == 0  # the same subcommand and problem: replaced

@@ -117,6 +117,9 @@ def test_signal_checkpoints_and_exits_with_the_documented_status(tmp_path, signu
     assert again.returncode == 0, again.stderr
     final = io.read_run(str(tmp_path / "out.h5"))
     assert final.result["total_iterations"] == done + 2 and final.result["iterations"] == 2
+    summary = [line for line in again.stderr.splitlines() if "stopped (max_iter)" in line]
+    assert len(summary) == 1 and "this run 2 iterations in" in summary[0]
+    assert f"in all {done + 2} iterations" in summary[0]
 
 
 def test_a_second_signal_exits_at_once(tmp_path):
