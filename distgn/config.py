@@ -311,14 +311,14 @@ def _check_value(key: str, value: object) -> None:
         if key not in RANGES:
             continue
         lo, lo_open, hi, hi_open = RANGES[key]
-        if lo is not None and (item < lo or (lo_open and item == lo)):
-            bound = f"> {lo}" if lo_open else f">= {lo}"
-            raise InputError(f"config key {key} = {value!r} must be {bound}"
-                             + (f" and {'<' if hi_open else '<='} {hi}" if hi is not None else ""))
-        if hi is not None and (item > hi or (hi_open and item == hi)):
-            raise InputError(f"config key {key} = {value!r} must be "
-                             f"{'<' if hi_open else '<='} {hi}"
-                             + (f" and {'>' if lo_open else '>='} {lo}" if lo is not None else ""))
+        below = lo is not None and (item < lo or (lo_open and item == lo))
+        above = hi is not None and (item > hi or (hi_open and item == hi))
+        if below or above:
+            if lo is not None and hi is not None:
+                bound = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+            else:
+                bound = f"{'>' if lo_open else '>='} {lo}"
+            raise InputError(f"config key {key} = {value!r} must be {bound}")
 
 
 def _check_bounds(values: dict) -> None:
