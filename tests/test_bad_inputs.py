@@ -48,7 +48,8 @@ CASES = [
     (["train", "CFG", "--set", "checkpoint.seconds=-5"], "checkpoint.seconds = -5.0 must be"),
     (["solve", "CFG", "--set", "solver.leaf_size=0"], "solver.leaf_size = 0 must be >= 1"),
     (["analyze", "CFG", "--set", "analyze.sizes=[]"], "analyze.sizes = [] must not be empty"),
-    (["analyze", "CFG", "--set", "analyze.tolerances=[0.0]"], "analyze.tolerances = [0.0] must be in (0.0, 1.0)"),
+    (["analyze", "CFG", "--set", "analyze.tolerances=[0.0]"],
+     "analyze.tolerances = [0.0] must be in (0.0, 1.0)"),
     (["solve", "CFG", "--set", "domain.bounds=[1.0, 0.0]"], "domain.bounds = [1.0, 0.0] is "
                                                              "not ordered"),
     (["solve", "CFG", "--set", "domain.bounds=[0.0, inf]"], "domain.bounds = [0.0, inf] must be"),
