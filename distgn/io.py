@@ -185,18 +185,19 @@ def check_output(path: str, comm: MPI.Comm, subcommand: str, config: Config, for
 
 def _output_problem(path: str, subcommand: str, config: Config, force: bool, key: str
                     ) -> str | None:
+    name = f"{key} = {path!r}" if "." in key else f"{key} {path!r}"
     if os.path.isdir(path):
-        return f"{key} = {path!r} is a folder, not a file"
+        return f"{name} is a folder, not a file"
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        return f"{key} = {path!r}: folder {folder!r} does not exist"
+        return f"{name}: folder {folder!r} does not exist"
     probe = os.path.join(folder, f".distgn-probe-{uuid.uuid4().hex[:12]}")
     try:
         with open(probe, "wb") as fh:
             fh.write(b"x")
         os.unlink(probe)
     except OSError as exc:
-        return f"{key} = {path!r}: cannot write in folder {folder!r} ({exc.strerror})"
+        return f"{name}: cannot write in folder {folder!r} ({exc.strerror})"
     if not os.path.exists(path) or force:
         return None
     hint = "choose another file (-o) or pass --force to replace it"
@@ -205,13 +206,13 @@ def _output_problem(path: str, subcommand: str, config: Config, force: bool, key
             written_by = fh.attrs.get("subcommand")
             problem = fh.attrs.get("problem")
     except OSError:
-        return f"{key} = {path!r} exists and is not a distgn file; {hint}"
+        return f"{name} exists and is not a distgn file; {hint}"
     if written_by is None:
-        return f"{key} = {path!r} exists and is not a distgn file; {hint}"
+        return f"{name} exists and is not a distgn file; {hint}"
     if written_by != subcommand:
-        return f"{key} = {path!r} was written by 'distgn {written_by}'; {hint}"
+        return f"{name} was written by 'distgn {written_by}'; {hint}"
     if problem != problem_id(config):
-        return f"{key} = {path!r} holds another problem (domain, target or n differ); {hint}"
+        return f"{name} holds another problem (domain, target or n differ); {hint}"
     return None
 
 

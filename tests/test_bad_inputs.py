@@ -66,14 +66,14 @@ CASES = [
     (["solve", "missing.toml"], "config file 'missing.toml' does not exist"),
     (["solve", "CFG", "--set", "network", ], "--set 'network' must look like section.key=value"),
     # output paths, checked before the work
-    (["train", "CFG", "-o", "folder"], "-o = 'folder' is a folder, not a file"),
+    (["train", "CFG", "-o", "folder"], "-o 'folder' is a folder, not a file"),
     (["solve", "CFG", "-o", "/nonexistent/x.h5"], "folder '/nonexistent' does not exist"),
     (["train", "CFG", "-o", "/proc/out.h5"], "cannot write in folder '/proc'"),
-    (["train", "CFG", "-o", "analysis.h5"], "-o = 'analysis.h5' was written by 'distgn "
+    (["train", "CFG", "-o", "analysis.h5"], "-o 'analysis.h5' was written by 'distgn "
                                              "analyze'"),
-    (["train", "CFG", "-o", "precious.h5"], "-o = 'precious.h5' exists and is not a distgn "
+    (["train", "CFG", "-o", "precious.h5"], "-o 'precious.h5' exists and is not a distgn "
                                              "file"),
-    (["train", "CFG", "-o", "other.h5"], "-o = 'other.h5' holds another problem"),
+    (["train", "CFG", "-o", "other.h5"], "-o 'other.h5' holds another problem"),
     (["train", "CFG", "-o", "keep.ckpt.h5"], "checkpoint.path = 'keep.ckpt.h5' is the output"),
     (["train", "CFG", "--set", "output.path=\"folder\""], "output.path = 'folder' is a folder"),
     # options
