@@ -225,7 +225,7 @@ def train(problem: Problem, config: Config, comm: MPI.Comm, restart: RunState | 
         ``problem.network``, its history and optimizer state are continued. The method's state is
         dropped (with a warning) when the file was written by another method.
     output : str or None
-        The run file (default ``config.output.path``).
+        The run file (default ``config.output.path``, else ``run.train.h5``).
 
     Returns
     -------
@@ -240,7 +240,7 @@ def train(problem: Problem, config: Config, comm: MPI.Comm, restart: RunState | 
         A signal arrived (inside ``signals.deferred()``); a checkpoint was written.
     """
     cfg = config.train
-    output = output or config.output.path
+    output = output or config.output.path or "run.train.h5"
     ctx = Context(problem, comm, config.solver)
     resume = None
     if restart is None:
