@@ -223,3 +223,13 @@ def test_a_rank_raising_during_assembly_ends_the_job_within_seconds(tmp_path):
     assert distgn_lines(proc.stderr) == [
         "distgn: internal error on rank 2: RuntimeError: injected failure during assembly"]
     assert not (tmp_path / "a.h5").exists()
+
+
+def test_ctrl_c_outside_training_is_one_line_and_status_130(tmp_path):
+    proc = start(tmp_path, ["analyze", "--sizes", "1024,2048,4096", "-o", "study.h5"], 0)
+    assert "cond(A)" in proc.stdout.readline()  # the study is under way
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130
+    assert err == "distgn: interrupted by SIGINT (Ctrl-C)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written
