@@ -334,11 +334,12 @@ def cmd_train(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int
     """Train with the configured method: checkpoints to checkpoint.path, the run to the output;
     ``--restart`` continues a checkpoint or finished run exactly."""
 
-    def work() -> tuple[str, str]:
+    def work() -> tuple[str, str, io.RunState | None]:
         config = _config(args)
         check_petsc_options(petsc)
-        if args.restart:
-            io.check_same_problem(io.read_run(args.restart), config)
+        state = io.read_run(args.restart) if args.restart else None
+        if state is not None:
+            io.check_same_problem(state, config)
         build_problem(config)
         path = output_path(args, config)
         io.check_output(path, MPI.COMM_SELF, "train", config, args.force,
@@ -349,12 +350,12 @@ def cmd_train(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int
                              "choose another")
         io.check_output(checkpoint, MPI.COMM_SELF, "train", config, args.force,
                         "checkpoint.path")
-        return path, checkpoint
+        return path, checkpoint, state
 
-    path, checkpoint = precheck(comm, work)
+    # rank 0 reads and verifies the --restart file; the other ranks get its state
+    path, checkpoint, restart = precheck(comm, work)
     config = _config(args)
     problem = build_problem(config)
-    restart = io.read_run(args.restart) if args.restart else None
     with signals.deferred():
         result = train(problem, config, comm, restart, output=path)
     result["checkpoint"] = checkpoint
