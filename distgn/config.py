@@ -233,9 +233,12 @@ def loads(text: str, origin: str) -> Config:
 
 def problem_signature(config: Config) -> dict:
     """What makes two runs the same problem: domain, target, neurons, output bias."""
-    return {"domain": to_dict(config)["domain"], "target": config.target.name,
-            "n": config.network.n if config.network.init != "file" else None,
-            "output_bias": config.network.output_bias}
+    return {
+        "domain": to_dict(config)["domain"],
+        "target": config.target.name,
+        "n": config.network.n if config.network.init != "file" else None,
+        "output_bias": config.network.output_bias,
+    }
 
 
 def problem_id(config: Config) -> str:
@@ -249,9 +252,18 @@ def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return '"' + "".join(
-            "\\" + ch if ch in '"\\' else f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7f
-            else ch for ch in value) + '"'
+        return (
+            '"'
+            + "".join(
+                "\\" + ch
+                if ch in '"\\'
+                else f"\\u{ord(ch):04x}"
+                if ord(ch) < 0x20 or ord(ch) == 0x7F
+                else ch
+                for ch in value
+            )
+            + '"'
+        )
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
     if isinstance(value, list):
@@ -260,18 +272,21 @@ def _toml_value(value: object) -> str:
 
 
 def _resolve_aliases(data: dict) -> dict:
-    data = {name: dict(values) if isinstance(values, dict) else values
-            for name, values in data.items()}
+    data = {
+        name: dict(values) if isinstance(values, dict) else values for name, values in data.items()
+    }
     for (section, key), (new_section, new_key) in ALIASES.items():
         if isinstance(data.get(section), dict) and key in data[section]:
             value = data[section].pop(key)
             target = data.setdefault(new_section, {})
             if isinstance(target, dict):
                 if new_key in target and target[new_key] != value:
-                    raise InputError(f"config keys {section}.{key} = {value!r} and "
-                                     f"{new_section}.{new_key} = {target[new_key]!r} disagree "
-                                     f"({section}.{key} is the old name of "
-                                     f"{new_section}.{new_key})")
+                    raise InputError(
+                        f"config keys {section}.{key} = {value!r} and "
+                        f"{new_section}.{new_key} = {target[new_key]!r} disagree "
+                        f"({section}.{key} is the old name of "
+                        f"{new_section}.{new_key})"
+                    )
                 target[new_key] = value
     return data
 
@@ -280,9 +295,7 @@ def _build_section(name: str, cls: type, values: dict) -> object:
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
         if key not in hints:
-            raise InputError(
-                f"unknown config key {name}.{key} (known: {', '.join(hints)})"
-            )
+            raise InputError(f"unknown config key {name}.{key} (known: {', '.join(hints)})")
         values[key] = _check_type(f"{name}.{key}", hints[key], value)
         _check_value(f"{name}.{key}", values[key])
     if name == "domain":
@@ -302,11 +315,16 @@ def _check_value(key: str, value: object) -> None:
         kind = LIST_ITEMS.get(key, float)
         for item in items:
             if isinstance(item, bool) or not isinstance(item, (int, kind)):
-                raise InputError(f"config key {key} = {value!r} must be a list of "
-                                 f"{'integers' if kind is int else 'numbers'}")
+                raise InputError(
+                    f"config key {key} = {value!r} must be a list of "
+                    f"{'integers' if kind is int else 'numbers'}"
+                )
     for item in items:
-        if isinstance(item, float) and not math.isfinite(item) and \
-                not (key in UNBOUNDED and item == math.inf):
+        if (
+            isinstance(item, float)
+            and not math.isfinite(item)
+            and not (key in UNBOUNDED and item == math.inf)
+        ):
             raise InputError(f"config key {key} = {value!r} must be finite")
         if key not in RANGES:
             continue
@@ -328,20 +346,32 @@ def _check_bounds(values: dict) -> None:
     if bounds is not None:
         pairs = bounds if bounds and all(isinstance(p, list) for p in bounds) else [bounds]
         for pair in pairs:
-            if len(pair) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                         and math.isfinite(x) for x in pair):
-                raise InputError(f"config key domain.bounds = {bounds!r} must be [L, R] or "
-                                 "[[x0, x1], [y0, y1], ...] with finite numbers")
+            if len(pair) != 2 or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                for x in pair
+            ):
+                raise InputError(
+                    f"config key domain.bounds = {bounds!r} must be [L, R] or "
+                    "[[x0, x1], [y0, y1], ...] with finite numbers"
+                )
             if not pair[0] < pair[1]:
-                raise InputError(f"config key domain.bounds = {bounds!r} is not ordered: "
-                                 f"{pair[0]} must be < {pair[1]}")
+                raise InputError(
+                    f"config key domain.bounds = {bounds!r} is not ordered: "
+                    f"{pair[0]} must be < {pair[1]}"
+                )
     vertices = values.get("vertices")
     if vertices is not None and not all(
-            isinstance(v, list) and len(v) == 2 and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                for x in v) for v in vertices):
-        raise InputError(f"config key domain.vertices = {vertices!r} must be a list of "
-                         "[x, y] pairs of finite numbers")
+        isinstance(v, list)
+        and len(v) == 2
+        and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+        )
+        for v in vertices
+    ):
+        raise InputError(
+            f"config key domain.vertices = {vertices!r} must be a list of "
+            "[x, y] pairs of finite numbers"
+        )
 
 
 def _check_type(key: str, expected: object, value: object) -> object:

@@ -60,17 +60,32 @@ HASH_ROWS = 1 << 16  # rows hashed per read of a large dataset
 # Writing
 
 
-def stamp(config: Config, subcommand: str, comm: MPI.Comm, kind: str = "result",
-          **extra: object) -> dict[str, object]:
+def stamp(
+    config: Config, subcommand: str, comm: MPI.Comm, kind: str = "result", **extra: object
+) -> dict[str, object]:
     """The root attributes every file carries (see the module docstring)."""
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    return {"schema_version": SCHEMA_VERSION, "distgn_version": __version__,
-            "subcommand": subcommand, "kind": kind, "config": to_toml(config),
-            "problem": problem_id(config), "created": now, "ranks": comm.size, **extra}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "distgn_version": __version__,
+        "subcommand": subcommand,
+        "kind": kind,
+        "config": to_toml(config),
+        "problem": problem_id(config),
+        "created": now,
+        "ranks": comm.size,
+        **extra,
+    }
 
 
-def write_file(path: str, comm: MPI.Comm, attrs: Mapping[str, object],
-               fill: Callable[[h5py.File], None], parallel: bool = False, keep: int = 1) -> None:
+def write_file(
+    path: str,
+    comm: MPI.Comm,
+    attrs: Mapping[str, object],
+    fill: Callable[[h5py.File], None],
+    parallel: bool = False,
+    keep: int = 1,
+) -> None:
     """Write ``path`` atomically and durably: ``fill`` the file, checksum every dataset, fsync,
     rename over ``path``, fsync the folder. Collective.
 
@@ -90,8 +105,10 @@ def write_file(path: str, comm: MPI.Comm, attrs: Mapping[str, object],
     try:
         if parallel and comm.size > 1:
             if not h5py.get_config().mpi:
-                raise InputError("h5py was built without MPI: parallel HDF5 output is unavailable "
-                                 "(install python3-h5py-mpi, or run under mpiexec)")
+                raise InputError(
+                    "h5py was built without MPI: parallel HDF5 output is unavailable "
+                    "(install python3-h5py-mpi, or run under mpiexec)"
+                )
             with h5py.File(tmp, "w", driver="mpio", comm=comm) as fh:
                 fh.attrs.update(dict(attrs))
                 fill(fh)
@@ -121,8 +138,9 @@ def write_file(path: str, comm: MPI.Comm, attrs: Mapping[str, object],
 def _add_checksums(path: str) -> None:
     with h5py.File(path, "r+") as fh:
         datasets: list[h5py.Dataset] = []
-        fh.visititems(lambda _, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset)
-                      else None)
+        fh.visititems(
+            lambda _, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None
+        )
         for dset in datasets:
             dset.attrs["sha256"] = _digest(dset)
 
@@ -134,7 +152,7 @@ def _digest(dset: h5py.Dataset) -> str:
         sha.update(np.ascontiguousarray(dset[()]).tobytes())
     else:
         for start in range(0, dset.shape[0], HASH_ROWS):
-            sha.update(np.ascontiguousarray(dset[start:start + HASH_ROWS]).tobytes())
+            sha.update(np.ascontiguousarray(dset[start : start + HASH_ROWS]).tobytes())
     return sha.hexdigest()
 
 
@@ -166,8 +184,14 @@ def _commit(tmp: str, path: str, keep: int) -> None:
     _fsync(folder, directory=True)
 
 
-def check_output(path: str, comm: MPI.Comm, subcommand: str, config: Config, force: bool,
-                 key: str = "output.path") -> None:
+def check_output(
+    path: str,
+    comm: MPI.Comm,
+    subcommand: str,
+    config: Config,
+    force: bool,
+    key: str = "output.path",
+) -> None:
     """Before any work: raise the same InputError on every rank unless ``path`` can be written
     and may be replaced. Collective (rank 0 checks, the verdict is broadcast).
 
@@ -183,8 +207,9 @@ def check_output(path: str, comm: MPI.Comm, subcommand: str, config: Config, for
         raise InputError(error)
 
 
-def _output_problem(path: str, subcommand: str, config: Config, force: bool, key: str
-                    ) -> str | None:
+def _output_problem(
+    path: str, subcommand: str, config: Config, force: bool, key: str
+) -> str | None:
     name = f"{key} = {path!r}" if "." in key else f"{key} {path!r}"
     if os.path.isdir(path):
         return f"{name} is a folder, not a file"
@@ -216,12 +241,13 @@ def _output_problem(path: str, subcommand: str, config: Config, force: bool, key
     return None
 
 
-def write_block_rows(path: str, blocks: BlockRows, comm: MPI.Comm,
-                     attrs: Mapping[str, object]) -> None:
+def write_block_rows(
+    path: str, blocks: BlockRows, comm: MPI.Comm, attrs: Mapping[str, object]
+) -> None:
     """Write A, H, G, F, W, b in the user's order, each rank its own rows (mpio). Collective."""
     tree, n, d = blocks.tree, blocks.tree.n, blocks.W.shape[1]
     perm, iperm = tree.perm, tree.iperm
-    local_users = perm[blocks.start:blocks.stop]
+    local_users = perm[blocks.start : blocks.stop]
     order = np.argsort(local_users)
     users_sorted = local_users[order]
     F = np.concatenate(comm.allgather(blocks.F))[iperm]
@@ -236,7 +262,7 @@ def write_block_rows(path: str, blocks: BlockRows, comm: MPI.Comm,
             local = rows[:, _expand(iperm, k)]  # columns in user order
             local = local.reshape(-1, k, n * k)[order].reshape(-1, n * k)
             for pos, first, length in _runs(users_sorted):
-                dset[first * k:(first + length) * k] = local[pos * k:(pos + length) * k]
+                dset[first * k : (first + length) * k] = local[pos * k : (pos + length) * k]
 
     write_file(path, comm, {**attrs, "n": n, "d": d}, fill, parallel=True)
 
@@ -311,12 +337,30 @@ class RunState:
     timings: dict
 
 
-def save_run(path: str, comm: MPI.Comm, config: Config, kind: str, network: Network,
-             removed: np.ndarray, history: Mapping[str, list], optimizer: Mapping[str, object],
-             result: Mapping[str, object], timings: Mapping[str, float], keep: int = 1) -> None:
+def save_run(
+    path: str,
+    comm: MPI.Comm,
+    config: Config,
+    kind: str,
+    network: Network,
+    removed: np.ndarray,
+    history: Mapping[str, list],
+    optimizer: Mapping[str, object],
+    result: Mapping[str, object],
+    timings: Mapping[str, float],
+    keep: int = 1,
+) -> None:
     """Write a ``train`` file (``kind`` "checkpoint" or "result"). Collective (rank 0 writes)."""
-    attrs = stamp(config, "train", comm, kind, n=network.n, d=network.dim,
-                  finished=int(kind == "result"), method=config.train.method)
+    attrs = stamp(
+        config,
+        "train",
+        comm,
+        kind,
+        n=network.n,
+        d=network.dim,
+        finished=int(kind == "result"),
+        method=config.train.method,
+    )
     arrays = {k: v for k, v in optimizer.items() if isinstance(v, np.ndarray)}
     scalars = {k: v for k, v in optimizer.items() if not isinstance(v, np.ndarray)}
 
@@ -330,10 +374,15 @@ def save_run(path: str, comm: MPI.Comm, config: Config, kind: str, network: Netw
         write_attrs(opt, scalars)
         for key, value in arrays.items():
             opt.create_dataset(key, data=value)
-        write_attrs(fh.create_group("rng"), {
-            "network.seed": config.network.seed, "solver.seed": config.solver.seed,
-            "note": "no generator advances during training; the HSS sketch is drawn from "
-                    "solver.seed at every factorization"})
+        write_attrs(
+            fh.create_group("rng"),
+            {
+                "network.seed": config.network.seed,
+                "solver.seed": config.solver.seed,
+                "note": "no generator advances during training; the HSS sketch is drawn from "
+                "solver.seed at every factorization",
+            },
+        )
         write_attrs(fh.create_group("timings"), timings)
         write_attrs(fh.create_group("result"), result)
 
@@ -356,8 +405,9 @@ def verify(path: str, what: str = "file") -> None:
         except (OSError, RuntimeError, KeyError) as exc:
             raise InputError(f"{what} {path!r} is damaged (truncated?): {_reason(exc)}") from None
         if bad:
-            raise InputError(f"{what} {path!r}: checksum of dataset {bad[0]} does not match "
-                             "(damaged file)")
+            raise InputError(
+                f"{what} {path!r}: checksum of dataset {bad[0]} does not match (damaged file)"
+            )
 
 
 def _open(path: str, what: str) -> h5py.File:
@@ -378,18 +428,25 @@ def _open(path: str, what: str) -> h5py.File:
 
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.replace("Unable to open file ", "").replace("Unable to synchronously open file ",
-                                                            "").strip("() ")
+    return (
+        text.replace("Unable to open file ", "")
+        .replace("Unable to synchronously open file ", "")
+        .strip("() ")
+    )
 
 
 def _check_schema(fh: h5py.File, path: str, what: str) -> None:
     version = fh.attrs.get("schema_version")
     if version is None:
-        raise InputError(f"{what} {path!r} is not a distgn file of schema version "
-                         f"{SCHEMA_VERSION} (no attribute schema_version)")
+        raise InputError(
+            f"{what} {path!r} is not a distgn file of schema version "
+            f"{SCHEMA_VERSION} (no attribute schema_version)"
+        )
     if int(version) != SCHEMA_VERSION:
-        raise InputError(f"{what} {path!r} has schema version {int(version)}; this distgn "
-                         f"({__version__}) reads version {SCHEMA_VERSION}")
+        raise InputError(
+            f"{what} {path!r} has schema version {int(version)}; this distgn "
+            f"({__version__}) reads version {SCHEMA_VERSION}"
+        )
 
 
 def read_run(path: str, what: str = "--restart file") -> RunState:
@@ -397,13 +454,18 @@ def read_run(path: str, what: str = "--restart file") -> RunState:
     verify(path, what)
     with _open(path, what) as fh:
         if fh.attrs.get("subcommand") != "train" or "optimizer" not in fh:
-            raise InputError(f"{what} {path!r} was written by 'distgn "
-                             f"{fh.attrs.get('subcommand')}', not by 'distgn train'")
+            raise InputError(
+                f"{what} {path!r} was written by 'distgn "
+                f"{fh.attrs.get('subcommand')}', not by 'distgn train'"
+            )
         config = loads(str(fh.attrs["config"]), f"the config stored in {what} {path!r}")
         net = fh["network"]
-        network = Network(np.asarray(net["W"]), np.asarray(net["b"]),
-                          np.asarray(net["c"]) if "c" in net else None,
-                          float(np.asarray(net["c0"])) if "c0" in net else None)
+        network = Network(
+            np.asarray(net["W"]),
+            np.asarray(net["b"]),
+            np.asarray(net["c"]) if "c" in net else None,
+            float(np.asarray(net["c0"])) if "c0" in net else None,
+        )
         removed = np.zeros(network.n, dtype=bool)
         removed[np.asarray(net["removed"], dtype=np.int64)] = True
         history = {k: np.asarray(v) for k, v in fh["history"].items()} if "history" in fh else {}
@@ -412,8 +474,11 @@ def read_run(path: str, what: str = "--restart file") -> RunState:
         result = {k: _plain(v) for k, v in fh["result"].attrs.items()}
         timings = {k: _plain(v) for k, v in fh["timings"].attrs.items()}
         attrs = {k: _plain(v) for k, v in fh.attrs.items()}
-    if network.W.ndim != 2 or network.b.shape != (network.n,) or (
-            network.c is not None and network.c.shape != (network.n,)):
+    if (
+        network.W.ndim != 2
+        or network.b.shape != (network.n,)
+        or (network.c is not None and network.c.shape != (network.n,))
+    ):
         raise InputError(f"{what} {path!r}: network/W, b, c have inconsistent shapes")
     return RunState(path, config, attrs, network, removed, history, optimizer, result, timings)
 
@@ -428,11 +493,18 @@ def check_same_problem(state: RunState, config: Config) -> None:
     if state.network.dim != _dim(config):
         differ.append("d")
     if differ:
-        detail = {"domain": "domain", "target": "target.name", "output_bias":
-                  "network.output_bias", "network.n": f"network.n ({state.network.n} in the file, "
-                  f"{config.network.n} in the config)", "d": f"d ({state.network.dim} in the file)"}
-        raise InputError(f"--restart file {state.path!r} is for another problem: "
-                         f"{', '.join(detail[k] for k in differ)} differ from the config")
+        detail = {
+            "domain": "domain",
+            "target": "target.name",
+            "output_bias": "network.output_bias",
+            "network.n": f"network.n ({state.network.n} in the file, "
+            f"{config.network.n} in the config)",
+            "d": f"d ({state.network.dim} in the file)",
+        }
+        raise InputError(
+            f"--restart file {state.path!r} is for another problem: "
+            f"{', '.join(detail[k] for k in differ)} differ from the config"
+        )
 
 
 def _dim(config: Config) -> int:
@@ -448,12 +520,16 @@ def load_state(path: str) -> tuple[Network, dict[str, np.ndarray], dict[str, obj
     verify(path)
     with _open(path, "file") as fh:
         if "network" not in fh:
-            raise InputError(f"file {path!r} holds no network (written by 'distgn "
-                             f"{fh.attrs.get('subcommand')}')")
+            raise InputError(
+                f"file {path!r} holds no network (written by 'distgn {fh.attrs.get('subcommand')}')"
+            )
         net = fh["network"]
-        network = Network(np.asarray(net["W"]), np.asarray(net["b"]),
-                          np.asarray(net["c"]) if "c" in net else None,
-                          float(np.asarray(net["c0"])) if "c0" in net else None)
+        network = Network(
+            np.asarray(net["W"]),
+            np.asarray(net["b"]),
+            np.asarray(net["c"]) if "c" in net else None,
+            float(np.asarray(net["c0"])) if "c0" in net else None,
+        )
         history = {k: np.asarray(v) for k, v in fh["history"].items()} if "history" in fh else {}
         result = {k: _plain(v) for k, v in fh["result"].attrs.items()} if "result" in fh else {}
     return network, history, result
@@ -467,17 +543,24 @@ def inspect(path: str) -> dict[str, object]:
     """A JSON-ready tree of any distgn HDF5 file: every group with its attributes, every dataset
     with shape, dtype and whether its checksum matches. Rank-local."""
     with _open(path, "inspect:") as fh:
+
         def node(group: h5py.Group) -> dict[str, object]:
-            out: dict[str, object] = {"attrs": {k: _plain(v) for k, v in group.attrs.items()},
-                                      "groups": {}, "datasets": {}}
+            out: dict[str, object] = {
+                "attrs": {k: _plain(v) for k, v in group.attrs.items()},
+                "groups": {},
+                "datasets": {},
+            }
             for name, obj in group.items():
                 if isinstance(obj, h5py.Group):
                     out["groups"][name] = node(obj)
                 else:
                     out["datasets"][name] = {
-                        "shape": list(obj.shape), "dtype": str(obj.dtype),
+                        "shape": list(obj.shape),
+                        "dtype": str(obj.dtype),
                         "checksum": ("ok" if obj.attrs.get("sha256") == _digest(obj) else "bad")
-                        if "sha256" in obj.attrs else "none"}
+                        if "sha256" in obj.attrs
+                        else "none",
+                    }
             return out
 
         return {"path": path, **node(fh)}

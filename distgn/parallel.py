@@ -77,8 +77,11 @@ def run_collectively(comm: MPI.Comm, main: Callable[[], int]) -> int:
         comm.Barrier()
         return EXIT_NOT_CONVERGED if isinstance(exc, ConvergenceError) else EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 - a crash on some ranks must not hang the others
-        print(f"distgn: internal error on rank {comm.rank}: {type(exc).__name__}: {exc}",
-              file=sys.stderr, flush=True)
+        print(
+            f"distgn: internal error on rank {comm.rank}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
         if log.isEnabledFor(logging.DEBUG):
             traceback.print_exc()
         if comm.size > 1:

@@ -31,8 +31,11 @@ class Interrupted(Exception):  # noqa: N818 - not an error: a requested stop
 
     def __init__(self, signum: int, checkpoint: str | None) -> None:
         name = signal.Signals(signum).name
-        where = (f"checkpoint written to {checkpoint}; continue with --restart {checkpoint}"
-                 if checkpoint else "no checkpoint written")
+        where = (
+            f"checkpoint written to {checkpoint}; continue with --restart {checkpoint}"
+            if checkpoint
+            else "no checkpoint written"
+        )
         super().__init__(f"interrupted by {name}: {where}")
         self.signum = signum
         self.checkpoint = checkpoint

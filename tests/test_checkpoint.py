@@ -25,12 +25,26 @@ IDS = ["sggn-alternating", "sggn-varpro", "adam", "bfgs", "lm"]
 
 
 def settings(folder, name: str, method: str, extra: list[str], dim: int = 1) -> list[str]:
-    problem = (["target.name=sine", "network.n=8", "network.output_bias=true"] if dim == 1
-               else ['domain.kind="polygon"', "network.n=8", 'target.name="line_jump"',
-                     "domain.vertices=[[0.0, 0.0], [2.0, 0.0], [2.5, 1.0], [1.0, 2.0], "
-                     "[-0.5, 1.0]]", 'network.init="random"', "network.seed=2"])
-    return ["solver.kind=dense", "train.tol=0.0", f"train.method={method}",
-            f"output.path={folder / (name + '.h5')}", *problem, *extra]
+    problem = (
+        ["target.name=sine", "network.n=8", "network.output_bias=true"]
+        if dim == 1
+        else [
+            'domain.kind="polygon"',
+            "network.n=8",
+            'target.name="line_jump"',
+            "domain.vertices=[[0.0, 0.0], [2.0, 0.0], [2.5, 1.0], [1.0, 2.0], [-0.5, 1.0]]",
+            'network.init="random"',
+            "network.seed=2",
+        ]
+    )
+    return [
+        "solver.kind=dense",
+        "train.tol=0.0",
+        f"train.method={method}",
+        f"output.path={folder / (name + '.h5')}",
+        *problem,
+        *extra,
+    ]
 
 
 def run(comm, keys: list[str], restart: io.RunState | None = None) -> dict:
@@ -41,8 +55,13 @@ def run(comm, keys: list[str], restart: io.RunState | None = None) -> dict:
 def network_arrays(path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as fh:
         out = {f"network/{k}": np.asarray(v) for k, v in fh["network"].items()}
-        out.update({f"history/{k}": np.asarray(v) for k, v in fh["history"].items()
-                    if k not in ("seconds", "solver_seconds")})
+        out.update(
+            {
+                f"history/{k}": np.asarray(v)
+                for k, v in fh["history"].items()
+                if k not in ("seconds", "solver_seconds")
+            }
+        )
     return out
 
 
@@ -51,8 +70,13 @@ def assert_continued(comm, folder, method, extra, dim=1, total=6, split=3, other
     and continued from the checkpoint on ``comm`` (bit for bit) and on ``other`` (1e-10)."""
     straight = settings(folder, "straight", method, extra + [f"train.max_iter={total}"], dim)
     run(comm, straight)
-    first = settings(folder, "first", method, extra + [f"train.max_iter={total}",
-                                                      f"checkpoint.every={split}"], dim)
+    first = settings(
+        folder,
+        "first",
+        method,
+        extra + [f"train.max_iter={total}", f"checkpoint.every={split}"],
+        dim,
+    )
     run(comm, first)
     checkpoint = str(folder / "first.ckpt.h5")
     state = io.read_run(checkpoint)
@@ -65,23 +89,27 @@ def assert_continued(comm, folder, method, extra, dim=1, total=6, split=3, other
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     if other is not None:
-        third = settings(folder, f"third{comm.rank}", method,
-                         extra + [f"train.max_iter={total}"], dim)
+        third = settings(
+            folder, f"third{comm.rank}", method, extra + [f"train.max_iter={total}"], dim
+        )
         run(other, third, state)
         got = network_arrays(folder / f"third{comm.rank}.h5")
         for key in ("network/W", "network/b", "network/c", "history/loss"):
             scale = np.max(np.abs(expected[key]))
-            np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-10 * scale,
-                                       err_msg=key)
+            np.testing.assert_allclose(
+                got[key], expected[key], rtol=0, atol=1e-10 * scale, err_msg=key
+            )
 
 
 @pytest.mark.mpi
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("method, extra", CASES, ids=IDS)
-def test_restart_is_bit_identical_on_the_same_ranks_and_close_on_others(comm, shared_tmp, method,
-                                                                        extra):
-    assert_continued(comm, shared_tmp, method, extra,
-                     other=MPI.COMM_SELF if comm.size > 1 else None)
+def test_restart_is_bit_identical_on_the_same_ranks_and_close_on_others(
+    comm, shared_tmp, method, extra
+):
+    assert_continued(
+        comm, shared_tmp, method, extra, other=MPI.COMM_SELF if comm.size > 1 else None
+    )
 
 
 @pytest.mark.mpi
@@ -91,8 +119,12 @@ def test_two_dimensional_sggn_restart_does_not_renormalise(comm, shared_tmp):
 
 
 def test_checkpoint_schema_and_keep(tmp_path):
-    keys = settings(tmp_path, "run", "adam", ["train.max_iter=7", "checkpoint.every=2",
-                                              "checkpoint.keep=3", "train.learning_rate=0.01"])
+    keys = settings(
+        tmp_path,
+        "run",
+        "adam",
+        ["train.max_iter=7", "checkpoint.every=2", "checkpoint.keep=3", "train.learning_rate=0.01"],
+    )
     result = run(MPI.COMM_SELF, keys)
     assert result["stop_reason"] == "max_iter"
     newest = io.read_run(str(tmp_path / "run.ckpt.h5"))
@@ -104,19 +136,37 @@ def test_checkpoint_schema_and_keep(tmp_path):
     final = io.read_run(str(tmp_path / "run.h5"))
     assert final.attrs["finished"] == 1 and final.result["stop_reason"] == "max_iter"
     with h5py.File(tmp_path / "run.h5", "r") as fh:
-        for key in ("schema_version", "distgn_version", "subcommand", "config", "problem",
-                    "created", "ranks", "n", "d"):
+        for key in (
+            "schema_version",
+            "distgn_version",
+            "subcommand",
+            "config",
+            "problem",
+            "created",
+            "ranks",
+            "n",
+            "d",
+        ):
             assert key in fh.attrs, key
         assert fh.attrs["schema_version"] == io.SCHEMA_VERSION
         assert load_config_text(fh.attrs["config"]).train.method == "adam"
         for name in ("timings", "rng", "optimizer", "result"):
             assert len(fh[name].attrs) > 0
         seen = []
-        fh.visititems(lambda name, obj: seen.append((name, obj.attrs.get("sha256")))
-                      if isinstance(obj, h5py.Dataset) else None)
+        fh.visititems(
+            lambda name, obj: (
+                seen.append((name, obj.attrs.get("sha256")))
+                if isinstance(obj, h5py.Dataset)
+                else None
+            )
+        )
         assert seen and all(digest for _, digest in seen)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "run.ckpt.h5", "run.ckpt.h5.1", "run.ckpt.h5.2", "run.h5"]  # no temporary left
+        "run.ckpt.h5",
+        "run.ckpt.h5.1",
+        "run.ckpt.h5.2",
+        "run.h5",
+    ]  # no temporary left
 
 
 def load_config_text(text: str):
@@ -147,12 +197,15 @@ def corrupt(path, how: str) -> None:
             fh.attrs["schema_version"] = 1
 
 
-@pytest.mark.parametrize("how, message", [
-    ("truncate", "is truncated"),
-    ("garbage", "is not an HDF5 file"),
-    ("flip", "checksum of dataset network/W does not match"),
-    ("schema", "has schema version 1"),
-])
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("truncate", "is truncated"),
+        ("garbage", "is not an HDF5 file"),
+        ("flip", "checksum of dataset network/W does not match"),
+        ("schema", "has schema version 1"),
+    ],
+)
 def test_damaged_files_are_refused_with_one_line(tmp_path, how, message):
     keys = settings(tmp_path, "run", "sggn", ["train.max_iter=2"])
     run(MPI.COMM_SELF, keys)
@@ -166,9 +219,11 @@ def test_damaged_files_are_refused_with_one_line(tmp_path, how, message):
 def test_restart_from_another_problem_is_refused(tmp_path):
     run(MPI.COMM_SELF, settings(tmp_path, "run", "sggn", ["train.max_iter=1"]))
     state = io.read_run(str(tmp_path / "run.h5"))
-    for override, named in [("network.n=12", "network.n (8 in the file, 12 in the config)"),
-                            ("target.name=step", "target.name"),
-                            ("domain.bounds=[0.0, 2.0]", "domain")]:
+    for override, named in [
+        ("network.n=12", "network.n (8 in the file, 12 in the config)"),
+        ("target.name=step", "target.name"),
+        ("domain.bounds=[0.0, 2.0]", "domain"),
+    ]:
         config = load_config(None, settings(tmp_path, "run", "sggn", [override]))
         with pytest.raises(InputError, match=named.replace("(", r"\(").replace(")", r"\)")):
             io.check_same_problem(state, config)

@@ -22,8 +22,9 @@ def last_json(out: str) -> dict:
 @pytest.mark.timeout(120)
 def test_analyze_reproduces_growth_exponents(comm, shared_tmp, capsys):
     out = str(shared_tmp / "study.h5")
-    status = main(["analyze", "--sizes", "128,256,512", "--set", "analyze.leaf_size=32",
-                   "-o", out, "--json"])
+    status = main(
+        ["analyze", "--sizes", "128,256,512", "--set", "analyze.leaf_size=32", "-o", out, "--json"]
+    )
     assert status == 0
     if comm.rank == 0:
         result = last_json(capsys.readouterr().out)
@@ -43,8 +44,22 @@ def test_analyze_reproduces_growth_exponents(comm, shared_tmp, capsys):
 
 def test_inspect_shows_the_group_tree_with_attributes(tmp_path, capsys):
     path = str(tmp_path / "run.h5")
-    assert main(["train", "--set", "network.n=8", "--set", "train.max_iter=2", "--set",
-                 "solver.kind=\"dense\"", "-o", path]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--set",
+                "network.n=8",
+                "--set",
+                "train.max_iter=2",
+                "--set",
+                'solver.kind="dense"',
+                "-o",
+                path,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["inspect", path, "--json"]) == 0
     tree = last_json(capsys.readouterr().out)
@@ -59,15 +74,26 @@ def test_inspect_shows_the_group_tree_with_attributes(tmp_path, capsys):
 
 
 def test_every_file_describes_itself_and_has_no_empty_group(tmp_path):
-    common = ["--set", "network.n=8", "--set", "solver.kind=\"dense\""]
-    outputs = {"train": ["--set", "train.max_iter=1"], "solve": [],
-               "assemble": ["--matrices", "A"], "analyze": ["--sizes", "16,32"]}
+    common = ["--set", "network.n=8", "--set", 'solver.kind="dense"']
+    outputs = {
+        "train": ["--set", "train.max_iter=1"],
+        "solve": [],
+        "assemble": ["--matrices", "A"],
+        "analyze": ["--sizes", "16,32"],
+    }
     for command, extra in outputs.items():
         path = tmp_path / f"x.{command}.h5"
         assert main([command, *common, *extra, "-o", str(path)]) == 0, command
         with h5py.File(path, "r") as fh:
-            for key in ("schema_version", "distgn_version", "config", "subcommand", "created",
-                        "problem", "ranks"):
+            for key in (
+                "schema_version",
+                "distgn_version",
+                "config",
+                "subcommand",
+                "created",
+                "problem",
+                "ranks",
+            ):
                 assert key in fh.attrs, (command, key)
             assert fh.attrs["subcommand"] == command
             names: list[str] = []
@@ -78,48 +104,76 @@ def test_every_file_describes_itself_and_has_no_empty_group(tmp_path):
     assert (tmp_path / "x.analyze.png").exists()  # plots next to the output
 
 
-@pytest.mark.parametrize("argv, config, petsc", [
-    (["solve", "-distgn_ksp_type", "nonsense"], None, ["-distgn_ksp_type", "nonsense"]),
-    (["solve", "-log_view", "run.toml", "--json"], "run.toml", ["-log_view"]),
-    (["solve", "run.toml", "-distgn_ksp_rtol", "-1", "-log_view", "-distgn_ksp_monitor"],
-     "run.toml", ["-distgn_ksp_rtol", "-1", "-log_view", "-distgn_ksp_monitor"]),
-    (["solve", "-v", "--set", "network.n=8"], None, []),
-])
+@pytest.mark.parametrize(
+    "argv, config, petsc",
+    [
+        (["solve", "-distgn_ksp_type", "nonsense"], None, ["-distgn_ksp_type", "nonsense"]),
+        (["solve", "-log_view", "run.toml", "--json"], "run.toml", ["-log_view"]),
+        (
+            ["solve", "run.toml", "-distgn_ksp_rtol", "-1", "-log_view", "-distgn_ksp_monitor"],
+            "run.toml",
+            ["-distgn_ksp_rtol", "-1", "-log_view", "-distgn_ksp_monitor"],
+        ),
+        (["solve", "-v", "--set", "network.n=8"], None, []),
+    ],
+)
 def test_petsc_options_are_split_from_distgn_arguments(argv, config, petsc):
     args, options = cli.parse(argv)
     assert args.config == config and options == petsc
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["solve", "-json"], "option -json has one dash: did you mean --json?"),
-    (["train", "-restart", "x.h5"], "option -restart has one dash"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["solve", "-json"], "option -json has one dash: did you mean --json?"),
+        (["train", "-restart", "x.h5"], "option -restart has one dash"),
+    ],
+)
 def test_single_dash_long_options_are_refused(argv, message):
     with pytest.raises(InputError, match=message):
         cli.parse(argv)
 
 
-@pytest.mark.parametrize("options, message", [
-    (["-distgn_kspp_type", "cg"], "unknown option -distgn_kspp_type"),
-    (["-log_veiw"], "did you mean -log_view"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["-distgn_kspp_type", "cg"], "unknown option -distgn_kspp_type"),
+        (["-log_veiw"], "did you mean -log_view"),
+    ],
+)
 def test_unknown_petsc_options_are_refused(options, message):
     with pytest.raises(InputError, match=message):
         cli.check_petsc_options(options)
-    cli.check_petsc_options(["-distgn_ksp_type", "minres", "-distgn_pc_type", "jacobi",
-                             "-log_view", "-distgn_ksp_monitor"])
+    cli.check_petsc_options(
+        [
+            "-distgn_ksp_type",
+            "minres",
+            "-distgn_pc_type",
+            "jacobi",
+            "-log_view",
+            "-distgn_ksp_monitor",
+        ]
+    )
 
 
 def test_outputs_of_subcommands_do_not_collide_and_force_replaces(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "case.toml"
-    config.write_text('[network]\nn = 8\n[solver]\nkind = "dense"\n[train]\nmax_iter = 1\n'
-                      '[analyze]\nsizes = [16, 32]\n')
+    config.write_text(
+        '[network]\nn = 8\n[solver]\nkind = "dense"\n[train]\nmax_iter = 1\n'
+        "[analyze]\nsizes = [16, 32]\n"
+    )
     for command in ("train", "solve", "analyze", "assemble"):
         assert main([command, str(config)]) == 0, command
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["case.analyze.h5", "case.analyze.png", "case.assemble.h5", "case.solve.h5",
-                     "case.toml", "case.train.h5"]
+    assert names == [
+        "case.analyze.h5",
+        "case.analyze.png",
+        "case.assemble.h5",
+        "case.solve.h5",
+        "case.toml",
+        "case.train.h5",
+    ]
     assert main(["train", str(config), "-o", "case.solve.h5"]) == 2  # another subcommand's file
     assert main(["train", str(config), "-o", "case.solve.h5", "--force"]) == 0
     with h5py.File(tmp_path / "case.solve.h5", "r") as fh:

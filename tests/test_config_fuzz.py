@@ -42,16 +42,18 @@ VALID = {
     "checkpoint.seconds": lambda v: v >= 0,
     "domain.kind": lambda v: v in ("interval", "box", "polygon"),
 }
-SCHEMA = {f.name: [g.name for g in dataclasses.fields(f.default_factory())]
-          for f in dataclasses.fields(Config)}
+SCHEMA = {
+    f.name: [g.name for g in dataclasses.fields(f.default_factory())]
+    for f in dataclasses.fields(Config)
+}
 KEYS = [f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys]
 
-numbers = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True))
+numbers = st.one_of(st.integers(-(10**6), 10**6), st.floats(allow_nan=True, allow_infinity=True))
 scalars = st.one_of(numbers, st.booleans(), st.text(max_size=12))
-values = st.one_of(scalars, st.lists(scalars, max_size=4),
-                   st.lists(st.lists(numbers, max_size=3), max_size=3))
-keys = st.one_of(st.sampled_from(KEYS), st.from_regex(r"[a-z]{1,8}\.[a-z_]{1,12}",
-                                                      fullmatch=True))
+values = st.one_of(
+    scalars, st.lists(scalars, max_size=4), st.lists(st.lists(numbers, max_size=3), max_size=3)
+)
+keys = st.one_of(st.sampled_from(KEYS), st.from_regex(r"[a-z]{1,8}\.[a-z_]{1,12}", fullmatch=True))
 
 
 def assert_valid(config: Config) -> None:
@@ -110,9 +112,11 @@ def test_stored_toml_text_reads_back_to_the_same_config(entries):
 
 
 def test_list_items_are_checked():
-    for text, message in [("analyze.sizes=[64.5]", "list of integers"),
-                          ("analyze.sizes=[64, true]", "list of integers"),
-                          ("analyze.tolerances=[\"a\"]", "list of numbers")]:
+    for text, message in [
+        ("analyze.sizes=[64.5]", "list of integers"),
+        ("analyze.sizes=[64, true]", "list of integers"),
+        ('analyze.tolerances=["a"]', "list of numbers"),
+    ]:
         try:
             load_config(None, [text])
         except InputError as exc:

@@ -65,11 +65,19 @@ def test_readme_commands_run_as_written(tmp_path):
     before = sorted(p.name for p in ROOT.iterdir())
     env = {**ENV, "PATH": f"{Path(sys.executable).parent}:{ENV['PATH']}"}
     for command in readme_commands():
-        proc = subprocess.run(shlex.split(command), cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            shlex.split(command), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, f"{command}\n{proc.stderr[-2000:]}"
         assert "Traceback" not in proc.stderr
-    for name in ("demo.train.h5", "demo.train.ckpt.h5", "demo.analyze.h5", "demo.analyze.png",
-                 "solve-1d.solve.h5", "demo.assemble.h5", "bfgs.h5"):
+    for name in (
+        "demo.train.h5",
+        "demo.train.ckpt.h5",
+        "demo.analyze.h5",
+        "demo.analyze.png",
+        "solve-1d.solve.h5",
+        "demo.assemble.h5",
+        "bfgs.h5",
+    ):
         assert (tmp_path / name).exists(), name
     assert sorted(p.name for p in ROOT.iterdir()) == before

@@ -52,8 +52,14 @@ def write_config(folder: Path, extra: str = "") -> Path:
 
 
 def start(folder: Path, args: list[str], ranks: int) -> subprocess.Popen:
-    return subprocess.Popen(distgn_command(args, ranks), cwd=folder, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        distgn_command(args, ranks),
+        cwd=folder,
+        env=ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for_iterations(proc: subprocess.Popen, count: int, deadline: float = 120) -> list[str]:
@@ -84,14 +90,16 @@ def rank_pids(proc: subprocess.Popen) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("signum, ranks, to_ranks", [
-    (signal.SIGUSR1, 2, False),  # mpiexec forwards SIGUSR1 to every rank
-    (signal.SIGTERM, 2, True),   # what srun / SLURM does: the signal reaches every task
-    (signal.SIGTERM, 0, True),
-    (signal.SIGINT, 0, True),    # Ctrl-C of a serial run
-])
-def test_signal_checkpoints_and_exits_with_the_documented_status(tmp_path, signum, ranks,
-                                                                 to_ranks):
+@pytest.mark.parametrize(
+    "signum, ranks, to_ranks",
+    [
+        (signal.SIGUSR1, 2, False),  # mpiexec forwards SIGUSR1 to every rank
+        (signal.SIGTERM, 2, True),  # what srun / SLURM does: the signal reaches every task
+        (signal.SIGTERM, 0, True),
+        (signal.SIGINT, 0, True),  # Ctrl-C of a serial run
+    ],
+)
+def test_signal_checkpoints_and_exits_with_the_documented_status(tmp_path, signum, ranks, to_ranks):
     config = write_config(tmp_path)
     proc = start(tmp_path, ["train", str(config), "-o", "out.h5"], ranks)
     seen = wait_for_iterations(proc, 3)
@@ -105,15 +113,30 @@ def test_signal_checkpoints_and_exits_with_the_documented_status(tmp_path, signu
     assert proc.returncode == expected, "".join(seen) + rest
     name = signal.Signals(signum).name
     lines = distgn_lines(rest)
-    assert lines == [f"distgn: interrupted by {name}: checkpoint written to out.ckpt.h5; "
-                     "continue with --restart out.ckpt.h5"], rest
+    assert lines == [
+        f"distgn: interrupted by {name}: checkpoint written to out.ckpt.h5; "
+        "continue with --restart out.ckpt.h5"
+    ], rest
     assert "Traceback" not in rest
     state = io.read_run(str(tmp_path / "out.ckpt.h5"))
     assert state.attrs["finished"] == 0 and state.optimizer["iteration"] >= 3
     assert not (tmp_path / "out.h5").exists()  # the final result only when the run ends
     done = state.optimizer["iteration"]
-    again = run_distgn(["train", str(config), "-o", "out.h5", "--restart", "out.ckpt.h5",
-                        "--set", f"train.max_iter={done + 2}", "--json"], tmp_path, ranks)
+    again = run_distgn(
+        [
+            "train",
+            str(config),
+            "-o",
+            "out.h5",
+            "--restart",
+            "out.ckpt.h5",
+            "--set",
+            f"train.max_iter={done + 2}",
+            "--json",
+        ],
+        tmp_path,
+        ranks,
+    )
     assert again.returncode == 0, again.stderr
     final = io.read_run(str(tmp_path / "out.h5"))
     assert final.result["total_iterations"] == done + 2 and final.result["iterations"] == 2
@@ -123,13 +146,15 @@ def test_signal_checkpoints_and_exits_with_the_documented_status(tmp_path, signu
 
 
 def test_a_second_signal_exits_at_once(tmp_path):
-    script = ("import os, signal, time\n"
-              "from distgn import signals\n"
-              "with signals.deferred():\n"
-              "    os.kill(os.getpid(), signal.SIGUSR1)\n"
-              "    time.sleep(0.1)\n"
-              "    os.kill(os.getpid(), signal.SIGTERM)\n"
-              "    time.sleep(30)\n")
+    script = (
+        "import os, signal, time\n"
+        "from distgn import signals\n"
+        "with signals.deferred():\n"
+        "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "    time.sleep(0.1)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+    )
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", script], env=ENV, timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM and time.monotonic() - started < 20
@@ -142,9 +167,20 @@ def bits(path: Path) -> dict[str, np.ndarray]:
 
 def test_sigkill_at_several_moments_loses_nothing_beyond_the_last_checkpoint(tmp_path):
     config = write_config(tmp_path, extra="every = 1\n")
-    straight = run_distgn(["train", str(config), "-o", "straight.h5", "--set",
-                           "train.max_iter=40", "--set", 'checkpoint.path="straight.ckpt.h5"'],
-                          tmp_path, ranks=0)
+    straight = run_distgn(
+        [
+            "train",
+            str(config),
+            "-o",
+            "straight.h5",
+            "--set",
+            "train.max_iter=40",
+            "--set",
+            'checkpoint.path="straight.ckpt.h5"',
+        ],
+        tmp_path,
+        ranks=0,
+    )
     assert straight.returncode == 0, straight.stderr
     for moment in (3, 7, 12):
         proc = start(tmp_path, ["train", str(config), "-o", "killed.h5", "--force"], 0)
@@ -153,8 +189,20 @@ def test_sigkill_at_several_moments_loses_nothing_beyond_the_last_checkpoint(tmp
         proc.communicate(timeout=30)
         state = io.read_run(str(tmp_path / "killed.ckpt.h5"))  # verified: complete, intact
         assert state.optimizer["iteration"] >= moment - 1
-        again = run_distgn(["train", str(config), "-o", f"resumed{moment}.h5", "--restart",
-                            "killed.ckpt.h5", "--set", "train.max_iter=40"], tmp_path, ranks=0)
+        again = run_distgn(
+            [
+                "train",
+                str(config),
+                "-o",
+                f"resumed{moment}.h5",
+                "--restart",
+                "killed.ckpt.h5",
+                "--set",
+                "train.max_iter=40",
+            ],
+            tmp_path,
+            ranks=0,
+        )
         assert again.returncode == 0, again.stderr
         expected, got = bits(tmp_path / "straight.h5"), bits(tmp_path / f"resumed{moment}.h5")
         for key in expected:
@@ -183,16 +231,25 @@ sys.exit(cli.main(sys.argv[3:]))
 def test_sigkill_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_path, where):
     config = write_config(tmp_path, extra="every = 2\n")
     args = ["train", str(config), "-o", "out.h5", "--set", "train.max_iter=20"]
-    proc = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, where, "2", *args], cwd=tmp_path,
-                          env=ENV, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_IN_WRITE, where, "2", *args],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL
     state = io.read_run(str(tmp_path / "out.ckpt.h5"))  # the second checkpoint, intact
     assert state.optimizer["iteration"] == 4
     assert io.read_run(str(tmp_path / "out.ckpt.h5.1")).optimizer["iteration"] == 2
     again = run_distgn([*args, "--restart", "out.ckpt.h5"], tmp_path, ranks=0)
     assert again.returncode == 0, again.stderr
-    straight = run_distgn([*args, "-o", "straight.h5", "--set",
-                           'checkpoint.path="straight.ckpt.h5"'], tmp_path, ranks=0)
+    straight = run_distgn(
+        [*args, "-o", "straight.h5", "--set", 'checkpoint.path="straight.ckpt.h5"'],
+        tmp_path,
+        ranks=0,
+    )
     assert straight.returncode == 0, straight.stderr
     expected, got = bits(tmp_path / "straight.h5"), bits(tmp_path / "out.h5")
     for key in expected:
@@ -215,13 +272,31 @@ sys.exit(cli.main(sys.argv[1:]))
 
 def test_a_rank_raising_during_assembly_ends_the_job_within_seconds(tmp_path):
     started = time.monotonic()
-    proc = subprocess.run([MPIEXEC, "-n", "4", sys.executable, "-c", RAISE_ON_RANK, "assemble",
-                           "--set", "network.n=2000", "-o", "a.h5"], cwd=tmp_path, env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            MPIEXEC,
+            "-n",
+            "4",
+            sys.executable,
+            "-c",
+            RAISE_ON_RANK,
+            "assemble",
+            "--set",
+            "network.n=2000",
+            "-o",
+            "a.h5",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert time.monotonic() - started < 60
     assert proc.returncode == 1
     assert distgn_lines(proc.stderr) == [
-        "distgn: internal error on rank 2: RuntimeError: injected failure during assembly"]
+        "distgn: internal error on rank 2: RuntimeError: injected failure during assembly"
+    ]
     assert not (tmp_path / "a.h5").exists()
 
 

@@ -63,7 +63,7 @@ def unpack(theta: np.ndarray, template: Network) -> Network:
     """The network with parameters ``theta`` (shapes and output bias from ``template``)."""
     n, k = template.n, template.dim + 1
     bias = template.c0 is not None
-    network = template.with_r(theta[n + bias:].reshape(n, k))
+    network = template.with_r(theta[n + bias :].reshape(n, k))
     return Network(network.W, network.b, theta[:n].copy(), float(theta[n]) if bias else None)
 
 
@@ -75,12 +75,18 @@ def flat_gradient(grad: Gradient) -> np.ndarray:
 
 def _stats(ctx: Context, network: Network, grad: Gradient, **extra: float) -> dict:
     active = int(np.count_nonzero(~activity(network.W, network.b, ctx.problem.domain)[0]))
-    return {"loss": grad.loss, "l2_error": grad.l2_error, "grad_norm": grad.norm(),
-            "active": active, **extra}
+    return {
+        "loss": grad.loss,
+        "l2_error": grad.l2_error,
+        "grad_norm": grad.norm(),
+        "active": active,
+        **extra,
+    }
 
 
-def adam(ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: Resume = None
-         ) -> str:
+def adam(
+    ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: Resume = None
+) -> str:
     """Adam on theta with exact gradients, from ``state`` or the saved ``resume`` (theta, both
     moments, k). Collective."""
     if resume is not None and "first" in resume:
@@ -104,16 +110,19 @@ def adam(ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: R
         theta = theta - step
         network = unpack(theta, state.network)
         grad = loss_and_gradient(ctx, network)
-        reason = record(network, state.removed,
-                        _stats(ctx, network, grad, step=float(np.linalg.norm(step)),
-                               learning_rate=rate),
-                        optimizer={"theta": theta, "first": first, "second": second, "k": k})
+        reason = record(
+            network,
+            state.removed,
+            _stats(ctx, network, grad, step=float(np.linalg.norm(step)), learning_rate=rate),
+            optimizer={"theta": theta, "first": first, "second": second, "k": k},
+        )
         if reason is not None:
             return reason
 
 
-def bfgs(ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: Resume = None
-         ) -> str:
+def bfgs(
+    ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: Resume = None
+) -> str:
     """BFGS on theta with the exact loss and gradient, from ``state`` or the saved ``resume``
     (theta, gradient, inverse-Hessian approximation, the last two losses). Collective."""
     template = state.network
@@ -145,8 +154,17 @@ def bfgs(ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: R
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # LineSearchWarning
             alpha, _, _, new_loss, _, new_g = scipy.optimize.line_search(
-                lambda x: evaluate(x).loss, lambda x: flat_gradient(evaluate(x)), theta, p, g,
-                loss, older, c1=1e-4, c2=0.9, amax=1e100)
+                lambda x: evaluate(x).loss,
+                lambda x: flat_gradient(evaluate(x)),
+                theta,
+                p,
+                g,
+                loss,
+                older,
+                c1=1e-4,
+                c2=0.9,
+                amax=1e100,
+            )
         if alpha is None or not np.isfinite(new_loss):
             return "bfgs_precision_loss"
         new_theta = theta + alpha * p
@@ -155,14 +173,24 @@ def bfgs(ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: R
         curvature = float(y @ s)
         rho = 1000.0 if curvature == 0.0 else 1.0 / curvature  # scipy's guard
         Hy = H @ y
-        H = H - rho * (np.outer(s, Hy) + np.outer(Hy, s)) \
+        H = (
+            H
+            - rho * (np.outer(s, Hy) + np.outer(Hy, s))
             + (rho * rho * float(y @ Hy) + rho) * np.outer(s, s)
+        )
         theta, g, older, loss = new_theta, new_g, loss, float(new_loss)
         network = unpack(theta, template)
-        reason = record(network, state.removed,
-                        _stats(ctx, network, evaluate(theta), step=float(np.linalg.norm(s))),
-                        optimizer={"theta": theta, "gradient": g, "inverse_hessian": H,
-                                   "line_search_previous_loss": older})
+        reason = record(
+            network,
+            state.removed,
+            _stats(ctx, network, evaluate(theta), step=float(np.linalg.norm(s))),
+            optimizer={
+                "theta": theta,
+                "gradient": g,
+                "inverse_hessian": H,
+                "line_search_previous_loss": older,
+            },
+        )
         if reason is not None:
             return reason
 
@@ -186,13 +214,18 @@ def gauss_newton_matrix(ctx: Context, network: Network) -> np.ndarray | None:
         G = part["G"]
         m = chunk.size
         lo = offset
-        c_rows[lo:lo + m, :n] = part["A"]
-        c_rows[lo:lo + m, n:] = (np.einsum("ijlk,il->ijk", G, r[chunk])
-                                 * c[None, :, None]).reshape(m, n * k)
-        r_rows[lo * k:(lo + m) * k, :n] = (np.einsum("ijkl,jl->ikj", G, r)
-                                           * c[chunk, None, None]).reshape(m * k, n)
-        r_rows[lo * k:(lo + m) * k, n:] = (G * (c[chunk, None, None, None] * c[None, :, None, None])
-                                           ).transpose(0, 2, 1, 3).reshape(m * k, n * k)
+        c_rows[lo : lo + m, :n] = part["A"]
+        c_rows[lo : lo + m, n:] = (
+            np.einsum("ijlk,il->ijk", G, r[chunk]) * c[None, :, None]
+        ).reshape(m, n * k)
+        r_rows[lo * k : (lo + m) * k, :n] = (
+            np.einsum("ijkl,jl->ikj", G, r) * c[chunk, None, None]
+        ).reshape(m * k, n)
+        r_rows[lo * k : (lo + m) * k, n:] = (
+            (G * (c[chunk, None, None, None] * c[None, :, None, None]))
+            .transpose(0, 2, 1, 3)
+            .reshape(m * k, n * k)
+        )
         offset += m
     ones = target_moments(problem.domain, ONE, network.W, network.b, rows)
     mass = np.einsum("ik,ik->i", ones, r[rows])
@@ -207,12 +240,13 @@ def gauss_newton_matrix(ctx: Context, network: Network) -> np.ndarray | None:
     if network.c0 is None:
         return M
     bias = np.concatenate([mass, [problem.domain.measure], (c[:, None] * ones).ravel()])
-    M = np.insert(M, n, bias[np.r_[0:n, n + 1:bias.size]], axis=0)
+    M = np.insert(M, n, bias[np.r_[0:n, n + 1 : bias.size]], axis=0)
     return np.insert(M, n, bias, axis=1)
 
 
-def levenberg_marquardt(ctx: Context, state: State, cfg: TrainConfig, record: Record,
-                        resume: Resume = None) -> str:
+def levenberg_marquardt(
+    ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: Resume = None
+) -> str:
     """Levenberg-Marquardt on theta with the exact ``J^T J``, from ``state`` or the saved
     ``resume`` (theta, damping mu, its growth factor nu). Collective."""
     comm = ctx.comm
@@ -235,7 +269,8 @@ def levenberg_marquardt(ctx: Context, state: State, cfg: TrainConfig, record: Re
             while math.isfinite(mu):
                 try:
                     h = scipy.linalg.cho_solve(
-                        scipy.linalg.cho_factor(M + mu * np.eye(M.shape[0])), -g)
+                        scipy.linalg.cho_factor(M + mu * np.eye(M.shape[0])), -g
+                    )
                     break
                 except np.linalg.LinAlgError:
                     mu, nu = mu * nu, nu * 2
@@ -250,10 +285,19 @@ def levenberg_marquardt(ctx: Context, state: State, cfg: TrainConfig, record: Re
         if gain > 0:
             theta, grad = theta + h, new
             mu, nu = mu * max(1 / 3, 1 - (2 * gain - 1) ** 3), 2.0
-            reason = record(trial, state.removed,
-                            _stats(ctx, trial, grad, step=float(np.linalg.norm(h)), damping=mu,
-                                   solver_seconds=seconds),
-                            optimizer={"theta": theta, "damping": mu, "nu": nu})
+            reason = record(
+                trial,
+                state.removed,
+                _stats(
+                    ctx,
+                    trial,
+                    grad,
+                    step=float(np.linalg.norm(h)),
+                    damping=mu,
+                    solver_seconds=seconds,
+                ),
+                optimizer={"theta": theta, "damping": mu, "nu": nu},
+            )
             if reason is not None:
                 return reason
             M = gauss_newton_matrix(ctx, trial)
@@ -264,8 +308,7 @@ def levenberg_marquardt(ctx: Context, state: State, cfg: TrainConfig, record: Re
 METHODS = {"adam": adam, "bfgs": bfgs, "lm": levenberg_marquardt}
 
 
-def run(ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: Resume = None
-        ) -> str:
+def run(ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: Resume = None) -> str:
     """Run the baseline ``cfg.method`` from ``state`` (or continue the saved ``resume``);
     returns the stop reason. Collective."""
     return METHODS[cfg.method](ctx, state, cfg, record, resume)
