@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -31,6 +30,7 @@ from distgn.assembly import MATRICES, BlockRows, assemble_block_rows
 from distgn.assembly.exact1d import active_intervals
 from distgn.config import Config
 from distgn.errors import InputError
+from distgn.io import write_file
 from distgn.parallel import print0
 from distgn.problem import build_problem
 from distgn.tree import ClusterTree, build_tree, neuron_order
@@ -62,8 +62,9 @@ def square_root_factor(bounds: np.ndarray, W: np.ndarray, b: np.ndarray, name: s
     return B
 
 
-def spectrum(blocks: BlockRows, name: str, comm: MPI.Comm, bounds: np.ndarray | None
-             ) -> tuple[np.ndarray | None, str]:
+def spectrum(
+    blocks: BlockRows, name: str, comm: MPI.Comm, bounds: np.ndarray | None
+) -> tuple[np.ndarray | None, str]:
     """Eigenvalues of matrix ``name`` (descending) on rank 0, and the method used. Collective.
 
     ``bounds`` given (1D): squared singular values of the exact square-root factor; otherwise
@@ -81,8 +82,9 @@ def spectrum(blocks: BlockRows, name: str, comm: MPI.Comm, bounds: np.ndarray | 
     return None, "float64 eigvalsh (saturates near 1/eps)"
 
 
-def block_row_ranks(blocks: BlockRows, name: str, comm: MPI.Comm, tolerances: list[float]
-                    ) -> dict[float, list[int]]:
+def block_row_ranks(
+    blocks: BlockRows, name: str, comm: MPI.Comm, tolerances: list[float]
+) -> dict[float, list[int]]:
     """Largest numerical rank of ``M(I, I^c)`` per tree level, for each tolerance. Collective.
 
     Returns ``{tol: [max rank at level 1, level 2, ...]}`` on every rank.
@@ -100,9 +102,9 @@ def block_row_ranks(blocks: BlockRows, name: str, comm: MPI.Comm, tolerances: li
         if not inside:
             continue
         lo, hi = max(node.start, blocks.start), min(node.stop, blocks.stop)
-        part = rows[(lo - blocks.start) * k:(hi - blocks.start) * k]
+        part = rows[(lo - blocks.start) * k : (hi - blocks.start) * k]
         keep = np.ones(tree.n * k, dtype=bool)
-        keep[node.start * k:node.stop * k] = False
+        keep[node.start * k : node.stop * k] = False
         part = part[:, keep]
         if not node.is_local:
             parts = sub.gather(part, root=0)
@@ -130,11 +132,20 @@ def decay_exponent(eigenvalues: np.ndarray) -> float:
     return -float(np.polyfit(np.log(k[sel]), np.log(eigenvalues[sel]), 1)[0])
 
 
-def run_study(config: Config, sizes: list[int], comm: MPI.Comm, path: str) -> dict:
+def plot_prefix(config: Config, path: str) -> str:
+    """Where the plots go: ``analyze.plots`` relative to the folder of ``path`` (absolute as
+    given); ``""`` is ``path`` without ``.h5``."""
+    prefix = config.analyze.plots or os.path.basename(path.removesuffix(".h5"))
+    return os.path.join(os.path.dirname(os.path.abspath(path)), prefix)
+
+
+def run_study(
+    config: Config, sizes: list[int], comm: MPI.Comm, path: str, attrs: dict[str, object]
+) -> dict:
     """Condition numbers, eigenvalue decay and HSS ranks for every n in ``sizes``. Collective.
 
-    Prints a table on rank 0, writes the numbers to ``path`` (HDF5) and PNG plots next to it
-    (prefix ``analyze.plots``). Returns the JSON-ready results.
+    Prints a table on rank 0, writes the numbers to ``path`` (HDF5, root attributes ``attrs``)
+    and PNG plots next to it (``plot_prefix``). Returns the JSON-ready results.
     """
     tolerances = [float(t) for t in config.analyze.tolerances]
     if not sizes or any(n < 2 for n in sizes):
@@ -144,13 +155,17 @@ def run_study(config: Config, sizes: list[int], comm: MPI.Comm, path: str) -> di
     for name in MATRICES:
         results[f"cond_{name}"], results[f"decay_{name}"] = [], []
         results[f"hss_ranks_{name}"] = {str(t): [] for t in tolerances}
-    print0(comm, f"{'n':>6} {'cond(A)':>10} {'cond(H)':>10} {'cond(G)':>10}   max HSS rank per "
-                 "level (tol " + ", ".join(f"{t:g}" for t in tolerances) + ") A | H | G")
+    print0(
+        comm,
+        f"{'n':>6} {'cond(A)':>10} {'cond(H)':>10} {'cond(G)':>10}   max HSS rank per "
+        "level (tol " + ", ".join(f"{t:g}" for t in tolerances) + ") A | H | G",
+    )
     for n in sizes:
         cfg = replace(config, network=replace(config.network, n=int(n)))
         problem = build_problem(cfg)
-        perm = neuron_order(problem.domain, problem.network.W, problem.network.b,
-                            config.solver.ordering)
+        perm = neuron_order(
+            problem.domain, problem.network.W, problem.network.b, config.solver.ordering
+        )
         tree = build_tree(perm, comm.size, config.analyze.leaf_size)
         blocks = assemble_block_rows(problem, tree, comm.rank, MATRICES)
         bounds = problem.domain.bounds if problem.domain.dim == 1 else None
@@ -166,39 +181,52 @@ def run_study(config: Config, sizes: list[int], comm: MPI.Comm, path: str) -> di
             for tol in tolerances:
                 results[f"hss_ranks_{name}"][str(tol)].append(ranks[tol])
             cells.append("/".join(str(max(ranks[t], default=0)) for t in tolerances))
-        print0(comm, f"{n:>6} " + " ".join(f"{results[f'cond_{m}'][-1]:10.3e}" for m in MATRICES)
-               + "   " + " | ".join(cells))
+        print0(
+            comm,
+            f"{n:>6} "
+            + " ".join(f"{results[f'cond_{m}'][-1]:10.3e}" for m in MATRICES)
+            + "   "
+            + " | ".join(cells),
+        )
     for name in MATRICES:
         if len(sizes) > 1:
             const, exponent = fit_power_law(sizes, results[f"cond_{name}"])
         else:
             const, exponent = float("nan"), float("nan")
         results[f"exponent_{name}"], results[f"constant_{name}"] = exponent, const
-    print0(comm, "fitted cond = C n^p: " + ", ".join(
-        f"{m}: {results[f'constant_{m}']:.3g} n^{results[f'exponent_{m}']:.2f}" for m in MATRICES))
-    print0(comm, "condition numbers from: " + "; ".join(
-        f"{m}: {results[f'method_{m}']}" for m in MATRICES))
+    print0(
+        comm,
+        "fitted cond = C n^p: "
+        + ", ".join(
+            f"{m}: {results[f'constant_{m}']:.3g} n^{results[f'exponent_{m}']:.2f}"
+            for m in MATRICES
+        ),
+    )
+    print0(
+        comm,
+        "condition numbers from: " + "; ".join(f"{m}: {results[f'method_{m}']}" for m in MATRICES),
+    )
+    results["plots"] = [f"{plot_prefix(config, path)}.png"]
     if comm.rank == 0:
-        _save_study(path, results, spectra)
-        results["plots"] = _plot_study(config.analyze.plots, results, spectra)
-        print0(comm, f"wrote {path} and {', '.join(results['plots'])}")
-    return comm.bcast(results)
+        _plot_study(results["plots"][0], results, spectra)
 
-
-def _save_study(path: str, results: dict, spectra: dict[str, list[np.ndarray]]) -> None:
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as fh:
+    def fill(fh: h5py.File) -> None:
         fh.attrs["results"] = json.dumps(results)
+        fh.attrs["plots"] = json.dumps(results["plots"])
         fh.create_dataset("n", data=np.asarray(results["n"]))
         for name, eigs in spectra.items():
             fh.create_dataset(f"cond_{name}", data=np.asarray(results[f"cond_{name}"]))
             group = fh.create_group(f"eigenvalues_{name}")
+            group.attrs["method"] = results[f"method_{name}"]
             for n, eig in zip(results["n"], eigs, strict=True):
                 group.create_dataset(str(n), data=eig)
-    os.replace(tmp, path)
+
+    write_file(path, comm, {**attrs, "n": int(max(sizes)), "d": problem.domain.dim}, fill)
+    print0(comm, f"wrote {path} and {', '.join(results['plots'])}")
+    return results
 
 
-def _plot_study(prefix: str, results: dict, spectra: dict[str, list[np.ndarray]]) -> list[str]:
+def _plot_study(out: str, results: dict, spectra: dict[str, list[np.ndarray]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,9 +235,12 @@ def _plot_study(prefix: str, results: dict, spectra: dict[str, list[np.ndarray]]
     n = np.asarray(results["n"], dtype=float)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for name in MATRICES:
-        axes[0].loglog(n, results[f"cond_{name}"], "o-",
-                       label=f"{name}: {results[f'constant_{name}']:.3g} n^"
-                             f"{results[f'exponent_{name}']:.2f}")
+        axes[0].loglog(
+            n,
+            results[f"cond_{name}"],
+            "o-",
+            label=f"{name}: {results[f'constant_{name}']:.3g} n^{results[f'exponent_{name}']:.2f}",
+        )
         eig = spectra[name][-1]
         axes[1].loglog(np.arange(1, eig.size + 1), eig / eig[0], label=f"{name} (n = {int(n[-1])})")
         for tol, ranks in results[f"hss_ranks_{name}"].items():
@@ -222,8 +253,5 @@ def _plot_study(prefix: str, results: dict, spectra: dict[str, list[np.ndarray]]
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    out = f"{prefix}.png"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return [out]

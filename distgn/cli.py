@@ -1,46 +1,67 @@
 """Command-line interface: ``distgn {assemble, analyze, solve, train, inspect}``.
 
 Every subcommand runs under ``mpiexec -n P`` (all ranks execute it; rank 0 prints), accepts
-``--set section.key=value`` overrides and ``--json`` (one JSON object, its results, as the last line
-of rank 0's stdout). Options starting with a single dash that argparse does not know (e.g.
-``-distgn_ksp_type minres -log_view``) go to PETSc's options database.
-Exit codes: 0 success, 2 bad input or solver failure (one line on stderr), 3 an iterative solve
-did not converge, 1 internal error (the job is aborted so no rank hangs).
+``--set section.key=value`` overrides, ``-o/--output``, ``--force`` and ``--json`` (one JSON object,
+its results, as the last line of rank 0's stdout). Options starting with a single dash that argparse
+does not know (e.g. ``-distgn_ksp_type minres -log_view``) go to PETSc's options database after a
+check of their names (``check_petsc_options``).
+
+Before any work, rank 0 checks the config, the output file (``io.check_output``: default
+``<config stem>.<subcommand>.h5``, never a file of another subcommand or problem without
+``--force``), the checkpoint file, the ``--restart`` file and the PETSc options, and broadcasts the
+verdict, so a mistake costs no computation and every rank exits alike.
+Exit codes (distgn.parallel): 0 success, 2 bad input or solver failure (one line on stderr),
+3 an iterative solve did not converge, 75 interrupted by SIGTERM/SIGUSR1 after a checkpoint, 130
+SIGINT, 1 internal error (the job is aborted so no rank hangs).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import resource
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
 
-from distgn import __version__
-from distgn.analysis import run_study
+from distgn import __version__, io, signals
+from distgn.analysis import plot_prefix, run_study
 from distgn.assembly import MATRICES, assemble_block_rows
-from distgn.config import Config, load_config, to_dict
+from distgn.config import Config, load_config
 from distgn.errors import InputError
 from distgn.fit import solve_output_weights
-from distgn.io import inspect, load_state, save_state, write_block_rows
 from distgn.operator import build
 from distgn.parallel import log, print0, run_collectively, setup_logging, timed
 from distgn.problem import Problem, build_problem
-from distgn.solvers import backward_error, factor, initialize, log_stage
+from distgn.solvers import KINDS, backward_error, factor, initialize, log_stage
 from distgn.solvers.traffic import CountingComm, summary
 from distgn.training import train
+from distgn.training.loop import checkpoint_path
 from distgn.tree import ClusterTree, network_tree
+
+# Long options of distgn: given with one dash (``-json``) they would reach PETSc unnoticed.
+LONG_OPTIONS = ("json", "verbose", "set", "output", "force", "restart", "sizes", "matrices",
+                "version", "help")
+# PETSc options distgn reads or passes on: ``-distgn_ksp_*`` and ``-distgn_pc_*`` (any KSP or PC
+# option, distgn.solvers.krylov) and these global ones.
+PETSC_PREFIXES = ("distgn_ksp_", "distgn_pc_")
+PETSC_GLOBAL = ("log_view", "log_view_memory", "log_trace", "log_all", "options_left",
+                "options_view", "malloc_debug", "malloc_dump", "malloc_view", "memory_view",
+                "info", "on_error_abort", "check_pointer_intensity", "no_signal_handler",
+                "fp_trap", "use_gpu_aware_mpi")
 
 
 class _Parser(argparse.ArgumentParser):
     """Argument parser whose errors are one-line InputErrors and whose help prints on rank 0."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"{self.prog}: {message}")
+        sub = self.prog.removeprefix("distgn").strip()
+        raise InputError(f"{sub}: {message}" if sub else message)
 
     def _print_message(self, message: str, file: object = None) -> None:
         if MPI.COMM_WORLD.rank == 0:
@@ -59,20 +80,23 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("config", nargs="?", help="TOML config file (defaults if omitted)")
             p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                            help="override a config key (repeatable)")
+            p.add_argument("-o", "--output", help=f"output HDF5 file (default: output.path, else "
+                           f"<config stem>.{name}.h5)")
+            p.add_argument("--force", action="store_true",
+                           help="replace an output file of another subcommand or problem")
         p.add_argument("--json", action="store_true", help="print results as one JSON line")
         p.add_argument("-v", "--verbose", action="store_true", help="debug output on rank 0")
         return p
 
     p = command("assemble", "assemble A, H, G and F exactly and write them to HDF5")
-    p.add_argument("-o", "--output", help="output HDF5 file (default: output.path)")
     p.add_argument("--matrices", default="A,H,G", help="comma-separated subset of A,H,G")
     p = command("analyze", "condition numbers, spectra and HSS ranks of A, H, G versus n")
     p.add_argument("--sizes", help="comma-separated n values (default: analyze.sizes)")
-    p.add_argument("-o", "--output", help="output HDF5 file (default: output.path)")
     command("solve", "solve A c = F (or H, G systems) with the configured solver")
     p = command("train", "fit the target by SgGN or a baseline optimizer")
-    p.add_argument("--restart", help="continue from this run file (network and history)")
-    p = command("inspect", "summarise a distgn HDF5 file", config=False)
+    p.add_argument("--restart", metavar="FILE",
+                   help="continue exactly from this checkpoint or finished run file")
+    p = command("inspect", "show the group tree of a distgn HDF5 file", config=False)
     p.add_argument("path", help="HDF5 file")
     return parser
 
@@ -91,6 +115,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     A PETSc option is one dash and a name of at least two characters; it takes the next token as
     its value unless that token is an option itself or a ``.toml`` file (so ``-log_view
     run.toml`` still reads run.toml as the config). Everything else goes to the strict parser.
+    A long distgn option with one dash (``-json``) is an InputError.
     """
     ours: list[str] = []
     petsc: list[str] = []
@@ -102,6 +127,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                 or _is_number(token):
             ours.append(token)
             continue
+        if token[1:] in LONG_OPTIONS:
+            raise InputError(f"option {token} has one dash: did you mean -{token}?")
         petsc.append(token)
         if i < len(argv) and not argv[i].endswith(".toml") and (
                 not argv[i].startswith("-") or _is_number(argv[i])):
@@ -110,8 +137,59 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return _parser().parse_args(ours), petsc
 
 
+def check_petsc_options(options: list[str], where: str = "") -> None:
+    """Raise InputError naming the first option distgn does not know (``PETSC_PREFIXES``,
+    ``PETSC_GLOBAL``), with the closest known name; ``where`` names the source in the
+    message."""
+    for token in options:
+        if not token.startswith("-") or _is_number(token):
+            continue
+        name = token[1:]
+        if name.startswith(PETSC_PREFIXES) or name in PETSC_GLOBAL:
+            continue
+        known = [*PETSC_GLOBAL, "distgn_ksp_type", "distgn_pc_type", "distgn_ksp_rtol",
+                 "distgn_ksp_max_it", "distgn_ksp_monitor", "distgn_pc_hss_tol",
+                 "distgn_ksp_norm_type", *LONG_OPTIONS]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {'--' if close and close[0] in LONG_OPTIONS else '-'}{close[0]}?" \
+            if close else ""
+        raise InputError(f"unknown option {token}{where} (PETSc options distgn uses: "
+                         f"-distgn_ksp_*, -distgn_pc_*, -log_view, ...){hint}")
+
+
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.set)
+    config = load_config(args.config, args.set)
+    check_petsc_options(config.solver.petsc_options.split(), " in solver.petsc_options")
+    if config.solver.kind not in KINDS:
+        raise InputError(f"config key solver.kind = {config.solver.kind!r} is not one of "
+                         f"{', '.join(KINDS)}")
+    return config
+
+
+def output_path(args: argparse.Namespace, config: Config) -> str:
+    """``-o``, else ``output.path``, else ``<config stem>.<subcommand>.h5`` (``run`` without a
+    config file) in the current folder."""
+    if args.output:
+        return args.output
+    if config.output.path:
+        return config.output.path
+    stem = Path(args.config).stem if args.config else "run"
+    return f"{stem}.{args.command}.h5"
+
+
+def precheck(comm: MPI.Comm, work: Callable[[], object]) -> object:
+    """Run the checks ``work`` on rank 0 and broadcast the outcome: its value, or the same
+    InputError on every rank. Collective."""
+    outcome: tuple[bool, object] = (True, None)
+    if comm.rank == 0:
+        try:
+            outcome = (True, work())
+        except InputError as exc:
+            outcome = (False, str(exc))
+    ok, value = comm.bcast(outcome, root=0)
+    if not ok:
+        raise InputError(value)
+    return value
 
 
 def _tree(problem: Problem, config: Config, comm: MPI.Comm) -> ClusterTree:
@@ -138,21 +216,39 @@ def _json_default(value: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def cmd_assemble(args: argparse.Namespace, comm: MPI.Comm) -> int:
+def _prepare(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> tuple[Config, str]:
+    """The config and the output path, checked on rank 0 before any work. Collective."""
+
+    def work() -> str:
+        config = _config(args)
+        check_petsc_options(petsc)
+        build_problem(config)
+        path = output_path(args, config)
+        io.check_output(path, MPI.COMM_SELF, args.command, config, args.force,
+                        "-o" if args.output else "output.path")
+        return path
+
+    path = precheck(comm, work)
+    return _config(args), str(path)
+
+
+def cmd_assemble(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int:
     """Assemble and write block rows collectively."""
-    config = _config(args)
+    config, path = _prepare(args, comm, petsc)
     which = tuple(m.strip() for m in args.matrices.split(",") if m.strip())
     bad = [m for m in which if m not in MATRICES]
-    if bad:
-        raise InputError(f"--matrices {args.matrices!r}: {', '.join(bad)} not in A, H, G")
+    if bad or not which:
+        raise InputError(f"--matrices {args.matrices!r}: {', '.join(bad) or 'nothing'} not in "
+                         "A, H, G")
     problem = build_problem(config)
     tree = _tree(problem, config, comm)
     timings: dict[str, float] = {}
     with log_stage("distgn: assembly"), timed(comm, timings, "seconds_assemble"):
         blocks = assemble_block_rows(problem, tree, comm.rank, which)
-    path = args.output or config.output.path
+    attrs = io.stamp(config, "assemble", comm, target=problem.target.name,
+                     matrices=",".join(which), **problem.domain.to_attrs())
     with timed(comm, timings, "seconds_write"):
-        write_block_rows(path, blocks, comm, problem.domain.to_attrs())
+        io.write_block_rows(path, blocks, comm, attrs)
     local_bytes = sum(m.nbytes for m in blocks.matrices.values())
     result = {"n": tree.n, "d": problem.domain.dim, "ranks": comm.size, "path": path,
               "matrices": list(which), **timings,
@@ -164,31 +260,31 @@ def cmd_assemble(args: argparse.Namespace, comm: MPI.Comm) -> int:
     return 0
 
 
-def cmd_analyze(args: argparse.Namespace, comm: MPI.Comm) -> int:
+def cmd_analyze(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int:
     """The matrix study over a list of n."""
-    config = _config(args)
+    config, path = _prepare(args, comm, petsc)
     sizes = config.analyze.sizes
     if args.sizes:
         try:
             sizes = [int(s) for s in args.sizes.split(",")]
         except ValueError:
             raise InputError(f"--sizes {args.sizes!r} must be comma-separated integers") from None
-    result = run_study(config, sizes, comm, args.output or config.output.path)
+    if comm.rank == 0:
+        log.debug("plots: %s.png", plot_prefix(config, path))
+    result = run_study(config, sizes, comm, path, io.stamp(config, "analyze", comm))
     _emit(comm, args, result)
     return 0
 
 
-def cmd_solve(args: argparse.Namespace, comm: MPI.Comm) -> int:
+def cmd_solve(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int:
     """Assemble (or go matrix-free), factor and solve; write the solution in user order.
 
     ``solver.matrix = "A"`` solves the least-squares system ``A c = F`` (with the output bias if
     configured) and reports the fit error; "H" and "G" solve with right-hand sides
     ``int u h_i`` and ``int u h_i xhat``.
     """
-    config = _config(args)
+    config, path = _prepare(args, comm, petsc)
     cfg = config.solver
-    if cfg.matrix not in ("A", "H", "G"):
-        raise InputError(f"config key solver.matrix = {cfg.matrix!r} is not one of A, H, G")
     problem = build_problem(config)
     tree = _tree(problem, config, comm)
     timings: dict[str, float] = {}
@@ -215,43 +311,82 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm) -> int:
         network = problem.network
         result["solution_norm"] = float(np.linalg.norm(operator.gather(x)))
     result.update(timings, **summary(counted), peak_memory_bytes=_memory(comm))
-    save_state(config.output.path, comm, network, {}, result, to_dict(config))
+    _write_solution(path, comm, config, network, result)
     print0(comm, f"solved {cfg.matrix} (n = {tree.n}, {comm.size} rank(s)) with {cfg.kind}: "
                  f"backward error {result['backward_error']:.2e}"
                  + (f", fit L2 error {result['fit_l2_error']:.3e}" if "fit_l2_error" in result
-                    else "") + f"; wrote {config.output.path}")
+                    else "") + f"; wrote {path}")
     _emit(comm, args, result)
     return 0
 
 
-def cmd_train(args: argparse.Namespace, comm: MPI.Comm) -> int:
-    """Train with the configured method; checkpoints go to output.path."""
+def _write_solution(path: str, comm: MPI.Comm, config: Config, network: object,
+                    result: dict) -> None:
+    """The solve file: ``network/*`` (user order) and ``result`` attributes. Collective."""
+
+    def fill(fh: object) -> None:
+        io.write_network(fh.create_group("network"), network)
+        io.write_attrs(fh.create_group("result"), result)
+
+    io.write_file(path, comm, io.stamp(config, "solve", comm, n=network.n, d=network.dim),
+                  fill)
+
+
+def cmd_train(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int:
+    """Train with the configured method: checkpoints to checkpoint.path, the run to the output;
+    ``--restart`` continues a checkpoint or finished run exactly."""
+
+    def work() -> tuple[str, str, io.RunState | None]:
+        config = _config(args)
+        check_petsc_options(petsc)
+        state = io.read_run(args.restart) if args.restart else None
+        if state is not None:
+            io.check_same_problem(state, config)
+        build_problem(config)
+        path = output_path(args, config)
+        io.check_output(path, MPI.COMM_SELF, "train", config, args.force,
+                        "-o" if args.output else "output.path")
+        checkpoint = checkpoint_path(config, path)
+        if checkpoint == path:
+            raise InputError(f"checkpoint.path = {checkpoint!r} is the output file; "
+                             "choose another")
+        io.check_output(checkpoint, MPI.COMM_SELF, "train", config, args.force,
+                        "checkpoint.path")
+        return path, checkpoint, state
+
+    # rank 0 reads and verifies the --restart file; the other ranks get its state
+    path, checkpoint, restart = precheck(comm, work)
     config = _config(args)
     problem = build_problem(config)
-    restart = None
-    if args.restart:
-        network, history, _ = load_state(args.restart)
-        if network.W.shape[1] != problem.domain.dim:
-            raise InputError(f"--restart {args.restart!r} holds a {network.W.shape[1]}D network")
-        problem = replace(problem, network=network)
-        restart = (network, history)
-    result = train(problem, config, comm, restart)
+    with signals.deferred():
+        result = train(problem, config, comm, restart, output=path)
+    result["checkpoint"] = checkpoint
     _emit(comm, args, result)
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace, comm: MPI.Comm) -> int:
-    """Print a summary of an HDF5 file."""
-    if not Path(args.path).is_file():
-        raise InputError(f"inspect: {args.path!r} does not exist")
-    summary = inspect(args.path)
+def cmd_inspect(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int:
+    """Print the group tree of an HDF5 file, with the attributes of every group."""
+    precheck(comm, lambda: check_petsc_options(petsc))
+    summary = precheck(comm, lambda: io.inspect(args.path))
     if not args.json:
-        for name, shape in summary["datasets"].items():
-            print0(comm, f"{name:24s} {shape}")
-        for key, value in {**summary["attrs"], **summary.get("result", {})}.items():
-            print0(comm, f"{key:24s} {value}")
+        _print_tree(comm, summary, "/")
     _emit(comm, args, summary)
     return 0
+
+
+def _print_tree(comm: MPI.Comm, node: dict, name: str, indent: str = "") -> None:
+    print0(comm, f"{indent}{name}")
+    for key, value in node["attrs"].items():
+        text = str(value)
+        if "\n" in text or len(text) > 100:
+            text = text.replace("\n", " ")[:97] + "..."
+        print0(comm, f"{indent}  @{key} = {text}")
+    for key, info in node["datasets"].items():
+        print0(comm, f"{indent}  {key}  {tuple(info['shape'])} {info['dtype']}  "
+                     f"checksum {info['checksum']}")
+    for key, child in node["groups"].items():
+        _print_tree(comm, child, f"{key}/", indent + "  ")
 
 
 COMMANDS = {"assemble": cmd_assemble, "analyze": cmd_analyze, "solve": cmd_solve,
@@ -268,9 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(comm, args.verbose)
         if petsc_args:
             initialize(petsc_args)
-        log.debug("distgn %s, %d rank(s), config %s", __version__, comm.size,
-                  json.dumps(to_dict(_config(args))) if hasattr(args, "config") else "-")
-        return COMMANDS[args.command](args, comm)
+        log.debug("distgn %s, %d rank(s)", __version__, comm.size)
+        return COMMANDS[args.command](args, comm, petsc_args)
 
     try:
         return run_collectively(comm, run)

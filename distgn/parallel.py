@@ -1,15 +1,22 @@
 """MPI plumbing: rank-0 output, collective error handling, timers.
 
-Errors come in two kinds. An ``InputError``/``SolverError`` raised identically on every rank (input
-is replicated, so validation is too) is printed once by rank 0 as a one-line message and every rank
-exits with status 2 (3 for a ``ConvergenceError``). Any other exception on a subset of ranks is
-printed as one line by each failing rank and the job is aborted (status 1), so no rank waits forever
-in a collective.
+Outcomes of a command and their exit statuses (the same on every rank):
+
+- ``InputError``/``SolverError`` raised identically on every rank (input is replicated and checked
+  on rank 0 before the work, so validation is too): one line ``distgn: error: ...`` from rank 0,
+  every rank returns 2 (3 for a ``ConvergenceError``), no ``MPI_Abort``.
+- ``signals.Interrupted`` (agreed by all ranks, checkpoint written): one line from rank 0, status
+  75 (SIGTERM, SIGUSR1) or 130 (SIGINT).
+- ``KeyboardInterrupt`` (SIGINT outside training): one line, status 130, the process ends at once
+  (other ranks may be inside a collective).
+- Any other exception on a subset of ranks: one line naming the rank from each failing rank and
+  the job is aborted (status 1), so no rank waits forever in a collective.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import traceback
@@ -19,6 +26,7 @@ from contextlib import contextmanager
 from mpi4py import MPI
 
 from distgn.errors import ConvergenceError, InputError, SolverError
+from distgn.signals import EXIT_SIGINT, Interrupted
 
 log = logging.getLogger("distgn")
 
@@ -52,6 +60,16 @@ def run_collectively(comm: MPI.Comm, main: Callable[[], int]) -> int:
     """
     try:
         status = main()
+    except Interrupted as exc:
+        if comm.rank == 0:
+            print(f"distgn: {exc}", file=sys.stderr, flush=True)
+        comm.Barrier()
+        return exc.status
+    except KeyboardInterrupt:
+        if comm.rank == 0:
+            print("distgn: interrupted by SIGINT (Ctrl-C)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_SIGINT)
     except (InputError, SolverError) as exc:
         # Raised on every rank by replicated validation: report once, exit together.
         if comm.rank == 0:
@@ -59,8 +77,11 @@ def run_collectively(comm: MPI.Comm, main: Callable[[], int]) -> int:
         comm.Barrier()
         return EXIT_NOT_CONVERGED if isinstance(exc, ConvergenceError) else EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 - a crash on some ranks must not hang the others
-        print(f"distgn: internal error on rank {comm.rank}: {type(exc).__name__}: {exc}",
-              file=sys.stderr, flush=True)
+        print(
+            f"distgn: internal error on rank {comm.rank}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
         if log.isEnabledFor(logging.DEBUG):
             traceback.print_exc()
         if comm.size > 1:

@@ -11,17 +11,11 @@ import h5py
 import numpy as np
 
 from distgn import domain as domains
-from distgn.config import Config
+from distgn.config import CHOICES, Config
 from distgn.domain import Domain
 from distgn.errors import InputError
 from distgn.network import Network, initial_network, validate
 from distgn.targets import Target, make_target
-
-CHOICES = {
-    "domain.kind": ("interval", "box", "polygon"),
-    "network.init": ("uniform", "random", "file"),
-    "network.orientation": ("positive", "alternating", "random"),
-}
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mpi4py import MPI
+
+SOURCE_TREE = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_source_tree():
+    """Tests write into temporary folders only: the top level of the repository and examples/
+    hold the same files after the session as before."""
+    def listing() -> list[str]:
+        return sorted(str(p.relative_to(SOURCE_TREE)) for folder in (SOURCE_TREE,
+                      SOURCE_TREE / "examples") for p in folder.iterdir())
+
+    before = listing()
+    yield
+    new = sorted(set(listing()) - set(before))
+    assert not new, f"tests wrote into the source tree: {new}"
 
 
 @pytest.fixture
@@ -32,3 +51,33 @@ def shared_tmp(comm: MPI.Comm):
 def rng() -> np.random.Generator:
     """A seeded generator (the same on every rank)."""
     return np.random.default_rng(20240515)
+
+
+# Running the real ``distgn`` command, under ``mpiexec -n P`` or serially.
+MPIEXEC = shutil.which("mpiexec")
+UNDER_MPIEXEC = "OMPI_COMM_WORLD_SIZE" in os.environ
+DISTGN = str(Path(sys.executable).with_name("distgn"))
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))},
+       "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+       "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+       "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+needs_mpiexec = pytest.mark.skipif(UNDER_MPIEXEC or MPIEXEC is None,
+                                   reason="launches its own mpiexec")
+
+
+def distgn_command(args: list[str], ranks: int = 2) -> list[str]:
+    """``mpiexec -n ranks distgn args`` (``distgn args`` for ranks = 0)."""
+    prefix = [MPIEXEC, "-n", str(ranks)] if ranks else []
+    return [*prefix, DISTGN, *args]
+
+
+def run_distgn(args: list[str], cwd: Path, ranks: int = 2, timeout: float = 120
+               ) -> subprocess.CompletedProcess:
+    """Run the real ``distgn`` in ``cwd``; a hang fails the test (TimeoutExpired)."""
+    return subprocess.run(distgn_command(args, ranks), cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def distgn_lines(stderr: str) -> list[str]:
+    """The lines distgn itself printed (mpiexec's own notes left out)."""
+    return [line for line in stderr.splitlines() if line.startswith("distgn")]

@@ -16,20 +16,23 @@ from distgn.problem import build_problem
 
 def test_overrides_and_types(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('[network]\nn = 32\n[solver]\ntol = 1e-6\n')
-    cfg = load_config(path, ["network.n=48", "target.name=tanh_layer", "solver.tol=1"])
-    assert cfg.network.n == 48 and cfg.target.name == "tanh_layer"
-    assert cfg.solver.tol == 1.0 and isinstance(cfg.solver.tol, float)
+    path.write_text("[network]\nn = 32\n[solver]\ntol = 1e-6\n")
+    cfg = load_config(path, ["network.n=48", "target.name=tanh_layer", "train.max_seconds=100"])
+    assert cfg.network.n == 48 and cfg.target.name == "tanh_layer" and cfg.solver.tol == 1e-6
+    assert cfg.train.max_seconds == 100.0 and isinstance(cfg.train.max_seconds, float)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("network.nn=3", "unknown config key network.nn"),
-    ("netw.n=3", "unknown config section [netw]"),
-    ("network.n=abc", "network.n = 'abc' must be of type int"),
-    ("network.n=2.5", "network.n = 2.5 must be of type int"),
-    ("network.output_bias=1", "network.output_bias = 1 must be true or false"),
-    ("network", "must look like section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("network.nn=3", "unknown config key network.nn"),
+        ("netw.n=3", "unknown config section [netw]"),
+        ("network.n=abc", "network.n = 'abc' must be of type int"),
+        ("network.n=2.5", "network.n = 2.5 must be of type int"),
+        ("network.output_bias=1", "network.output_bias = 1 must be true or false"),
+        ("network", "must look like section.key=value"),
+    ],
+)
 def test_bad_keys_are_named(override, message):
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(None, [override])
@@ -44,15 +47,18 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(bad)
 
 
-@pytest.mark.parametrize("override, message", [
-    ('domain.kind="sphere"', "domain.kind = 'sphere' is not one of"),
-    ("domain.bounds=[1.0, 0.0]", r"domain.bounds = \[1.0, 0.0\] is not an interval"),
-    ('network.init="gaussian"', "network.init = 'gaussian'"),
-    ('network.orientation="up"', "network.orientation = 'up'"),
-    ('target.name="nope"', "target.name = 'nope' is not a built-in 1D target"),
-    ('target.name="math:nothing_here"', "cannot be imported"),
-    ("network.n=0", "network.n = 0 must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ('domain.kind="sphere"', "domain.kind = 'sphere' is not one of"),
+        ("domain.bounds=[1.0, 0.0]", r"domain.bounds = \[1.0, 0.0\] is not ordered"),
+        ('network.init="gaussian"', "network.init = 'gaussian'"),
+        ('network.orientation="up"', "network.orientation = 'up'"),
+        ('target.name="nope"', "target.name = 'nope' is not a built-in 1D target"),
+        ('target.name="math:nothing_here"', "cannot be imported"),
+        ("network.n=0", "network.n = 0 must be >= 1"),
+    ],
+)
 def test_bad_problem_values(override, message):
     with pytest.raises(InputError, match=message):
         build_problem(load_config(None, [override]))
@@ -74,10 +80,14 @@ def test_degenerate_neurons_are_named():
         (Network(W, np.array([-0.1, np.nan, -0.6, -0.9])), r"NaN/inf parameters in neurons \[1\]"),
         (Network(np.array([[1.0], [0.0], [1.0], [1.0]]), b), r"w = 0 in neurons \[1\]"),
         (Network(W, -np.array([0.1, 1.5, 0.6, 0.9])), r"neurons \[1\] .* never active"),
-        (Network(W * np.array([[1], [2], [1], [1]]), -np.array([0.1, 0.8, 0.6, 0.4])),
-         "duplicate neurons .* 1 = 3"),
-        (Network(W, np.array([0.1, 0.2, 0.3, -0.5])),
-         r"\[0, 1, 2\] \(3 in all\) are active on the whole"),
+        (
+            Network(W * np.array([[1], [2], [1], [1]]), -np.array([0.1, 0.8, 0.6, 0.4])),
+            "duplicate neurons .* 1 = 3",
+        ),
+        (
+            Network(W, np.array([0.1, 0.2, 0.3, -0.5])),
+            r"\[0, 1, 2\] \(3 in all\) are active on the whole",
+        ),
     ]
     for net, message in cases:
         with pytest.raises(InputError, match=message):

@@ -13,7 +13,7 @@ import pytest
 from mpi4py import MPI
 
 from distgn.config import load_config
-from distgn.io import load_state
+from distgn.io import load_state, read_run
 from distgn.problem import build_problem
 from distgn.training import train
 
@@ -95,11 +95,12 @@ def test_run_file_and_restart(comm, shared_tmp):
     straight, _, _ = load_state(str(path))
     config = load_config(None, base + ["train.max_iter=4", "train.checkpoint_every=1"])
     train(problem, config, comm)
-    network, history, result = load_state(str(path))
+    state = read_run(str(path))
+    network, history, result = state.network, state.history, state.result
     assert network.c0 is not None and network.c.shape == (12,)
     assert result["ranks"] == comm.size and list(history["iteration"]) == list(range(5))
-    config = load_config(None, base + ["train.max_iter=2"])
-    resumed = train(build_problem(config), config, comm, restart=(network, history))
+    config = load_config(None, base + ["train.max_iter=6"])
+    resumed = train(build_problem(config), config, comm, restart=state)
     final, history, _ = load_state(str(path))
     assert list(history["iteration"]) == list(range(7)) and resumed["total_iterations"] == 6
     np.testing.assert_allclose(final.r, straight.r, rtol=1e-12, atol=1e-12)

@@ -7,9 +7,14 @@ normalised network with its least-squares c). Parameters are packed as
 
 - ``adam``: Kingma & Ba with beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8 on exact gradients;
   learning rate ``learning_rate * lr_decay**k`` at iteration k (``lr_decay = 1``: constant).
-- ``bfgs``: ``scipy.optimize.minimize(method="BFGS")`` with the exact loss and gradient (its Wolfe
-  line search); scipy's own stop (gradient below ``gtol`` or loss of precision) is reported as
-  ``bfgs_converged`` or ``bfgs_precision_loss``.
+- ``bfgs``: BFGS (Nocedal & Wright, "Numerical Optimization", 2006, algorithm 6.1) with the exact
+  loss and gradient: ``H_0 = I``, direction ``-H g``, a strong-Wolfe line search
+  (``scipy.optimize.line_search``, c1 = 1e-4, c2 = 0.9, started like scipy's BFGS) and the
+  inverse update ``H <- (I - rho s y^T) H (I - rho y s^T) + rho s s^T`` written as a rank-2
+  correction. Implemented here, not through ``scipy.optimize.minimize``, so that its state
+  (theta, gradient, H, the last two losses) can be checkpointed. It stops with
+  ``bfgs_converged`` (gradient norm <= ``gtol``) or ``bfgs_precision_loss`` (no step satisfies
+  the Wolfe conditions).
 - ``lm``: Levenberg-Marquardt with the exact Gauss-Newton matrix ``J^T J`` of all parameters built
   from the same Gram integrals (``A``, ``G`` and ``int phi_i h_j xhat = G_(i,j) r_i``); the step
   solves ``(J^T J + mu I) h = -g`` by dense Cholesky on rank 0, ``mu`` starts at
@@ -27,7 +32,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import scipy.linalg
@@ -35,7 +41,6 @@ import scipy.optimize
 
 from distgn.assembly import ONE, target_moments
 from distgn.config import TrainConfig
-from distgn.errors import InputError
 from distgn.network import Network, activity
 from distgn.training.objective import Context, Gradient, loss_and_gradient, owned_rows, pair_rows
 from distgn.training.sggn import State
@@ -44,15 +49,8 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-8
 LM_INITIAL_DAMPING = 1e-3
 
-Record = Callable[[Network, np.ndarray, dict], "str | None"]
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """Raise InputError for a learning rate or decay out of range."""
-    if not cfg.learning_rate > 0:
-        raise InputError(f"config key train.learning_rate = {cfg.learning_rate} must be > 0")
-    if not 0 < cfg.lr_decay <= 1:
-        raise InputError(f"config key train.lr_decay = {cfg.lr_decay} must be in (0, 1]")
+Record = Callable[..., "str | None"]
+Resume = Mapping[str, object] | None
 
 
 def pack(network: Network) -> np.ndarray:
@@ -65,7 +63,7 @@ def unpack(theta: np.ndarray, template: Network) -> Network:
     """The network with parameters ``theta`` (shapes and output bias from ``template``)."""
     n, k = template.n, template.dim + 1
     bias = template.c0 is not None
-    network = template.with_r(theta[n + bias:].reshape(n, k))
+    network = template.with_r(theta[n + bias :].reshape(n, k))
     return Network(network.W, network.b, theta[:n].copy(), float(theta[n]) if bias else None)
 
 
@@ -77,17 +75,31 @@ def flat_gradient(grad: Gradient) -> np.ndarray:
 
 def _stats(ctx: Context, network: Network, grad: Gradient, **extra: float) -> dict:
     active = int(np.count_nonzero(~activity(network.W, network.b, ctx.problem.domain)[0]))
-    return {"loss": grad.loss, "l2_error": grad.l2_error, "grad_norm": grad.norm(),
-            "active": active, **extra}
+    return {
+        "loss": grad.loss,
+        "l2_error": grad.l2_error,
+        "grad_norm": grad.norm(),
+        "active": active,
+        **extra,
+    }
 
 
-def adam(ctx: Context, state: State, cfg: TrainConfig, record: Record) -> str:
-    """Adam on theta with exact gradients. Collective."""
-    theta = pack(state.network)
-    first, second = np.zeros_like(theta), np.zeros_like(theta)
+def adam(
+    ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: Resume = None
+) -> str:
+    """Adam on theta with exact gradients, from ``state`` or the saved ``resume`` (theta, both
+    moments, k). Collective."""
+    if resume is not None and "first" in resume:
+        theta = np.array(resume["theta"], dtype=float)
+        first = np.array(resume["first"], dtype=float)
+        second = np.array(resume["second"], dtype=float)
+        k = int(resume["k"])
+    else:
+        theta = pack(state.network)
+        first, second = np.zeros_like(theta), np.zeros_like(theta)
+        k = 0
     beta1, beta2 = ADAM_BETAS
-    grad = loss_and_gradient(ctx, state.network)
-    k = 0
+    grad = loss_and_gradient(ctx, unpack(theta, state.network))
     while True:
         k += 1
         g = flat_gradient(grad)
@@ -98,54 +110,89 @@ def adam(ctx: Context, state: State, cfg: TrainConfig, record: Record) -> str:
         theta = theta - step
         network = unpack(theta, state.network)
         grad = loss_and_gradient(ctx, network)
-        reason = record(network, state.removed,
-                        _stats(ctx, network, grad, step=float(np.linalg.norm(step)),
-                               learning_rate=rate))
+        reason = record(
+            network,
+            state.removed,
+            _stats(ctx, network, grad, step=float(np.linalg.norm(step)), learning_rate=rate),
+            optimizer={"theta": theta, "first": first, "second": second, "k": k},
+        )
         if reason is not None:
             return reason
 
 
-class _Stop(Exception):
-    """Raised from scipy's callback to end a BFGS run with the recorder's reason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def bfgs(ctx: Context, state: State, cfg: TrainConfig, record: Record) -> str:
-    """scipy BFGS on theta with the exact loss and gradient. Collective."""
+def bfgs(
+    ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: Resume = None
+) -> str:
+    """BFGS on theta with the exact loss and gradient, from ``state`` or the saved ``resume``
+    (theta, gradient, inverse-Hessian approximation, the last two losses). Collective."""
     template = state.network
     evaluated: dict[bytes, Gradient] = {}
-    previous = [pack(template)]
 
-    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+    def evaluate(theta: np.ndarray) -> Gradient:
         key = theta.tobytes()
         if key not in evaluated:
             if len(evaluated) > 64:
                 evaluated.clear()
             evaluated[key] = loss_and_gradient(ctx, unpack(theta, template))
-        grad = evaluated[key]
-        return grad.loss, flat_gradient(grad)
+        return evaluated[key]
 
-    def callback(theta: np.ndarray) -> None:
-        fun(theta)
+    if resume is not None and "inverse_hessian" in resume:
+        theta = np.array(resume["theta"], dtype=float)
+        g = np.array(resume["gradient"], dtype=float)
+        H = np.array(resume["inverse_hessian"], dtype=float)
+        loss = float(resume["loss"])
+        older = float(resume["line_search_previous_loss"])
+    else:
+        theta = pack(template)
+        first = evaluate(theta)
+        g, H, loss = flat_gradient(first), np.eye(theta.size), first.loss
+        older = loss + float(np.linalg.norm(g)) / 2  # scipy's BFGS: the first trial step
+    while True:
+        if float(np.linalg.norm(g)) <= cfg.gtol:
+            return "bfgs_converged"
+        p = -(H @ g)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # LineSearchWarning
+            alpha, _, _, new_loss, _, new_g = scipy.optimize.line_search(
+                lambda x: evaluate(x).loss,
+                lambda x: flat_gradient(evaluate(x)),
+                theta,
+                p,
+                g,
+                loss,
+                older,
+                c1=1e-4,
+                c2=0.9,
+                amax=1e100,
+            )
+        if alpha is None or not np.isfinite(new_loss):
+            return "bfgs_precision_loss"
+        new_theta = theta + alpha * p
+        new_g = flat_gradient(evaluate(new_theta)) if new_g is None else np.asarray(new_g)
+        s, y = new_theta - theta, new_g - g
+        curvature = float(y @ s)
+        rho = 1000.0 if curvature == 0.0 else 1.0 / curvature  # scipy's guard
+        Hy = H @ y
+        H = (
+            H
+            - rho * (np.outer(s, Hy) + np.outer(Hy, s))
+            + (rho * rho * float(y @ Hy) + rho) * np.outer(s, s)
+        )
+        theta, g, older, loss = new_theta, new_g, loss, float(new_loss)
         network = unpack(theta, template)
-        step = float(np.linalg.norm(theta - previous[0]))
-        previous[0] = theta.copy()
-        reason = record(network, state.removed,
-                        _stats(ctx, network, evaluated[theta.tobytes()], step=step))
+        reason = record(
+            network,
+            state.removed,
+            _stats(ctx, network, evaluate(theta), step=float(np.linalg.norm(s))),
+            optimizer={
+                "theta": theta,
+                "gradient": g,
+                "inverse_hessian": H,
+                "line_search_previous_loss": older,
+            },
+        )
         if reason is not None:
-            raise _Stop(reason)
-
-    try:
-        out = scipy.optimize.minimize(fun, pack(template), jac=True, method="BFGS",
-                                      callback=callback,
-                                      options={"maxiter": cfg.max_iter + 1, "gtol": cfg.gtol,
-                                               "norm": 2})
-    except _Stop as stop:
-        return stop.reason
-    return "bfgs_converged" if out.success else "bfgs_precision_loss"
+            return reason
 
 
 def gauss_newton_matrix(ctx: Context, network: Network) -> np.ndarray | None:
@@ -167,13 +214,18 @@ def gauss_newton_matrix(ctx: Context, network: Network) -> np.ndarray | None:
         G = part["G"]
         m = chunk.size
         lo = offset
-        c_rows[lo:lo + m, :n] = part["A"]
-        c_rows[lo:lo + m, n:] = (np.einsum("ijlk,il->ijk", G, r[chunk])
-                                 * c[None, :, None]).reshape(m, n * k)
-        r_rows[lo * k:(lo + m) * k, :n] = (np.einsum("ijkl,jl->ikj", G, r)
-                                           * c[chunk, None, None]).reshape(m * k, n)
-        r_rows[lo * k:(lo + m) * k, n:] = (G * (c[chunk, None, None, None] * c[None, :, None, None])
-                                           ).transpose(0, 2, 1, 3).reshape(m * k, n * k)
+        c_rows[lo : lo + m, :n] = part["A"]
+        c_rows[lo : lo + m, n:] = (
+            np.einsum("ijlk,il->ijk", G, r[chunk]) * c[None, :, None]
+        ).reshape(m, n * k)
+        r_rows[lo * k : (lo + m) * k, :n] = (
+            np.einsum("ijkl,jl->ikj", G, r) * c[chunk, None, None]
+        ).reshape(m * k, n)
+        r_rows[lo * k : (lo + m) * k, n:] = (
+            (G * (c[chunk, None, None, None] * c[None, :, None, None]))
+            .transpose(0, 2, 1, 3)
+            .reshape(m * k, n * k)
+        )
         offset += m
     ones = target_moments(problem.domain, ONE, network.W, network.b, rows)
     mass = np.einsum("ik,ik->i", ones, r[rows])
@@ -188,19 +240,27 @@ def gauss_newton_matrix(ctx: Context, network: Network) -> np.ndarray | None:
     if network.c0 is None:
         return M
     bias = np.concatenate([mass, [problem.domain.measure], (c[:, None] * ones).ravel()])
-    M = np.insert(M, n, bias[np.r_[0:n, n + 1:bias.size]], axis=0)
+    M = np.insert(M, n, bias[np.r_[0:n, n + 1 : bias.size]], axis=0)
     return np.insert(M, n, bias, axis=1)
 
 
-def levenberg_marquardt(ctx: Context, state: State, cfg: TrainConfig, record: Record) -> str:
-    """Levenberg-Marquardt on theta with the exact ``J^T J``. Collective."""
+def levenberg_marquardt(
+    ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: Resume = None
+) -> str:
+    """Levenberg-Marquardt on theta with the exact ``J^T J``, from ``state`` or the saved
+    ``resume`` (theta, damping mu, its growth factor nu). Collective."""
     comm = ctx.comm
     template = state.network
-    theta = pack(template)
-    grad = loss_and_gradient(ctx, template)
-    M = gauss_newton_matrix(ctx, template)
-    mu = LM_INITIAL_DAMPING * float(np.max(np.diag(M))) if comm.rank == 0 else None
-    nu = 2.0
+    if resume is not None and "damping" in resume:
+        theta = np.array(resume["theta"], dtype=float)
+        mu, nu = float(resume["damping"]), float(resume["nu"])
+    else:
+        theta, mu, nu = pack(template), None, 2.0
+    network = unpack(theta, template)
+    grad = loss_and_gradient(ctx, network)
+    M = gauss_newton_matrix(ctx, network)
+    if mu is None and comm.rank == 0:
+        mu = LM_INITIAL_DAMPING * float(np.max(np.diag(M)))
     while True:
         g = flat_gradient(grad)
         start = time.perf_counter()
@@ -209,7 +269,8 @@ def levenberg_marquardt(ctx: Context, state: State, cfg: TrainConfig, record: Re
             while math.isfinite(mu):
                 try:
                     h = scipy.linalg.cho_solve(
-                        scipy.linalg.cho_factor(M + mu * np.eye(M.shape[0])), -g)
+                        scipy.linalg.cho_factor(M + mu * np.eye(M.shape[0])), -g
+                    )
                     break
                 except np.linalg.LinAlgError:
                     mu, nu = mu * nu, nu * 2
@@ -224,9 +285,19 @@ def levenberg_marquardt(ctx: Context, state: State, cfg: TrainConfig, record: Re
         if gain > 0:
             theta, grad = theta + h, new
             mu, nu = mu * max(1 / 3, 1 - (2 * gain - 1) ** 3), 2.0
-            reason = record(trial, state.removed,
-                            _stats(ctx, trial, grad, step=float(np.linalg.norm(h)), damping=mu,
-                                   solver_seconds=seconds))
+            reason = record(
+                trial,
+                state.removed,
+                _stats(
+                    ctx,
+                    trial,
+                    grad,
+                    step=float(np.linalg.norm(h)),
+                    damping=mu,
+                    solver_seconds=seconds,
+                ),
+                optimizer={"theta": theta, "damping": mu, "nu": nu},
+            )
             if reason is not None:
                 return reason
             M = gauss_newton_matrix(ctx, trial)
@@ -237,6 +308,7 @@ def levenberg_marquardt(ctx: Context, state: State, cfg: TrainConfig, record: Re
 METHODS = {"adam": adam, "bfgs": bfgs, "lm": levenberg_marquardt}
 
 
-def run(ctx: Context, state: State, cfg: TrainConfig, record: Record) -> str:
-    """Run the baseline ``cfg.method`` from ``state``; returns the stop reason. Collective."""
-    return METHODS[cfg.method](ctx, state, cfg, record)
+def run(ctx: Context, state: State, cfg: TrainConfig, record: Record, resume: Resume = None) -> str:
+    """Run the baseline ``cfg.method`` from ``state`` (or continue the saved ``resume``);
+    returns the stop reason. Collective."""
+    return METHODS[cfg.method](ctx, state, cfg, record, resume)

@@ -33,11 +33,19 @@ run's seconds at the first iterate at or below it (from the history, so restarts
 
 Every iteration is appended to the history (``iteration, loss, l2_error, relative_l2_error, step,
 active, seconds, solver_seconds, grad_norm`` and the method's own counters) and logged on rank 0
-every ``log_every`` iterations. The run file ``output.path`` (distgn.io) is written every
-``checkpoint_every`` iterations and at the end: the network in the user's neuron order with the
-removed neurons recorded, the history and the result. A restart continues the history (iteration
-numbers and seconds go on from the saved ones; ``max_iter`` counts this run's iterations).
-``train`` is collective; the result is the same on every rank.
+every ``log_every`` iterations. ``max_iter`` counts all iterations of the run, restarts included;
+``max_seconds`` is this process's wall time.
+
+Checkpoints (``[checkpoint]``, distgn.io schema) hold the complete state: network (user order,
+removed neurons recorded), history, the method's state (SgGN: the iterate and its loss; Adam: theta
+and both moments; BFGS: theta, gradient, inverse-Hessian approximation; LM: theta, damping), the
+stopping counters and timings. They are written every ``checkpoint.every`` iterations, when
+``checkpoint.seconds`` passed since the last one, and when a signal arrived (distgn.signals: the
+ranks agree once per iteration, write the checkpoint and raise ``Interrupted``). The finished run
+goes to ``output.path`` in the same schema. ``train`` with ``restart`` continues from such a file
+without recomputing the start (SgGN's normalisation is not idempotent in 2D): on the same number
+of ranks the continued run is bit-identical to an uninterrupted one. ``train`` is collective; the
+result is the same on every rank.
 """
 
 from __future__ import annotations
@@ -49,9 +57,10 @@ from collections.abc import Mapping
 import numpy as np
 from mpi4py import MPI
 
-from distgn.config import Config, to_dict
-from distgn.errors import InputError, SolverError
-from distgn.io import save_state
+from distgn import signals
+from distgn.config import Config
+from distgn.errors import SolverError
+from distgn.io import RunState, save_run
 from distgn.network import Network
 from distgn.parallel import log
 from distgn.problem import Problem
@@ -63,26 +72,44 @@ METHODS = ("sggn", "adam", "bfgs", "lm")
 SOLVER_FAILURES = ("gn_solve_failed", "c_solve_failed", "solver_failed")
 
 
-class Recorder:
-    """Per-iteration bookkeeping shared by all methods: history, log, stopping, checkpoints.
+def checkpoint_path(config: Config, output: str) -> str:
+    """``checkpoint.path``, or ``<output stem>.ckpt.h5`` next to ``output``."""
+    if config.checkpoint.path:
+        return config.checkpoint.path
+    stem = output[:-3] if output.endswith(".h5") else output
+    return f"{stem}.ckpt.h5"
 
-    Calling it with the new iterate returns a stop reason or None. Collective (every rank calls
-    it with the same values; rank 0's clock decides ``max_seconds``).
+
+class Recorder:
+    """Per-iteration bookkeeping shared by all methods: history, log, stopping, checkpoints,
+    signals.
+
+    Calling it with the new iterate (and the method's state, ``optimizer``) returns a stop reason
+    or None, or raises ``signals.Interrupted`` after checkpointing when a signal arrived.
+    Collective (every rank calls it with the same values; rank 0's clock decides
+    ``max_seconds`` and ``checkpoint.seconds``).
     """
 
-    def __init__(self, ctx: Context, config: Config, history: dict[str, list],
-                 result: dict) -> None:
+    def __init__(self, ctx: Context, config: Config, history: dict[str, list], result: dict,
+                 output: str, resume: RunState | None = None) -> None:
         self.ctx, self.config, self.cfg = ctx, config, config.train
         self.history = history
         self.result = result
-        self.base = int(history["iteration"][-1]) if history.get("iteration") else 0
-        self.offset = float(history["seconds"][-1]) if history.get("seconds") else 0.0
+        self.output = output
+        self.checkpoint = checkpoint_path(config, output)
+        saved = resume.optimizer if resume is not None else {}
+        self.base = int(saved.get("iteration", 0))
+        self.offset = float(resume.timings.get("seconds_total", 0.0)) if resume else 0.0
         self.iterations = 0
         self.clock = time.perf_counter()
-        self.losses: list[float] = []
+        # The stopping window: the last patience + 1 losses (from the history on a restart).
+        self.losses = [float(v) for v in history.get("loss", [])][-self.cfg.patience - 1:]
         self.initial_loss = float(history["loss"][0]) if history.get("loss") else math.nan
         self.network: Network | None = None
         self.removed: np.ndarray | None = None
+        self.state: dict[str, object] = {}
+        self.last_checkpoint = 0.0
+        self.checkpoint_seconds = 0.0
         self.u_norm = math.sqrt(max(ctx.target_norms[1], 0.0))
 
     def elapsed(self) -> float:
@@ -90,16 +117,16 @@ class Recorder:
         return float(self.ctx.comm.bcast(time.perf_counter() - self.clock, root=0))
 
     def __call__(self, network: Network, removed: np.ndarray, stats: Mapping[str, float],
-                 initial: bool = False) -> str | None:
+                 initial: bool = False, optimizer: Mapping[str, object] | None = None
+                 ) -> str | None:
         """Record an iterate (``initial``: the starting one) and decide whether to stop."""
         self.network, self.removed = network, removed
+        self.state = {"loss": float(stats["loss"]), "l2_error": float(stats["l2_error"]),
+                      **(optimizer or {})}
         loss = float(stats["loss"])
         elapsed = self.elapsed()
         if initial and not self.history.get("iteration"):
             self.initial_loss = loss
-        if initial and self.history.get("iteration"):
-            self.losses = [float(v) for v in self.history["loss"][-self.cfg.patience - 1:]]
-            return None
         self.iterations += 0 if initial else 1
         row = {"iteration": self.base + self.iterations, "seconds": self.offset + elapsed,
                "relative_l2_error": stats["l2_error"] / self.u_norm if self.u_norm else math.nan,
@@ -109,10 +136,19 @@ class Recorder:
         self.losses = (self.losses + [loss])[-self.cfg.patience - 1:]
         reason = None if initial else self._stop(loss, float(stats.get("grad_norm", math.nan)),
                                                  elapsed)
-        every = self.cfg.checkpoint_every
-        if reason is None and not initial and every > 0 and self.iterations % every == 0:
-            self.save({"stop_reason": "running"})
-        return reason
+        if reason is not None:
+            return reason
+        signum = signals.arrived(self.ctx.comm)
+        if signum:
+            self.save("checkpoint", {"stop_reason": f"signal {signum}"})
+            raise signals.Interrupted(signum, self.checkpoint)
+        every, seconds = self.config.checkpoint.every, self.config.checkpoint.seconds
+        due = every > 0 and (self.base + self.iterations) % every == 0
+        due = due or (seconds > 0 and elapsed - self.last_checkpoint >= seconds)
+        if due and not initial:
+            self.save("checkpoint", {"stop_reason": "running"})
+            self.last_checkpoint = elapsed
+        return None
 
     def _stop(self, loss: float, grad_norm: float, elapsed: float) -> str | None:
         """The stop reason after an iteration (module docstring), or None."""
@@ -122,7 +158,7 @@ class Recorder:
             return "tol"
         if grad_norm <= self.cfg.gtol:
             return "gtol"
-        if self.iterations >= self.cfg.max_iter:
+        if self.base + self.iterations >= self.cfg.max_iter:
             return "max_iter"
         if elapsed >= self.cfg.max_seconds:
             return "max_seconds"
@@ -134,7 +170,7 @@ class Recorder:
         eta = ""
         if self.iterations > 0:
             per_iteration = elapsed / self.iterations
-            remaining = min((self.cfg.max_iter - self.iterations) * per_iteration,
+            remaining = min((self.cfg.max_iter - self.base - self.iterations) * per_iteration,
                             self.cfg.max_seconds - elapsed)
             eta = f"  eta {max(remaining, 0.0):.1f}s"
         log.info(
@@ -144,23 +180,35 @@ class Recorder:
             f"solver {row.get('solver_seconds', 0.0):.3f}s{eta}"
         )
 
-    def save(self, extra: Mapping[str, object]) -> dict:
-        """Write the run file (network, history, result); return the result. Collective."""
+    def save(self, kind: str, extra: Mapping[str, object]) -> dict:
+        """Write a checkpoint (``kind = "checkpoint"``, to ``checkpoint.path``) or the run file
+        (``"result"``, to the output); return the result. Collective."""
+        start = time.perf_counter()
         result = dict(self.result)
         last = {key: values[-1] for key, values in self.history.items() if values}
+        this_run = self.elapsed()
         result.update(
             seconds_to=decade_seconds(self.history),
             iterations=self.iterations,
-            total_iterations=int(last.get("iteration", 0)),
+            total_iterations=self.base + self.iterations,
             loss=float(last.get("loss", math.nan)),
             l2_error=float(last.get("l2_error", math.nan)),
             relative_l2_error=float(last.get("relative_l2_error", math.nan)),
-            seconds=float(last.get("seconds", math.nan)),
+            seconds=this_run,
+            total_seconds=self.offset + this_run,
             removed=int(np.count_nonzero(self.removed)),
             **extra,
         )
-        save_state(self.config.output.path, self.ctx.comm, self.network, self.history, result,
-                   to_dict(self.config), np.flatnonzero(self.removed))
+        optimizer = {**self.state, "method": self.cfg.method,
+                     "iteration": self.base + self.iterations}
+        timings = {"seconds_total": self.offset + this_run, "seconds_this_run": this_run,
+                   "seconds_checkpoints": self.checkpoint_seconds}
+        checkpoint = kind == "checkpoint"
+        save_run(self.checkpoint if checkpoint else self.output, self.ctx.comm, self.config,
+                 kind, self.network, self.removed, self.history, optimizer, result, timings,
+                 keep=self.config.checkpoint.keep if checkpoint else 1)
+        self.checkpoint_seconds += self.ctx.comm.allreduce(time.perf_counter() - start,
+                                                           op=MPI.MAX)
         return result
 
 
@@ -185,25 +233,10 @@ def _append(history: dict[str, list], row: Mapping[str, float]) -> None:
         column.append(float(row.get(key, math.nan)))
 
 
-def check_train_config(config: Config) -> None:
-    """Raise InputError naming the key for an unknown method or variant or a bad limit."""
-    cfg = config.train
-    if cfg.method not in METHODS:
-        raise InputError(f"config key train.method = {cfg.method!r} is not one of "
-                         f"{', '.join(METHODS)}")
-    if cfg.variant not in sggn.VARIANTS:
-        raise InputError(f"config key train.variant = {cfg.variant!r} is not one of "
-                         f"{', '.join(sggn.VARIANTS)}")
-    if cfg.max_iter < 0 or cfg.max_seconds <= 0 or cfg.tol < 0 or cfg.gtol < 0 or \
-            cfg.patience < 1:
-        raise InputError("config keys train.max_iter, tol, gtol must be >= 0, max_seconds > 0 "
-                         "and patience >= 1")
-    baselines.check_config(cfg)
-
-
-def train(problem: Problem, config: Config, comm: MPI.Comm,
-          restart: tuple[Network, Mapping[str, np.ndarray]] | None = None) -> dict:
-    """Fit ``problem.target`` with the configured method; write the run file. Collective.
+def train(problem: Problem, config: Config, comm: MPI.Comm, restart: RunState | None = None,
+          output: str | None = None) -> dict:
+    """Fit ``problem.target`` with the configured method; write checkpoints and the run file.
+    Collective.
 
     Parameters
     ----------
@@ -211,54 +244,89 @@ def train(problem: Problem, config: Config, comm: MPI.Comm,
         Domain, target and starting network (user order).
     config : Config
         ``[train]`` (method, variant, limits, method keys), ``[solver]`` (the linear solver of the
-        c-solves and of SgGN's Gauss-Newton solves) and ``[output] path``.
+        c-solves and of SgGN's Gauss-Newton solves), ``[checkpoint]`` and ``[output] path``.
     comm : MPI.Comm
         The ranks.
-    restart : (Network, dict) or None
-        A saved network and history to continue (``checkpoint.load_state``); the network
-        replaces ``problem.network``.
+    restart : RunState or None
+        A checkpoint or finished run (``io.read_run``) to continue exactly: its network replaces
+        ``problem.network``, its history and optimizer state are continued. The method's state is
+        dropped (with a warning) when the file was written by another method.
+    output : str or None
+        The run file (default ``config.output.path``, else ``run.train.h5``).
 
     Returns
     -------
     dict
-        JSON-ready: method, variant, n, ranks, iterations, total_iterations, loss, l2_error,
-        relative_l2_error, initial_loss, seconds, stop_reason, removed, solver.
+        JSON-ready: method, variant, n, ranks, iterations (this run), total_iterations, loss,
+        l2_error, relative_l2_error, initial_loss, seconds (this run), total_seconds,
+        stop_reason, removed, solver.
+
+    Raises
+    ------
+    signals.Interrupted
+        A signal arrived (inside ``signals.deferred()``); a checkpoint was written.
     """
-    check_train_config(config)
     cfg = config.train
-    network = problem.network if restart is None else restart[0]
-    history = {} if restart is None else {k: list(np.asarray(v, dtype=float).ravel())
-                                          for k, v in restart[1].items()}
+    output = output or config.output.path or "run.train.h5"
     ctx = Context(problem, comm, config.solver, cfg.deterministic)
+    resume = None
+    if restart is None:
+        network, history = problem.network, {}
+    else:
+        network = restart.network
+        history = {k: list(np.asarray(v, dtype=float).ravel()) for k, v in restart.history.items()}
+        resume = dict(restart.optimizer)
+        if resume.get("method") != cfg.method:
+            log.warning(f"{cfg.method}: {restart.path} was written by {resume.get('method')}; "
+                        "continuing from its network with a fresh optimizer state")
+            resume = {k: v for k, v in resume.items()
+                      if k in ("iteration", "loss", "l2_error")}
     result = {"method": cfg.method, "variant": cfg.variant if cfg.method == "sggn" else "",
               "n": network.n, "dim": problem.domain.dim, "ranks": comm.size,
               "solver": config.solver.kind, "target": problem.target.name}
-    recorder = Recorder(ctx, config, history, result)
-    state, start = sggn.start(ctx, network)
-    result["initial_loss"] = state.loss
-    deflated = 0 if start is None else start.deflated
-    log.info(f"{cfg.method}: n = {network.n}, {comm.size} rank(s), solver {config.solver.kind}; "
-             f"start: loss {state.loss:.6e}, {int(state.removed.sum())} dead, "
-             + ("c given" if start is None else f"{deflated} deflated in the c-solve"))
-    recorder(state.network, state.removed,
-             {"loss": state.loss, "l2_error": state.l2_error, "step": 0.0,
-              "active": int((~state.removed).sum()), "deflated": deflated,
-              "solver_seconds": 0.0 if start is None else start.seconds}, initial=True)
+    recorder = Recorder(ctx, config, history, result, output, restart)
+    if resume is None:
+        state, start = sggn.start(ctx, network)
+        deflated = 0 if start is None else start.deflated
+        log.info(f"{cfg.method}: n = {network.n}, {comm.size} rank(s), solver "
+                 f"{config.solver.kind}; start: loss {state.loss:.6e}, "
+                 f"{int(state.removed.sum())} dead, "
+                 + ("c given" if start is None else f"{deflated} deflated in the c-solve"))
+        stop = recorder(state.network, state.removed,
+                        {"loss": state.loss, "l2_error": state.l2_error, "step": 0.0,
+                         "active": int((~state.removed).sum()), "deflated": deflated,
+                         "solver_seconds": 0.0 if start is None else start.seconds},
+                        initial=True)
+        result["initial_loss"] = state.loss
+    else:
+        # No sggn.start: its normalisation is not idempotent in 2D, and the saved iterate is
+        # exactly where the interrupted run was.
+        state = sggn.State(network, restart.removed, float(resume["loss"]),
+                           float(resume["l2_error"]))
+        recorder.network, recorder.removed = state.network, state.removed
+        recorder.state = resume
+        result["initial_loss"] = float(restart.result.get("initial_loss", state.loss))
+        log.info(f"{cfg.method}: n = {network.n}, {comm.size} rank(s), solver "
+                 f"{config.solver.kind}; continuing {restart.path} after iteration "
+                 f"{recorder.base}: loss {state.loss:.6e}")
+        stop = "max_iter" if recorder.base >= cfg.max_iter else None
     try:
-        if cfg.max_iter == 0:
-            reason = "max_iter"
+        if stop is not None or cfg.max_iter <= recorder.base:
+            reason = stop or "max_iter"
         elif cfg.method == "sggn":
             reason = sggn.run(ctx, state, cfg, recorder)
         else:
-            reason = baselines.run(ctx, state, cfg, recorder)
+            reason = baselines.run(ctx, state, cfg, recorder, resume)
     except SolverError as exc:
         log.warning(f"{cfg.method}: stopped, the linear solver failed: {exc}")
         reason = "solver_failed"
-    final = recorder.save({"stop_reason": reason})
-    log.info(f"{cfg.method}: stopped ({reason}) after {final['iterations']} iterations, "
-             f"{final['seconds']:.2f}s: loss {final['loss']:.6e}, L2 error {final['l2_error']:.3e} "
-             f"(relative {final['relative_l2_error']:.3e})")
+    final = recorder.save("result", {"stop_reason": reason})
+    log.info(f"{cfg.method}: stopped ({reason}): this run {final['iterations']} iterations in "
+             f"{final['seconds']:.2f} s; in all {final['total_iterations']} iterations, "
+             f"{final['total_seconds']:.2f} s; loss {final['loss']:.6e}, L2 error "
+             f"{final['l2_error']:.3e} (relative {final['relative_l2_error']:.3e}); "
+             f"wrote {output}")
     if reason in SOLVER_FAILURES:
         raise SolverError(f"training stopped ({reason}) after {final['iterations']} iterations; "
-                          f"the run file {config.output.path} holds the last iterate")
+                          f"the run file {output} holds the last iterate")
     return final
