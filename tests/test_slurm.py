@@ -157,6 +157,17 @@ def test_scaling_submitters_one_job_per_rank_count(cluster, workdir):
     assert {k: (v["ranks"], v["n"]) for k, v in results.items()} == {
         "strongP1": (1, 128), "strongP2": (2, 128), "strongP4": (4, 128),
         "weakP1": (1, 64), "weakP4": (4, round(64 * math.sqrt(4)))}
+    for p in (workdir / "res").glob("weak-*.out"):
+        p.unlink()
+    study = subprocess.run([sys.executable, str(REPO / "scripts" / "study.py"), "strong",
+                            str(DEMO), "--from", str(workdir / "res"), "-o",
+                            str(workdir / "strong")], capture_output=True, text=True, timeout=120,
+                           check=False)
+    assert study.returncode == 0, study.stderr
+    table = json.loads((workdir / "strong.json").read_text())
+    assert [(r["ranks"], r["n"]) for r in table] == [(1, 128), (2, 128), (4, 128)]
+    assert all(r["peak_memory_bytes"] > 0 for r in table)
+    assert (workdir / "strong.png").stat().st_size > 0
 
 
 def chain_states(cluster: LocalSlurm, jobs: list[str]) -> list[tuple[str, str]]:
