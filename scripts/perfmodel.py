@@ -15,7 +15,9 @@ Three steps (docs/performance-model.md explains the model and its assumptions):
         the n given by --extrapolate-n, writes PREFIX.json, PREFIX.md and PREFIX.png
 
 Flops are counted from the block shapes of every node the run factored (``node_flops``), not read
-from hardware counters; seconds, messages and bytes are measured.
+from hardware counters; seconds (wall and CPU), messages and bytes are measured. The model works
+with the CPU seconds of the slowest rank, so that other jobs on a shared machine, or more ranks
+than cores, do not enter (MPI's busy waiting does).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 from mpi4py import MPI
 
 MESSAGE_SIZES = [8 * 4**i for i in range(11)]  # 8 B .. 8 MiB
+DEFAULT_SAMPLES, OVERSAMPLE = 24, 10  # as distgn.hss.distributed (checked in measure)
 
 
 def node_flops(size: int, samples: int, rank: int) -> float:
@@ -93,7 +96,7 @@ class Recorder:
 
     def level(self, level: int) -> dict:
         """The record of one tree level (created empty)."""
-        return self.levels.setdefault(level, {"nodes": 0, "flops": 0.0, "seconds_compute": 0.0,
+        return self.levels.setdefault(level, {"nodes": 0, "flops": 0.0, "cpu_compute": 0.0,
                                               "seconds_merge": 0.0, "messages": 0, "bytes": 0})
 
     def install(self) -> None:
@@ -109,14 +112,14 @@ class Recorder:
 
         def timed_factor_node(self, scheme, node, summaries, coupling=None):
             size = node.size if node.is_leaf else sum(summaries[c].rank for c in node.children)
-            start = time.perf_counter()
+            start = time.process_time()
             factor_node(self, scheme, node, summaries, coupling)
-            seconds = time.perf_counter() - start
+            seconds = time.process_time() - start
             rank = summaries[node.id].rank if node.id in summaries else 0
             row = recorder.level(node.level)
             row["nodes"] += 1
             row["flops"] += node_flops(size, self.samples, rank)
-            row["seconds_compute"] += seconds
+            row["cpu_compute"] += seconds
             recorder.nodes.append((node.level, node.size, size, rank))
 
         def timed_merge_ranks(self, scheme, node, summaries):
@@ -140,9 +143,9 @@ class Recorder:
             init(self, *args, **kwargs)
 
         def timed_sketch(operator, omega):
-            start = time.perf_counter()
+            start = time.process_time()
             out = sketch(operator, omega)
-            recorder.sketches.append((time.perf_counter() - start, omega.shape[1]))
+            recorder.sketches.append((time.process_time() - start, omega.shape[1]))
             return out
 
         distributed.HSSFactorization.__init__ = fresh_init
@@ -162,6 +165,8 @@ def measure(comm: MPI.Comm, config_path: str, overrides: list[str]) -> dict:
     from distgn.problem import build_problem
     from distgn.tree import build_tree, neuron_order
 
+    if (distributed.DEFAULT_SAMPLES, distributed.OVERSAMPLE) != (DEFAULT_SAMPLES, OVERSAMPLE):
+        raise SystemExit("perfmodel: update DEFAULT_SAMPLES and OVERSAMPLE to the solver's")
     config = load_config(config_path, overrides)
     cfg = config.solver
     problem = build_problem(config)
@@ -170,25 +175,19 @@ def measure(comm: MPI.Comm, config_path: str, overrides: list[str]) -> dict:
                       cfg.leaf_size)
     recorder = Recorder()
     recorder.install()
-    comm.Barrier()
-    start = time.perf_counter()
+    clock = Clock(comm)
     blocks = assemble_block_rows(problem, tree, comm.rank, () if cfg.matrix_free else ("A",))
     operator = (matrix_free_operator(problem, tree, "A", comm) if cfg.matrix_free
                 else operator_from_block_rows(blocks, "A", comm, problem.domain))
-    seconds_assemble = time.perf_counter() - start
-    comm.Barrier()
-    start = time.perf_counter()
+    phases = {"assemble": clock.lap()}
     solver = distributed.factor(operator, cfg.tol, cfg.sample_size, cfg.seed, False)
-    seconds_factor = time.perf_counter() - start
-    rhs = np.ones(operator.local_range[1] - operator.local_range[0])
-    comm.Barrier()
-    start = time.perf_counter()
-    solver.solve(rhs)
-    seconds_solve = time.perf_counter() - start
+    phases["factor"] = clock.lap()
+    solver.solve(np.ones(operator.local_range[1] - operator.local_range[0]))
+    phases["solve"] = clock.lap()
     lo, hi = operator.local_range
-    local = {"seconds_assemble": seconds_assemble, "seconds_factor": seconds_factor,
-             "seconds_solve": seconds_solve, "rows": hi - lo,
-             "seconds_sketch": sum(t for t, _ in recorder.sketches),
+    local = {**{f"seconds_{k}": wall for k, (wall, _) in phases.items()},
+             **{f"cpu_{k}": cpu for k, (_, cpu) in phases.items()}, "rows": hi - lo,
+             "cpu_sketch": sum(t for t, _ in recorder.sketches),
              "sketch_widths": [k for _, k in recorder.sketches],
              "levels": {str(k): v for k, v in sorted(recorder.levels.items())},
              "nodes": recorder.nodes, "peak_memory_bytes": _peak_memory()}
@@ -200,6 +199,22 @@ def measure(comm: MPI.Comm, config_path: str, overrides: list[str]) -> dict:
             "ranks": comm.size, "leaf_size": cfg.leaf_size, "matrix_free": cfg.matrix_free,
             "tol": cfg.tol, "samples": solver.samples, "max_rank": stats["max_rank"],
             "bytes_sent_per_level": stats["bytes_sent_per_level"], "per_rank": ranks}
+
+
+class Clock:
+    """Wall and CPU seconds of consecutive phases, each started after a barrier."""
+
+    def __init__(self, comm: MPI.Comm) -> None:
+        self.comm = comm
+        comm.Barrier()
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def lap(self) -> tuple[float, float]:
+        """Seconds (wall, this process's CPU) since the previous lap; then a barrier."""
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        self.comm.Barrier()
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return wall, cpu
 
 
 def _peak_memory() -> int:
@@ -214,7 +229,7 @@ def fit_node_costs(meas: dict) -> dict:
     ``seconds(level) = nodes t0 + flops g`` (least squares over levels, both nonnegative)."""
     levels = meas["per_rank"][0]["levels"].values()
     A = np.array([[lv["nodes"], lv["flops"]] for lv in levels], dtype=float)
-    y = np.array([lv["seconds_compute"] for lv in levels])
+    y = np.array([lv["cpu_compute"] for lv in levels])
     from scipy.optimize import nnls
 
     scale = A.max(axis=0)
@@ -224,9 +239,10 @@ def fit_node_costs(meas: dict) -> dict:
 
 
 def rank_growth(measurements: list[dict]) -> dict:
-    """Skeleton rank as a function of the neurons s under a node: ``r = c s^a`` (all nodes)."""
+    """Skeleton rank as a function of the neurons s under a node: ``r = c s^a``, fitted to the
+    nodes of at least 4 leaves (the leaves' ranks are capped by their size)."""
     pts = [(s, r) for m in measurements for pr in m["per_rank"] for _, s, _, r in pr["nodes"]
-           if r > 0 and s > 0]
+           if r > 0 and s >= 4 * m["leaf_size"]]
     s, r = np.array(pts, dtype=float).T
     a, logc = np.polyfit(np.log(s), np.log(r), 1) if np.ptp(np.log(s)) > 0 else (0.0, 0.0)
     return {"exponent": float(a), "constant": float(math.exp(logc)),
@@ -244,11 +260,11 @@ class Model:
         The one-rank ``measure`` run whose phases and levels set the rates.
     growth : dict
         Skeleton rank growth with the node's block size (``rank_growth``).
-    cores : int
-        Physical cores of the measuring machine: runs with more ranks share them.
+    assembly_exponent : float
+        Exponent a of the assembly time ``~ n^a`` (fitted on one-rank runs of several n).
     """
 
-    def __init__(self, cal: dict, base: dict, growth: dict, cores: int) -> None:
+    def __init__(self, cal: dict, base: dict, growth: dict, assembly_exponent: float) -> None:
         self.alpha = cal["alpha_seconds"]
         self.beta = cal["beta_seconds_per_byte"]
         self.d = base["d"]
@@ -256,85 +272,98 @@ class Model:
         self.matrix_free = base["matrix_free"]
         self.samples = base["samples"]
         self.growth = growth
-        self.cores = cores
         self.node = fit_node_costs(base)
         one = base["per_rank"][0]
         n = base["n"]
-        # stored rows: n^2 / P exact entries per rank; matrix-free: the target moments over all
-        # cells, O(n) on every rank whatever P (measured: no speed-up from 1 to 4 ranks)
-        self.seconds_per_entry = one["seconds_assemble"] / (n if self.matrix_free else n * n)
+        self.base_n = n
+        self.base_assemble = one["cpu_assemble"]
+        self.assembly_exponent = assembly_exponent
         # stored rows: 2 n^2 k flops of GEMM; matrix-free 1D: O(n) per column on every rank
         work = n * self.samples * (1 if self.matrix_free else 2 * n)
-        self.seconds_per_sketch_unit = one["seconds_sketch"] / work
-        self.seconds_solve_per_row = one["seconds_solve"] / n
+        self.seconds_per_sketch_unit = one["cpu_sketch"] / work
+        self.seconds_solve_per_row = one["cpu_solve"] / n
 
     def rank(self, size: float) -> float:
         """Skeleton rank of a node with ``size`` neurons under it."""
         g = self.growth
         return min(size, max(1.0, g["constant"] * size ** g["exponent"]))
 
-    def predict(self, n: int, P: int, here: bool = False) -> dict:
-        """Seconds per phase (the slowest rank) and per-rank memory and traffic for n on P.
+    def widths(self, n: int) -> list[int]:
+        """Sketch widths of the constructions ``distgn.hss.distributed.factor`` makes: from 24,
+        doubled (at least to the top rank + 20) until the top rank is 10 below the width."""
+        widths = [DEFAULT_SAMPLES]
+        while (top := int(min(self.rank(n / 2), widths[-1]))) + OVERSAMPLE > widths[-1] \
+                and widths[-1] < n:
+            widths.append(max(2 * widths[-1], top + 2 * OVERSAMPLE))
+        return widths
 
-        ``here``: on the measuring machine, where ranks beyond its cores share them (else one
-        core per rank).
-        """
-        share = max(1.0, P / self.cores) if here and self.cores else 1.0
-        # the adaptive sketch is at least 10 wider than the largest rank (the root's children)
-        k = max(self.samples, int(self.rank(n / 2)) + 10)
+    def construction(self, n: int, P: int, k: int) -> dict:
+        """Seconds and bytes of one construction with sketch width k (ranks capped at k)."""
+        def rank(size: float) -> float:
+            return min(self.rank(size), k)
+
         rows = n / P
-        entries = n if self.matrix_free else rows * n
-        # the matrix-free moments took as long on 4 ranks sharing 2 cores as on 1 (measured):
-        # no sharing factor there
-        assemble = self.seconds_per_entry * entries * (1.0 if self.matrix_free else share)
-        unit = n * k * (1 if self.matrix_free else 2 * rows)
-        gather_bytes = 8.0 * k * n * (P - 1) / P if P > 1 else 0.0
-        sketch = self.seconds_per_sketch_unit * unit * share
+        per_node, per_flop = self.node["seconds_per_node"], self.node["seconds_per_flop"]
+        gather_bytes = 8.0 * k * n * (P - 1) / P
+        sketch = self.seconds_per_sketch_unit * n * k * (1 if self.matrix_free else 2 * rows)
         if P > 1:  # Allgatherv of Omega's rows (ring algorithm)
             sketch += self.alpha * math.log2(P) + self.beta * gather_bytes
-        local_levels = []
         size = rows
-        while size > self.leaf:  # levels of the rank's own subtree
+        while size > self.leaf:  # leaves of the rank's own subtree
             size /= 2
-        size_nodes, leaves = size, rows / size
-        flops = leaves * node_flops(size_nodes, k, self.rank(size_nodes))
-        local = leaves * self.node["seconds_per_node"] + flops * self.node["seconds_per_flop"]
-        local_levels.append(local)
-        count = leaves / 2
-        block = 2 * size_nodes
-        while count >= 1:
-            s = 2 * self.rank(block / 2)
-            local_levels.append(count * (self.node["seconds_per_node"] + self.node[
-                "seconds_per_flop"] * node_flops(s, k, self.rank(block))))
+        count = rows / size
+        local = count * (per_node + per_flop * node_flops(size, k, rank(size)))
+        while count >= 2:  # merges inside the rank's subtree
             count /= 2
-            block *= 2
-        factor_local = sum(local_levels) * share
+            size *= 2
+            local += count * (per_node + per_flop * node_flops(2 * rank(size / 2), k, rank(size)))
+        merge = nbytes = 0.0
+        for j in range(math.ceil(math.log2(P)) if P > 1 else 0):  # one message per level
+            size = rows * 2 ** (j + 1)
+            r = rank(size / 2)
+            summary = 8.0 * (3 * r * k + r * r + r)  # sample, local, omega; transfer; index
+            nbytes += summary
+            merge += (self.alpha + self.beta * summary + per_node
+                      + per_flop * node_flops(2 * r, k, rank(size)))
+        return {"sketch": sketch, "local": local, "merge": merge, "bytes": nbytes,
+                "gather_bytes": gather_bytes}
+
+    def predict(self, n: int, P: int) -> dict:
+        """Seconds per phase (the slowest rank, one core per rank) and per-rank memory and
+        traffic for n on P."""
+        # stored rows: n^2 / P entries per rank. Matrix-free: the target moments, which took as
+        # long on 2 and 4 ranks as on 1 (measured): no 1/P.
+        assemble = self.base_assemble * (n / self.base_n) ** self.assembly_exponent / (
+            1 if self.matrix_free else P)
+        widths = self.widths(n)
+        passes = [self.construction(n, P, k) for k in widths]
+        total = {key: sum(p[key] for p in passes) for key in passes[0]}
         levels_up = math.ceil(math.log2(P)) if P > 1 else 0
-        merge = 0.0
-        summary_bytes = 0.0
-        for j in range(levels_up):
-            block = n / P * 2 ** (j + 1)
-            r = self.rank(block / 2)
-            nbytes = 8.0 * (r * k * 3 + r * r) + 8 * r  # sample, local, omega, transfer, index
-            summary_bytes += nbytes
-            merge += (self.alpha + self.beta * nbytes + self.node["seconds_per_node"]
-                      + self.node["seconds_per_flop"] * node_flops(2 * r, k, self.rank(block)))
-        solve = self.seconds_solve_per_row * rows * share + levels_up * 2 * (
-            self.alpha + self.beta * 8 * self.growth["max_rank"])
-        stored = 8.0 * rows * (self.leaf if self.matrix_free else n)
-        return {"n": n, "ranks": P, "seconds_assemble": assemble, "seconds_sketch": sketch,
-                "seconds_factor_local": factor_local, "seconds_factor_merge": merge,
-                "seconds_factor": sketch + factor_local + merge, "seconds_solve": solve,
-                "seconds_total": assemble + sketch + factor_local + merge + solve,
-                "bytes_sent_factor": summary_bytes, "bytes_received_sketch": gather_bytes,
-                "messages_factor": levels_up, "stored_bytes_per_rank": stored,
-                "sketch_bytes_per_rank": 8.0 * n * k}
+        solve = self.seconds_solve_per_row * n / P + levels_up * 2 * (
+            self.alpha + self.beta * 8 * self.rank(n / 2))
+        factor = total["sketch"] + total["local"] + total["merge"]
+        return {"n": n, "ranks": P, "sketch_widths": widths, "seconds_assemble": assemble,
+                "seconds_sketch": total["sketch"], "seconds_factor_local": total["local"],
+                "seconds_factor_merge": total["merge"], "seconds_factor": factor,
+                "seconds_solve": solve, "seconds_total": assemble + factor + solve,
+                "bytes_sent_factor": passes[-1]["bytes"],
+                "bytes_received_sketch": passes[-1]["gather_bytes"],
+                "messages_factor": levels_up,
+                "stored_bytes_per_rank": 8.0 * n / P * (self.leaf if self.matrix_free else n),
+                "sketch_bytes_per_rank": 8.0 * n * widths[-1]}
+
+
+def slope_of(x: list[float], y: list[float]) -> float:
+    """Exponent p of ``y ~ C x^p`` by least squares in log-log (nan with fewer than 2 n)."""
+    if len(set(x)) < 2:
+        return math.nan
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
 def measured_phases(meas: dict) -> dict:
-    """Measured seconds per phase of the slowest rank, and their sum."""
-    slow = {key: max(pr[key] for pr in meas["per_rank"])
-            for key in ("seconds_assemble", "seconds_factor", "seconds_solve")}
+    """CPU seconds per phase of the slowest rank (``seconds_*`` keys), and their sum."""
+    slow = {f"seconds_{key}": max(pr[f"cpu_{key}"] for pr in meas["per_rank"])
+            for key in ("assemble", "factor", "solve")}
     slow["seconds_total"] = sum(slow.values())
     return slow
 
@@ -357,10 +386,13 @@ def model(args: argparse.Namespace) -> None:
     runs = [fastest[key] for key in sorted(fastest)]
     base = min((m for m in runs if m["ranks"] == 1), key=lambda m: -m["n"])
     growth = rank_growth(runs)
-    mdl = Model(cal, base, growth, args.cores)
+    singles = [m for m in runs if m["ranks"] == 1]
+    exponent = slope_of([m["n"] for m in singles],
+                        [measured_phases(m)["seconds_assemble"] for m in singles])
+    mdl = Model(cal, base, growth, 2.0 if math.isnan(exponent) else exponent)
     validation = []
     for m in runs:
-        pred, meas = mdl.predict(m["n"], m["ranks"], here=True), measured_phases(m)
+        pred, meas = mdl.predict(m["n"], m["ranks"]), measured_phases(m)
         row = {"n": m["n"], "ranks": m["ranks"], "fitted_on": m is base}
         for key in ("seconds_assemble", "seconds_factor", "seconds_solve", "seconds_total"):
             row[f"measured_{key}"] = meas[key]
@@ -376,8 +408,8 @@ def model(args: argparse.Namespace) -> None:
     held_out = [r for r in validation if not r["fitted_on"]]
     summary = {"calibration": {k: cal[k] for k in ("alpha_seconds", "beta_seconds_per_byte",
                                                    "flop_rates")},
-               "node_costs": mdl.node, "rank_growth": growth, "cores": args.cores,
-               "seconds_per_entry": mdl.seconds_per_entry,
+               "node_costs": mdl.node, "rank_growth": growth,
+               "assembly_exponent": mdl.assembly_exponent,
                "seconds_per_sketch_unit": mdl.seconds_per_sketch_unit,
                "max_abs_error_total_held_out": max((abs(r["error_seconds_total"])
                                                     for r in held_out), default=math.nan),
@@ -396,7 +428,7 @@ def model(args: argparse.Namespace) -> None:
     lim = [min(r["measured_seconds_factor"] for r in validation) / 2,
            2 * max(r["measured_seconds_total"] for r in validation)]
     ax_v.loglog(lim, lim, "k:", label="exact")
-    ax_v.set(xlabel="measured seconds", ylabel="predicted seconds",
+    ax_v.set(xlabel="measured CPU seconds (slowest rank)", ylabel="predicted seconds",
              title=f"validation (held-out max error {summary['max_abs_error_total_held_out']:.0%})")
     ax_v.legend(fontsize=8)
     for n in sizes:
@@ -419,13 +451,14 @@ def model(args: argparse.Namespace) -> None:
 ASSUMPTIONS = [
     "Assumptions: one rank per core; alpha, beta from a 2-rank ping-pong on this machine (shared "
     "memory), gamma fitted per node (overhead + effective flop time) on the 1-rank run;",
-    "assembly: n^2/P exact entries per rank (stored rows); matrix-free: the target moments, O(n) "
-    "on every rank (replicated, as measured);",
+    "assembly ~ n^a / P (stored rows, a fitted on 1-rank runs of two n, 2 without); matrix-free: "
+    "the target moments ~ n^a on every rank whatever P (as measured at P = 1, 2, 4);",
     "skeleton ranks r(s) = c s^a fitted to every node measured; assembly and sketch rates from "
     "the 1-rank run; the matrix-free sketch gathers Omega (8 n k bytes) on every rank and costs "
     "O(n k) per rank;",
     "levels above the rank level: one message of a skeleton summary per level; no network "
-    "contention, no load imbalance beyond the measured tree; runs with P > cores share cores.",
+    "contention, no load imbalance beyond the measured tree. Measured and predicted times are CPU "
+    "seconds of the slowest rank (the measuring machine was shared).",
 ]
 
 
@@ -468,8 +501,6 @@ def main(argv: list[str] | None = None) -> None:
     f = sub.add_parser("model")
     f.add_argument("calibration")
     f.add_argument("measurements", nargs="+")
-    f.add_argument("--cores", type=int, default=0,
-                   help="physical cores of the measuring machine (0: ranks never share)")
     f.add_argument("--extrapolate-n", type=lambda t: [int(float(x)) for x in t.split(",")],
                    default=[10**5, 10**6, 10**7])
     f.add_argument("--title", default="extrapolation")
