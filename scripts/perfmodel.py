@@ -218,6 +218,7 @@ class Clock:
 
 
 def _peak_memory() -> int:
+    """Peak resident memory of this process in bytes."""
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -489,6 +490,7 @@ def write_markdown(path: Path, summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: calibrate, measure (both under mpiexec) or model."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="step", required=True)
     c = sub.add_parser("calibrate")

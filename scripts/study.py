@@ -85,6 +85,7 @@ def slope(x: list[float], y: list[float]) -> float:
 
 
 def output_set(workdir: Path, name: str) -> str:
+    """``--set`` item sending a run's output file to the temporary folder."""
     return f'output.path="{workdir / name}"'
 
 
@@ -119,6 +120,7 @@ def scaling_rows(args: argparse.Namespace, mode: str, workdir: Path) -> list[dic
 
 
 def cmd_scaling(args: argparse.Namespace, mode: str, workdir: Path) -> None:
+    """Strong or weak scaling: seconds per phase against P, speed-up and efficiency."""
     rows = scaling_rows(args, mode, workdir)
     if not rows:
         raise SystemExit("study: no successful run")
@@ -152,6 +154,7 @@ def cmd_scaling(args: argparse.Namespace, mode: str, workdir: Path) -> None:
 
 
 def cmd_conditioning(args: argparse.Namespace, workdir: Path) -> None:
+    """cond(A), cond(H), cond(G) and the max HSS ranks against n (``distgn analyze``)."""
     result = run_distgn(args, "analyze", args.ranks[0],
                         [output_set(workdir, "analyze.h5"),
                          f'analyze.plots="{workdir / "analysis"}"'],
@@ -176,6 +179,7 @@ def cmd_conditioning(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def cmd_solvers(args: argparse.Namespace, workdir: Path) -> None:
+    """Factor + solve seconds and fit error against n for each solver (``distgn solve``)."""
     rows = []
     for solver in args.solvers:
         for n in args.sizes:
@@ -210,6 +214,7 @@ def cmd_solvers(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def cmd_sggn(args: argparse.Namespace, workdir: Path) -> None:
+    """SgGN convergence (loss against iteration and seconds) for each n (``distgn train``)."""
     rows, histories = [], {}
     for n in args.sizes:
         out = workdir / f"sggn-{n}.h5"
@@ -236,6 +241,7 @@ def cmd_sggn(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    """Command line: one subcommand per study."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="study", required=True)
 
@@ -267,6 +273,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one study; runs write into a temporary folder, results to ``--output``."""
     args = parser().parse_args(argv)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="distgn-study-") as tmp:

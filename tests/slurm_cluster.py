@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -46,6 +47,7 @@ def unavailable_reason() -> str | None:
 
 
 def _free_ports(count: int) -> list[int]:
+    """``count`` TCP ports that are free on localhost now."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for s in sockets:
@@ -57,6 +59,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _daemon(name: str) -> str:
+    """Path of a daemon (``/usr/sbin`` is often not on a user's PATH)."""
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
 
@@ -150,7 +153,7 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
         out = self.run(["sinfo", "-h", "-n", NODE, "-o", "%T"], check=False).stdout.strip()
         return out.startswith("idle")
 
-    def _wait_for(self, ready, timeout: float, what: str) -> None:
+    def _wait_for(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             if time.monotonic() > deadline:

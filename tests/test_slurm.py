@@ -75,6 +75,7 @@ def submit(cluster: LocalSlurm, argv: list[str], workdir: Path, timeout: float =
 
 
 def last_json(path: Path) -> dict:
+    """The last JSON line of a job's output."""
     lines = [line for line in path.read_text().splitlines() if line.startswith("{")]
     assert lines, f"no JSON result in {path}:\n{path.read_text()}"
     return json.loads(lines[-1])
