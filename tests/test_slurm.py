@@ -198,26 +198,30 @@ PREEMPT = ["--set", "network.n=256", "--set", "train.max_iter=200", "--set", "tr
            "--set", "train.checkpoint_every=5"]
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(3600)
 def test_signalled_link_checkpoints_and_next_link_finishes_identically(cluster, workdir):
     reference = submit(cluster, ["sbatch", "--wait", "--ntasks=2", "-o", "ref.out", "-e",
                                  "ref.err", str(SLURM / "run.sbatch"), "train", str(DEMO),
                                  *PREEMPT, "--set", 'output.path="reference.h5"'],
                        workdir, timeout=600)
     assert reference.returncode == 0, (workdir / "ref.err").read_text()
-    chain = submit(cluster, [str(SLURM / "restart_chain.sh"), "10", str(DEMO), "--ntasks=2",
+    # Each link runs 10-40 s (minus start-up) before its signal; on a loaded machine the run takes
+    # several minutes, hence many links (those not needed are cancelled).
+    chain = submit(cluster, [str(SLURM / "restart_chain.sh"), "24", str(DEMO), "--ntasks=2",
                              "--time=1", "--signal=B:USR1@50", "--output=link-%j.out", "--",
                              *PREEMPT, "--set", 'output.path="chained.h5"'], workdir)
     assert chain.returncode == 0, chain.stderr
     jobs = chain.stdout.split()
-    states = chain_states(cluster, jobs, timeout=900)
+    states = chain_states(cluster, jobs, timeout=3000)
     logs = "\n".join(p.read_text() for p in sorted(workdir.glob("link-*.out")))
-    # Links signalled before their limit checkpointed and exited 75; one finished, the rest were
-    # cancelled.
+    # Links signalled before their limit checkpointed and exited 75 (138: the signal came while
+    # distgn was still starting, before it could catch it); one finished, the rest were cancelled.
     finished = [i for i, s in enumerate(states) if s == ("COMPLETED", "0:0")]
     assert len(finished) == 1, f"{states}\n{logs}"
     assert finished[0] >= 1, f"the run ended before any signal (make it longer): {states}"
-    assert all(s == ("FAILED", "75:0") for s in states[:finished[0]]), f"{states}\n{logs}"
+    assert ("FAILED", "75:0") in states[:finished[0]], f"{states}\n{logs}"
+    assert all(s in (("FAILED", "75:0"), ("FAILED", "138:0")) for s in states[:finished[0]]), \
+        f"{states}\n{logs}"
     assert all(s[0] == "CANCELLED" for s in states[finished[0] + 1:]), states
     assert logs.count("forwarding to the ranks") >= finished[0]
     assert "continuing from chained.ckpt.h5" in logs
