@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the batch scripts in slurm/ (sourced, not submitted).
 #
 # Environment:
