@@ -25,7 +25,7 @@ def overrides(options: list[str]) -> list[str]:
         if token == "--set" and i + 1 < len(options):
             items.append(options[i + 1])
         elif token.startswith("--set="):
-            items.append(token[len("--set="):])
+            items.append(token[len("--set=") :])
     return items
 
 

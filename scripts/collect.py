@@ -21,9 +21,27 @@ import sys
 from pathlib import Path
 
 MISSING = "missing"
-FIRST = ["n", "d", "ranks", "solver", "method", "matrix_free", "iterations", "seconds_assemble",
-         "seconds_factor", "seconds_solve", "seconds", "backward_error", "fit_l2_error",
-         "relative_l2_error", "loss", "stop_reason", "max_rank", "peak_memory_bytes", "bytes_sent"]
+FIRST = [
+    "n",
+    "d",
+    "ranks",
+    "solver",
+    "method",
+    "matrix_free",
+    "iterations",
+    "seconds_assemble",
+    "seconds_factor",
+    "seconds_solve",
+    "seconds",
+    "backward_error",
+    "fit_l2_error",
+    "relative_l2_error",
+    "loss",
+    "stop_reason",
+    "max_rank",
+    "peak_memory_bytes",
+    "bytes_sent",
+]
 
 
 def read_job(path: Path) -> dict | None:
@@ -32,7 +50,7 @@ def read_job(path: Path) -> dict | None:
     result = None
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith("# sweep:"):
-            for item in line[len("# sweep:"):].split():
+            for item in line[len("# sweep:") :].split():
                 key, _, value = item.partition("=")
                 params[key] = value
         elif line.startswith("{"):

@@ -78,10 +78,16 @@ def calibrate(comm: MPI.Comm, repeats: int) -> dict:
             for _ in range(reps):
                 a @ b
             rates[f"gemm_{m}x{m}x{k}"] = 2 * m * m * k * reps / (time.perf_counter() - start)
-    return {"alpha_seconds": alpha, "beta_seconds_per_byte": float(beta),
-            "bandwidth_bytes_per_second": float(1 / beta), "pingpong_bytes": MESSAGE_SIZES,
-            "pingpong_seconds": times, "flop_rates": comm.bcast(rates),
-            "ranks": comm.size, "host": MPI.Get_processor_name()}
+    return {
+        "alpha_seconds": alpha,
+        "beta_seconds_per_byte": float(beta),
+        "bandwidth_bytes_per_second": float(1 / beta),
+        "pingpong_bytes": MESSAGE_SIZES,
+        "pingpong_seconds": times,
+        "flop_rates": comm.bcast(rates),
+        "ranks": comm.size,
+        "host": MPI.Get_processor_name(),
+    }
 
 
 # ------------------------------------------------------------------------------------- measure
@@ -96,8 +102,17 @@ class Recorder:
 
     def level(self, level: int) -> dict:
         """The record of one tree level (created empty)."""
-        return self.levels.setdefault(level, {"nodes": 0, "flops": 0.0, "cpu_compute": 0.0,
-                                              "seconds_merge": 0.0, "messages": 0, "bytes": 0})
+        return self.levels.setdefault(
+            level,
+            {
+                "nodes": 0,
+                "flops": 0.0,
+                "cpu_compute": 0.0,
+                "seconds_merge": 0.0,
+                "messages": 0,
+                "bytes": 0,
+            },
+        )
 
     def install(self) -> None:
         """Wrap the HSS construction, sketch, node factorization, merges and sends."""
@@ -171,34 +186,52 @@ def measure(comm: MPI.Comm, config_path: str, overrides: list[str]) -> dict:
     cfg = config.solver
     problem = build_problem(config)
     net = problem.network
-    tree = build_tree(neuron_order(problem.domain, net.W, net.b, cfg.ordering), comm.size,
-                      cfg.leaf_size)
+    tree = build_tree(
+        neuron_order(problem.domain, net.W, net.b, cfg.ordering), comm.size, cfg.leaf_size
+    )
     recorder = Recorder()
     recorder.install()
     clock = Clock(comm)
     blocks = assemble_block_rows(problem, tree, comm.rank, () if cfg.matrix_free else ("A",))
-    operator = (matrix_free_operator(problem, tree, "A", comm) if cfg.matrix_free
-                else operator_from_block_rows(blocks, "A", comm, problem.domain))
+    operator = (
+        matrix_free_operator(problem, tree, "A", comm)
+        if cfg.matrix_free
+        else operator_from_block_rows(blocks, "A", comm, problem.domain)
+    )
     phases = {"assemble": clock.lap()}
     solver = distributed.factor(operator, cfg.tol, cfg.sample_size, cfg.seed, False)
     phases["factor"] = clock.lap()
     solver.solve(np.ones(operator.local_range[1] - operator.local_range[0]))
     phases["solve"] = clock.lap()
     lo, hi = operator.local_range
-    local = {**{f"seconds_{k}": wall for k, (wall, _) in phases.items()},
-             **{f"cpu_{k}": cpu for k, (_, cpu) in phases.items()}, "rows": hi - lo,
-             "cpu_sketch": sum(t for t, _ in recorder.sketches),
-             "sketch_widths": [k for _, k in recorder.sketches],
-             "levels": {str(k): v for k, v in sorted(recorder.levels.items())},
-             "nodes": recorder.nodes, "peak_memory_bytes": _peak_memory()}
+    local = {
+        **{f"seconds_{k}": wall for k, (wall, _) in phases.items()},
+        **{f"cpu_{k}": cpu for k, (_, cpu) in phases.items()},
+        "rows": hi - lo,
+        "cpu_sketch": sum(t for t, _ in recorder.sketches),
+        "sketch_widths": [k for _, k in recorder.sketches],
+        "levels": {str(k): v for k, v in sorted(recorder.levels.items())},
+        "nodes": recorder.nodes,
+        "peak_memory_bytes": _peak_memory(),
+    }
     ranks = comm.gather(local)
     stats = solver.stats()
     if comm.rank != 0:
         return {}
-    return {"config": config_path, "set": overrides, "n": tree.n, "d": problem.domain.dim,
-            "ranks": comm.size, "leaf_size": cfg.leaf_size, "matrix_free": cfg.matrix_free,
-            "tol": cfg.tol, "samples": solver.samples, "max_rank": stats["max_rank"],
-            "bytes_sent_per_level": stats["bytes_sent_per_level"], "per_rank": ranks}
+    return {
+        "config": config_path,
+        "set": overrides,
+        "n": tree.n,
+        "d": problem.domain.dim,
+        "ranks": comm.size,
+        "leaf_size": cfg.leaf_size,
+        "matrix_free": cfg.matrix_free,
+        "tol": cfg.tol,
+        "samples": solver.samples,
+        "max_rank": stats["max_rank"],
+        "bytes_sent_per_level": stats["bytes_sent_per_level"],
+        "per_rank": ranks,
+    }
 
 
 class Clock:
@@ -235,19 +268,25 @@ def fit_node_costs(meas: dict) -> dict:
 
     scale = A.max(axis=0)
     coef, _ = nnls(A / scale, y)
-    return {"seconds_per_node": float(coef[0] / scale[0]),
-            "seconds_per_flop": float(coef[1] / scale[1])}
+    return {
+        "seconds_per_node": float(coef[0] / scale[0]),
+        "seconds_per_flop": float(coef[1] / scale[1]),
+    }
 
 
 def rank_growth(measurements: list[dict]) -> dict:
     """Skeleton rank as a function of the neurons s under a node: ``r = c s^a``, fitted to the
     nodes of at least 4 leaves (the leaves' ranks are capped by their size)."""
-    pts = [(s, r) for m in measurements for pr in m["per_rank"] for _, s, _, r in pr["nodes"]
-           if r > 0 and s >= 4 * m["leaf_size"]]
+    pts = [
+        (s, r)
+        for m in measurements
+        for pr in m["per_rank"]
+        for _, s, _, r in pr["nodes"]
+        if r > 0 and s >= 4 * m["leaf_size"]
+    ]
     s, r = np.array(pts, dtype=float).T
     a, logc = np.polyfit(np.log(s), np.log(r), 1) if np.ptp(np.log(s)) > 0 else (0.0, 0.0)
-    return {"exponent": float(a), "constant": float(math.exp(logc)),
-            "max_rank": int(r.max())}
+    return {"exponent": float(a), "constant": float(math.exp(logc)), "max_rank": int(r.max())}
 
 
 class Model:
@@ -293,13 +332,16 @@ class Model:
         """Sketch widths of the constructions ``distgn.hss.distributed.factor`` makes: from 24,
         doubled (at least to the top rank + 20) until the top rank is 10 below the width."""
         widths = [DEFAULT_SAMPLES]
-        while (top := int(min(self.rank(n / 2), widths[-1]))) + OVERSAMPLE > widths[-1] \
-                and widths[-1] < n:
+        while widths[-1] < n:
+            top = int(min(self.rank(n / 2), widths[-1]))
+            if top + OVERSAMPLE <= widths[-1]:
+                break
             widths.append(max(2 * widths[-1], top + 2 * OVERSAMPLE))
         return widths
 
     def construction(self, n: int, P: int, k: int) -> dict:
         """Seconds and bytes of one construction with sketch width k (ranks capped at k)."""
+
         def rank(size: float) -> float:
             return min(self.rank(size), k)
 
@@ -324,10 +366,19 @@ class Model:
             r = rank(size / 2)
             summary = 8.0 * (3 * r * k + r * r + r)  # sample, local, omega; transfer; index
             nbytes += summary
-            merge += (self.alpha + self.beta * summary + per_node
-                      + per_flop * node_flops(2 * r, k, rank(size)))
-        return {"sketch": sketch, "local": local, "merge": merge, "bytes": nbytes,
-                "gather_bytes": gather_bytes}
+            merge += (
+                self.alpha
+                + self.beta * summary
+                + per_node
+                + per_flop * node_flops(2 * r, k, rank(size))
+            )
+        return {
+            "sketch": sketch,
+            "local": local,
+            "merge": merge,
+            "bytes": nbytes,
+            "gather_bytes": gather_bytes,
+        }
 
     def predict(self, n: int, P: int) -> dict:
         """Seconds per phase (the slowest rank, one core per rank) and per-rank memory and
@@ -339,17 +390,26 @@ class Model:
         total = {key: sum(p[key] for p in passes) for key in passes[0]}
         levels_up = math.ceil(math.log2(P)) if P > 1 else 0
         solve = self.seconds_solve_per_row * n / P + levels_up * 2 * (
-            self.alpha + self.beta * 8 * self.rank(n / 2))
+            self.alpha + self.beta * 8 * self.rank(n / 2)
+        )
         factor = total["sketch"] + total["local"] + total["merge"]
-        return {"n": n, "ranks": P, "sketch_widths": widths, "seconds_assemble": assemble,
-                "seconds_sketch": total["sketch"], "seconds_factor_local": total["local"],
-                "seconds_factor_merge": total["merge"], "seconds_factor": factor,
-                "seconds_solve": solve, "seconds_total": assemble + factor + solve,
-                "bytes_sent_factor": passes[-1]["bytes"],
-                "bytes_received_sketch": passes[-1]["gather_bytes"],
-                "messages_factor": levels_up,
-                "stored_bytes_per_rank": 8.0 * n / P * (self.leaf if self.matrix_free else n),
-                "sketch_bytes_per_rank": 8.0 * n * widths[-1]}
+        return {
+            "n": n,
+            "ranks": P,
+            "sketch_widths": widths,
+            "seconds_assemble": assemble,
+            "seconds_sketch": total["sketch"],
+            "seconds_factor_local": total["local"],
+            "seconds_factor_merge": total["merge"],
+            "seconds_factor": factor,
+            "seconds_solve": solve,
+            "seconds_total": assemble + factor + solve,
+            "bytes_sent_factor": passes[-1]["bytes"],
+            "bytes_received_sketch": passes[-1]["gather_bytes"],
+            "messages_factor": levels_up,
+            "stored_bytes_per_rank": 8.0 * n / P * (self.leaf if self.matrix_free else n),
+            "sketch_bytes_per_rank": 8.0 * n * widths[-1],
+        }
 
 
 def slope_of(x: list[float], y: list[float]) -> float:
@@ -361,8 +421,10 @@ def slope_of(x: list[float], y: list[float]) -> float:
 
 def measured_phases(meas: dict) -> dict:
     """CPU seconds per phase of the slowest rank (``seconds_*`` keys), and their sum."""
-    slow = {f"seconds_{key}": max(pr[f"cpu_{key}"] for pr in meas["per_rank"])
-            for key in ("assemble", "factor", "solve")}
+    slow = {
+        f"seconds_{key}": max(pr[f"cpu_{key}"] for pr in meas["per_rank"])
+        for key in ("assemble", "factor", "solve")
+    }
     slow["seconds_total"] = sum(slow.values())
     return slow
 
@@ -379,15 +441,17 @@ def model(args: argparse.Namespace) -> None:
     for path in args.measurements:  # repeated runs of one (n, P): keep the fastest
         m = json.loads(Path(path).read_text())
         key = (m["n"], m["ranks"])
-        if key not in fastest or (measured_phases(m)["seconds_total"]
-                                  < measured_phases(fastest[key])["seconds_total"]):
+        if key not in fastest or (
+            measured_phases(m)["seconds_total"] < measured_phases(fastest[key])["seconds_total"]
+        ):
             fastest[key] = m
     runs = [fastest[key] for key in sorted(fastest)]
     base = min((m for m in runs if m["ranks"] == 1), key=lambda m: -m["n"])
     growth = rank_growth(runs)
     singles = [m for m in runs if m["ranks"] == 1]
-    exponent = slope_of([m["n"] for m in singles],
-                        [measured_phases(m)["seconds_assemble"] for m in singles])
+    exponent = slope_of(
+        [m["n"] for m in singles], [measured_phases(m)["seconds_assemble"] for m in singles]
+    )
     mdl = Model(cal, base, growth, 2.0 if math.isnan(exponent) else exponent)
     validation = []
     for m in runs:
@@ -405,47 +469,70 @@ def model(args: argparse.Namespace) -> None:
     sizes = args.extrapolate_n
     extrapolation = [mdl.predict(n, P) for n in sizes for P in ranks if n >= 2 * P * mdl.leaf]
     held_out = [r for r in validation if not r["fitted_on"]]
-    summary = {"calibration": {k: cal[k] for k in ("alpha_seconds", "beta_seconds_per_byte",
-                                                   "flop_rates")},
-               "node_costs": mdl.node, "rank_growth": growth,
-               "assembly_exponent": mdl.assembly_exponent,
-               "seconds_per_sketch_unit": mdl.seconds_per_sketch_unit,
-               "max_abs_error_total_held_out": max((abs(r["error_seconds_total"])
-                                                    for r in held_out), default=math.nan),
-               "max_abs_error_factor_held_out": max((abs(r["error_seconds_factor"])
-                                                     for r in held_out), default=math.nan),
-               "validation": validation, "extrapolation": extrapolation,
-               "command": " ".join(sys.argv)}
+    summary = {
+        "calibration": {
+            k: cal[k] for k in ("alpha_seconds", "beta_seconds_per_byte", "flop_rates")
+        },
+        "node_costs": mdl.node,
+        "rank_growth": growth,
+        "assembly_exponent": mdl.assembly_exponent,
+        "seconds_per_sketch_unit": mdl.seconds_per_sketch_unit,
+        "max_abs_error_total_held_out": max(
+            (abs(r["error_seconds_total"]) for r in held_out), default=math.nan
+        ),
+        "max_abs_error_factor_held_out": max(
+            (abs(r["error_seconds_factor"]) for r in held_out), default=math.nan
+        ),
+        "validation": validation,
+        "extrapolation": extrapolation,
+        "command": " ".join(sys.argv),
+    }
     prefix = Path(args.output)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     prefix.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     write_markdown(prefix.with_suffix(".md"), summary)
     fig, (ax_v, ax_x) = plt.subplots(1, 2, figsize=(12, 4.8))
     for key, mark in (("seconds_total", "o"), ("seconds_factor", "s")):
-        ax_v.plot([r[f"measured_{key}"] for r in validation],
-                  [r[f"predicted_{key}"] for r in validation], mark, label=key[8:])
-    lim = [min(r["measured_seconds_factor"] for r in validation) / 2,
-           2 * max(r["measured_seconds_total"] for r in validation)]
+        ax_v.plot(
+            [r[f"measured_{key}"] for r in validation],
+            [r[f"predicted_{key}"] for r in validation],
+            mark,
+            label=key[8:],
+        )
+    lim = [
+        min(r["measured_seconds_factor"] for r in validation) / 2,
+        2 * max(r["measured_seconds_total"] for r in validation),
+    ]
     ax_v.loglog(lim, lim, "k:", label="exact")
-    ax_v.set(xlabel="measured CPU seconds (slowest rank)", ylabel="predicted seconds",
-             title=f"validation, held-out max error: total "
-                   f"{summary['max_abs_error_total_held_out']:.0%}, factor "
-                   f"{summary['max_abs_error_factor_held_out']:.0%}")
+    ax_v.set(
+        xlabel="measured CPU seconds (slowest rank)",
+        ylabel="predicted seconds",
+        title=f"validation, held-out max error: total "
+        f"{summary['max_abs_error_total_held_out']:.0%}, factor "
+        f"{summary['max_abs_error_factor_held_out']:.0%}",
+    )
     ax_v.legend(fontsize=8)
     for n in sizes:
         pts = [e for e in extrapolation if e["n"] == n]
         if pts:
-            ax_x.loglog([e["ranks"] for e in pts], [e["seconds_total"] for e in pts], "o-",
-                        label=f"n = {n:.0e}")
-    ax_x.set(xlabel="ranks P", ylabel="predicted seconds (assembly + factor + solve)",
-             title=args.title)
+            ax_x.loglog(
+                [e["ranks"] for e in pts],
+                [e["seconds_total"] for e in pts],
+                "o-",
+                label=f"n = {n:.0e}",
+            )
+    ax_x.set(
+        xlabel="ranks P", ylabel="predicted seconds (assembly + factor + solve)", title=args.title
+    )
     ax_x.legend(fontsize=8, loc="upper right")
-    fig.text(0.5, -0.02, "\n".join(ASSUMPTIONS), ha="center", va="top", fontsize=7.5,
-             wrap=True)
+    fig.text(0.5, -0.02, "\n".join(ASSUMPTIONS), ha="center", va="top", fontsize=7.5, wrap=True)
     fig.tight_layout()
     fig.savefig(prefix.with_suffix(".png"), dpi=110, bbox_inches="tight")
-    for path in (prefix.with_suffix(".json"), prefix.with_suffix(".md"),
-                 prefix.with_suffix(".png")):
+    for path in (
+        prefix.with_suffix(".json"),
+        prefix.with_suffix(".md"),
+        prefix.with_suffix(".png"),
+    ):
         print(path)
 
 
@@ -465,9 +552,12 @@ ASSUMPTIONS = [
 
 def write_markdown(path: Path, summary: dict) -> None:
     """Validation and extrapolation tables in Markdown."""
-    lines = ["| n | P | measured total s | predicted total s | error | measured factor s | "
-             "predicted factor s | error | bytes sent measured / predicted | peak memory "
-             "(largest rank) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| n | P | measured total s | predicted total s | error | measured factor s | "
+        "predicted factor s | error | bytes sent measured / predicted | peak memory "
+        "(largest rank) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in summary["validation"]:
         lines.append(
             f"| {r['n']} | {r['ranks']}{' (fit)' if r['fitted_on'] else ''} | "
@@ -475,17 +565,22 @@ def write_markdown(path: Path, summary: dict) -> None:
             f"{r['error_seconds_total']:+.0%} | {r['measured_seconds_factor']:.3g} | "
             f"{r['predicted_seconds_factor']:.3g} | {r['error_seconds_factor']:+.0%} | "
             f"{r['measured_bytes_sent']} / {r['predicted_bytes_sent']:.0f} | "
-            f"{r['measured_peak_memory_bytes'] / 2**20:.0f} MiB |")
-    lines += ["", "| n | P | assemble s | sketch s | factor (local) s | factor (merge) s | "
-              "solve s | total s | stored bytes / rank | bytes sent (factor) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+            f"{r['measured_peak_memory_bytes'] / 2**20:.0f} MiB |"
+        )
+    lines += [
+        "",
+        "| n | P | assemble s | sketch s | factor (local) s | factor (merge) s | "
+        "solve s | total s | stored bytes / rank | bytes sent (factor) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in summary["extrapolation"]:
         lines.append(
             f"| {e['n']:.0e} | {e['ranks']} | {e['seconds_assemble']:.3g} | "
             f"{e['seconds_sketch']:.3g} | {e['seconds_factor_local']:.3g} | "
             f"{e['seconds_factor_merge']:.3g} | {e['seconds_solve']:.3g} | "
             f"{e['seconds_total']:.3g} | {e['stored_bytes_per_rank']:.2e} | "
-            f"{e['bytes_sent_factor']:.0f} |")
+            f"{e['bytes_sent_factor']:.0f} |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -503,8 +598,11 @@ def main(argv: list[str] | None = None) -> None:
     f = sub.add_parser("model")
     f.add_argument("calibration")
     f.add_argument("measurements", nargs="+")
-    f.add_argument("--extrapolate-n", type=lambda t: [int(float(x)) for x in t.split(",")],
-                   default=[10**5, 10**6, 10**7])
+    f.add_argument(
+        "--extrapolate-n",
+        type=lambda t: [int(float(x)) for x in t.split(",")],
+        default=[10**5, 10**6, 10**7],
+    )
     f.add_argument("--title", default="extrapolation")
     f.add_argument("-o", "--output", required=True)
     args = p.parse_args(argv)
@@ -512,8 +610,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.step == "model":
         model(args)
         return
-    result = (calibrate(comm, args.repeats) if args.step == "calibrate"
-              else measure(comm, args.config, args.set))
+    result = (
+        calibrate(comm, args.repeats)
+        if args.step == "calibrate"
+        else measure(comm, args.config, args.set)
+    )
     if comm.rank == 0:
         Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
         print(args.output)

@@ -44,18 +44,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 PHASES = ("seconds_assemble", "seconds_factor", "seconds_solve")
 
 
-def run_distgn(args: argparse.Namespace, command: str, ranks: int, sets: list[str],
-               extra: list[str] = ()) -> dict:
+def run_distgn(
+    args: argparse.Namespace, command: str, ranks: int, sets: list[str], extra: list[str] = ()
+) -> dict:
     """Run ``distgn COMMAND CONFIG --json`` on ``ranks`` ranks; its JSON result plus ``status``.
 
     A failed run (non-zero exit status) gives ``{"status": code, "error": last stderr line}``.
     """
     launch = shlex.split(args.launch.format(ranks=ranks))
-    argv = [*launch, sys.executable, "-m", "mpi4py", "-m", "distgn", command, args.config,
-            *[x for s in [*args.set, *sets] for x in ("--set", s)], *extra, "--json"]
+    argv = [
+        *launch,
+        sys.executable,
+        "-m",
+        "mpi4py",
+        "-m",
+        "distgn",
+        command,
+        args.config,
+        *[x for s in [*args.set, *sets] for x in ("--set", s)],
+        *extra,
+        "--json",
+    ]
     print("+", shlex.join(argv), file=sys.stderr, flush=True)
-    done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                          timeout=args.timeout)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=args.timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         error = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -77,8 +88,11 @@ def with_traffic(row: dict) -> dict:
 
 def slope(x: list[float], y: list[float]) -> float:
     """Least-squares exponent p of ``y ~ C x^p`` (nan with fewer than two positive points)."""
-    pts = [(a, b) for a, b in zip(x, y, strict=True) if a > 0 and b is not None and b > 0
-           and math.isfinite(b)]
+    pts = [
+        (a, b)
+        for a, b in zip(x, y, strict=True)
+        if a > 0 and b is not None and b > 0 and math.isfinite(b)
+    ]
     if len(pts) < 2 or len({a for a, _ in pts}) < 2:
         return math.nan
     return float(np.polyfit(np.log([a for a, _ in pts]), np.log([b for _, b in pts]), 1)[0])
@@ -145,8 +159,9 @@ def cmd_scaling(args: argparse.Namespace, mode: str, workdir: Path) -> None:
     for r, t in zip(rows, total, strict=True):
         r["seconds_total"] = t
         r["speedup"] = total[0] * ranks[0] / t if mode == "strong" else total[0] / t
-        r["efficiency"] = r["speedup"] / (r["ranks"] / ranks[0]) if mode == "strong" \
-            else r["speedup"]
+        r["efficiency"] = (
+            r["speedup"] / (r["ranks"] / ranks[0]) if mode == "strong" else r["speedup"]
+        )
     ax.set(xlabel="ranks P", ylabel="seconds", title=title)
     ax.set_xticks(ranks, [str(p) for p in ranks])
     ax.legend(fontsize=8)
@@ -155,17 +170,28 @@ def cmd_scaling(args: argparse.Namespace, mode: str, workdir: Path) -> None:
 
 def cmd_conditioning(args: argparse.Namespace, workdir: Path) -> None:
     """cond(A), cond(H), cond(G) and the max HSS ranks against n (``distgn analyze``)."""
-    result = run_distgn(args, "analyze", args.ranks[0],
-                        [output_set(workdir, "analyze.h5"),
-                         f'analyze.plots="{workdir / "analysis"}"'],
-                        ["--sizes", ",".join(map(str, args.sizes))])
+    result = run_distgn(
+        args,
+        "analyze",
+        args.ranks[0],
+        [output_set(workdir, "analyze.h5"), f'analyze.plots="{workdir / "analysis"}"'],
+        ["--sizes", ",".join(map(str, args.sizes))],
+    )
     if result["status"] != 0:
         raise SystemExit(f"study: analyze failed: {result['error']}")
-    rows = [{"n": n, "ranks": result["ranks"],
-             **{f"cond_{m}": result[f"cond_{m}"][i] for m in "AHG"},
-             **{f"max_hss_rank_{m}_{tol}": max(result[f"hss_ranks_{m}"][tol][i])
-                for m in "AHG" for tol in result[f"hss_ranks_{m}"]}}
-            for i, n in enumerate(result["n"])]
+    rows = [
+        {
+            "n": n,
+            "ranks": result["ranks"],
+            **{f"cond_{m}": result[f"cond_{m}"][i] for m in "AHG"},
+            **{
+                f"max_hss_rank_{m}_{tol}": max(result[f"hss_ranks_{m}"][tol][i])
+                for m in "AHG"
+                for tol in result[f"hss_ranks_{m}"]
+            },
+        }
+        for i, n in enumerate(result["n"])
+    ]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     fits = {}
     for m in "AHG":
@@ -174,8 +200,18 @@ def cmd_conditioning(args: argparse.Namespace, workdir: Path) -> None:
         ax.loglog(result["n"], cond, "o-", label=f"cond({m}) ~ n^{fits[f'cond_{m}']:.2f}")
     ax.set(xlabel="n", ylabel="condition number", title="conditioning of A, H, G")
     ax.legend()
-    finish(rows, args.output, fits, fig, {"study": "conditioning", "config": args.config,
-                                          "set": args.set, "method": result.get("method_A")})
+    finish(
+        rows,
+        args.output,
+        fits,
+        fig,
+        {
+            "study": "conditioning",
+            "config": args.config,
+            "set": args.set,
+            "method": result.get("method_A"),
+        },
+    )
 
 
 def cmd_solvers(args: argparse.Namespace, workdir: Path) -> None:
@@ -183,8 +219,11 @@ def cmd_solvers(args: argparse.Namespace, workdir: Path) -> None:
     rows = []
     for solver in args.solvers:
         for n in args.sizes:
-            sets = [f"network.n={n}", f'solver.kind="{solver}"',
-                    output_set(workdir, f"{solver}-{n}.h5")]
+            sets = [
+                f"network.n={n}",
+                f'solver.kind="{solver}"',
+                output_set(workdir, f"{solver}-{n}.h5"),
+            ]
             if solver == "krylov":
                 sets.append(f'solver.petsc_options="{args.krylov_options}"')
             row = run_distgn(args, "solve", args.ranks[0], sets)
@@ -209,8 +248,18 @@ def cmd_solvers(args: argparse.Namespace, workdir: Path) -> None:
     ax_e.set(xlabel="n", ylabel="L2 fit error", title="fit error")
     ax_t.legend(fontsize=8)
     ax_e.legend(fontsize=8)
-    finish(rows, args.output, fits, fig, {"study": "solvers", "config": args.config,
-                                          "set": args.set, "krylov_options": args.krylov_options})
+    finish(
+        rows,
+        args.output,
+        fits,
+        fig,
+        {
+            "study": "solvers",
+            "config": args.config,
+            "set": args.set,
+            "krylov_options": args.krylov_options,
+        },
+    )
 
 
 def cmd_sggn(args: argparse.Namespace, workdir: Path) -> None:
@@ -218,8 +267,9 @@ def cmd_sggn(args: argparse.Namespace, workdir: Path) -> None:
     rows, histories = [], {}
     for n in args.sizes:
         out = workdir / f"sggn-{n}.h5"
-        row = run_distgn(args, "train", args.ranks[0], [f"network.n={n}", output_set(workdir,
-                                                                                   out.name)])
+        row = run_distgn(
+            args, "train", args.ranks[0], [f"network.n={n}", output_set(workdir, out.name)]
+        )
         row["n"] = n
         if row["status"] == 0:
             with h5py.File(out, "r") as fh:
@@ -231,11 +281,17 @@ def cmd_sggn(args: argparse.Namespace, workdir: Path) -> None:
         ax_l.semilogy(np.arange(len(hist["loss"])), hist["loss"], label=f"n = {n}")
         ax_t.semilogy(hist["seconds"], hist["loss"], label=f"n = {n}")
     ok = [r for r in rows if r["status"] == 0]
-    fits = {"seconds_per_iteration": slope([r["n"] for r in ok],
-                                           [r["seconds_per_iteration"] for r in ok])}
+    fits = {
+        "seconds_per_iteration": slope(
+            [r["n"] for r in ok], [r["seconds_per_iteration"] for r in ok]
+        )
+    }
     ax_l.set(xlabel="iteration", ylabel="loss", title="SgGN convergence")
-    ax_t.set(xlabel="seconds", ylabel="loss",
-             title=f"time per iteration ~ n^{fits['seconds_per_iteration']:.2f}")
+    ax_t.set(
+        xlabel="seconds",
+        ylabel="loss",
+        title=f"time per iteration ~ n^{fits['seconds_per_iteration']:.2f}",
+    )
     ax_l.legend(fontsize=8)
     finish(rows, args.output, fits, fig, {"study": "sggn", "config": args.config, "set": args.set})
 
@@ -255,20 +311,32 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--ranks", type=ints, default=[1], help="rank counts (comma-separated)")
         s.add_argument("--launch", default="mpiexec -n {ranks}", help="launcher, {ranks} filled in")
         s.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
-        s.add_argument("-o", "--output", type=Path, default=Path(f"study-{name}"),
-                       help="prefix of the tables and the plot")
+        s.add_argument(
+            "-o",
+            "--output",
+            type=Path,
+            default=Path(f"study-{name}"),
+            help="prefix of the tables and the plot",
+        )
         if name in ("strong", "weak"):
             s.add_argument("--from", dest="source", help="folder of SLURM job outputs to read")
         if name == "weak":
             s.add_argument("--n0", type=int, required=True, help="n on one rank")
-            s.add_argument("--per-rank", choices=("n2", "n"), required=True,
-                           help="keep n^2/P (stored block rows) or n/P (matrix-free) fixed")
+            s.add_argument(
+                "--per-rank",
+                choices=("n2", "n"),
+                required=True,
+                help="keep n^2/P (stored block rows) or n/P (matrix-free) fixed",
+            )
         if name in ("conditioning", "solvers", "sggn"):
             s.add_argument("--sizes", type=ints, required=True, help="values of n")
         if name == "solvers":
             s.add_argument("--solvers", type=lambda t: t.split(","), default=["hss", "dense"])
-            s.add_argument("--krylov-options", default="-distgn_pc_type hss",
-                           help="PETSc options of the krylov runs")
+            s.add_argument(
+                "--krylov-options",
+                default="-distgn_pc_type hss",
+                help="PETSc options of the krylov runs",
+            )
     return p
 
 

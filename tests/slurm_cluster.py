@@ -31,18 +31,26 @@ PARTITION = "debug"
 
 def unavailable_reason() -> str | None:
     """Why a local cluster cannot run here, or None when it can."""
-    missing = [name for name in (*DAEMONS, "sbatch", "squeue", "scontrol", "sinfo")
-               if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
+    missing = [
+        name
+        for name in (*DAEMONS, "sbatch", "squeue", "scontrol", "sinfo")
+        if shutil.which(name) is None and not Path("/usr/sbin", name).exists()
+    ]
     if missing:
-        return (f"slurm-wlm/munge not installed ({', '.join(missing)} missing); on Debian: "
-                "apt-get install slurm-wlm munge")
+        return (
+            f"slurm-wlm/munge not installed ({', '.join(missing)} missing); on Debian: "
+            "apt-get install slurm-wlm munge"
+        )
     if os.geteuid() != 0:
         return "a local SLURM cluster needs root (slurmd starts jobs as their user)"
-    running = subprocess.run(["pgrep", "-x", "slurmctld|slurmd"], capture_output=True,
-                             text=True, check=False).stdout.split()
+    running = subprocess.run(
+        ["pgrep", "-x", "slurmctld|slurmd"], capture_output=True, text=True, check=False
+    ).stdout.split()
     if running:
-        return (f"another SLURM daemon is already running on this machine (pids "
-                f"{' '.join(running)}); only one cluster fits on one machine")
+        return (
+            f"another SLURM daemon is already running on this machine (pids "
+            f"{' '.join(running)}); only one cluster fits on one machine"
+        )
     return None
 
 
@@ -130,10 +138,19 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
         """Write the configuration, start the daemons and wait until the node is idle."""
         self._write_config()
         munge = self.root / "munge"
-        self._spawn("munged", [_daemon("munged"), "-F", "--force",
-                               f"--socket={munge}/munge.socket", f"--key-file={munge}/munge.key",
-                               f"--pid-file={munge}/munged.pid", f"--log-file={munge}/munged.log",
-                               f"--seed-file={munge}/munged.seed"])
+        self._spawn(
+            "munged",
+            [
+                _daemon("munged"),
+                "-F",
+                "--force",
+                f"--socket={munge}/munge.socket",
+                f"--key-file={munge}/munge.key",
+                f"--pid-file={munge}/munged.pid",
+                f"--log-file={munge}/munged.log",
+                f"--seed-file={munge}/munged.seed",
+            ],
+        )
         self._wait_for(lambda: (munge / "munge.socket").exists(), timeout, "munged socket")
         self._spawn("slurmctld", [_daemon("slurmctld"), "-D", "-f", str(self.conf)])
         self._spawn("slurmd", [_daemon("slurmd"), "-D", "-N", NODE, "-f", str(self.conf)])
@@ -141,15 +158,15 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / f"{name}.stdout", "wb")  # noqa: SIM115 - closed with the process
-        self.processes[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                env=self.env, start_new_session=True)
+        self.processes[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         log.close()
 
     def _node_idle(self) -> bool:
         for name, proc in self.processes.items():
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with status {proc.returncode}:\n"
-                                   + self.logs())
+                raise RuntimeError(f"{name} exited with status {proc.returncode}:\n" + self.logs())
         out = self.run(["sinfo", "-h", "-n", NODE, "-o", "%T"], check=False).stdout.strip()
         return out.startswith("idle")
 
@@ -157,30 +174,47 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
         deadline = time.monotonic() + timeout
         while not ready():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}:\n"
-                                   + self.logs())
+                raise TimeoutError(
+                    f"timed out after {timeout:.0f} s waiting for {what}:\n" + self.logs()
+                )
             time.sleep(0.5)
 
     def logs(self, tail: int = 20) -> str:
         """The last lines of every daemon log (for error messages)."""
         parts = []
-        for path in sorted([*self.root.glob("*.log"), *self.root.glob("*.stdout"),
-                            *self.root.glob("munge/*.log")]):
+        for path in sorted(
+            [*self.root.glob("*.log"), *self.root.glob("*.stdout"), *self.root.glob("munge/*.log")]
+        ):
             lines = path.read_text(errors="replace").splitlines()[-tail:]
             parts.append(f"--- {path.name}\n" + "\n".join(lines))
         return "\n".join(parts)
 
-    def run(self, argv: list[str], timeout: float = 60.0, check: bool = True,
-            cwd: Path | str | None = None, env: dict | None = None
-            ) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        argv: list[str],
+        timeout: float = 60.0,
+        check: bool = True,
+        cwd: Path | str | None = None,
+        env: dict | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run a client command (sbatch, squeue, scontrol, ...) against this cluster."""
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check,
-                              cwd=cwd, env={**self.env, **(env or {})})
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+        )
 
     def wait_idle(self, timeout: float) -> None:
         """Wait until no job is pending or running."""
-        self._wait_for(lambda: not self.run(["squeue", "-h", "-o", "%i"]).stdout.strip(),
-                       timeout, "the queue to drain")
+        self._wait_for(
+            lambda: not self.run(["squeue", "-h", "-o", "%i"]).stdout.strip(),
+            timeout,
+            "the queue to drain",
+        )
 
     def job_info(self, job_id: str) -> dict[str, str]:
         """``scontrol show job`` as a dict (JobState, ExitCode, ...)."""
