@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -33,12 +34,14 @@ JOB_ENV = {
     "OMP_NUM_THREADS": "1",
 }
 JOB_TIMEOUT = 240
+# Files that belong to the environment, not to the tests (as the Makefile's clean-tree check).
+ENVIRONMENT_FILES = r"\.venv/|\.ruff_cache/|(.*/)?__pycache__/|.*\.egg-info/"
 
 pytestmark = pytest.mark.timeout(900)
 
 
 def source_tree() -> set[str]:
-    """Untracked and ignored files of the checkout (``__pycache__`` aside)."""
+    """Untracked and ignored files of the checkout, the environment's and caches aside."""
     out = subprocess.run(
         ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
         cwd=REPO,
@@ -48,7 +51,9 @@ def source_tree() -> set[str]:
         check=False,
     ).stdout
     return {
-        line for line in out.splitlines() if line[:2] in ("??", "!!") and "__pycache__" not in line
+        line
+        for line in out.splitlines()
+        if line[:2] in ("??", "!!") and not re.match(ENVIRONMENT_FILES, line[3:].strip('"'))
     }
 
 
