@@ -3,7 +3,7 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 NP_MPI    ?= 2
 APT_PKGS  := openmpi-bin python3-mpi4py python3-petsc4py-real python3-h5py-mpi python3-scipy \
-             python3-matplotlib python3-venv
+             python3-matplotlib python3-venv slurm-wlm munge
 MPIEXEC   := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 \
              OPENBLAS_NUM_THREADS=1 mpiexec --oversubscribe
 PYTEST    := -m pytest -q -p no:cacheprovider
