@@ -450,10 +450,12 @@ def command_diagnose(args: argparse.Namespace) -> None:
     diagnosis_report(runs)
 
 
-PROFILE_FUNCTIONS = {
-    "target moments": "target_moments", "pair integrals": "pair_integrals",
-    "loss and gradient": "loss_and_gradient", "line search": "_line_search",
-    "c-solve": "solve_output", "solve with G": "gn_direction"}
+PROFILE_FUNCTIONS = {  # (file, function) of the steps timed by ``profile``
+    "target moments": ("assembly/__init__.py", "target_moments"),
+    "pair integrals": ("assembly/__init__.py", "pair_integrals"),
+    "loss and gradient": ("objective.py", "loss_and_gradient"),
+    "line search": ("sggn.py", "_line_search"), "c-solve": ("sggn.py", "solve_output"),
+    "solve with G": ("sggn.py", "gn_direction")}
 
 
 def command_profile(args: argparse.Namespace) -> None:
@@ -472,6 +474,7 @@ def command_profile(args: argparse.Namespace) -> None:
     import distgn
 
     comm = MPI.COMM_SELF
+    Path(args.work).mkdir(parents=True, exist_ok=True)
     path = OUT / "profile.md"
     lines = [] if path.exists() else [
         "<!-- written by scripts/experiments.py profile -->", "",
@@ -496,9 +499,9 @@ def command_profile(args: argparse.Namespace) -> None:
         per_iteration = (history["seconds"][-1] - history["seconds"][0]) / count
         evaluations = np.nansum(history.get("evaluations", [np.nan])) / count
         stats = pstats.Stats(profiler).stats
-        cumulative = {label: sum(entry[3] for (_, _, function), entry in stats.items()
-                                 if function == name) / count
-                      for label, name in PROFILE_FUNCTIONS.items()}
+        cumulative = {label: sum(entry[3] for (file, _, function), entry in stats.items()
+                                 if function == name and file.endswith(suffix)) / count
+                      for label, (suffix, name) in PROFILE_FUNCTIONS.items()}
         where = Path(inspect.getfile(distgn)).parent.parent
         lines.append(f"| {args.label} (`{where.name}`) | {n} | {count} | {per_iteration:.3f} | "
                      f"{evaluations:.1f} | "
