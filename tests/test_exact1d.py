@@ -60,7 +60,7 @@ def test_pairs_match_exact_rationals(L, R):
 
 
 def test_example_closed_form():
-    """MATH.md's example: w = +1 on [0, 1], t_i <= t_j."""
+    """docs/math.md's example ("1D closed forms"): w = +1 on [0, 1], t_i <= t_j."""
     ti, tj = 0.2, 0.55
     got = exact1d.pair_integrals(np.array([[0.0, 1.0]]), np.ones((2, 1)), -np.array([ti, tj]),
                                  np.array([0]), np.array([1]))
