@@ -2,9 +2,10 @@
 
 ``J = 1/2 int (v - u)^2`` and its gradient in (c, c0, W, b) from exact pair integrals and target
 moments (distgn.assembly): ``int v h_i xhat = sum_j c_j G_(i,j) r_j + c0 int h_i xhat``, so the
-gradient in r_i is ``c_i int (v - u) h_i xhat`` and in c_i ``int (v - u) phi_i``
-(docs/math.md). The 1D loss comes from direct Gauss rules between the breakpoints (``fit.l2_error_1d``: no cancellation,
-it reaches round-off); in 2D from the same moments (it cancels at ~1e-16 of ``int u^2``).
+gradient in r_i is ``c_i int (v - u) h_i xhat`` and in c_i ``int (v - u) phi_i`` (docs/math.md).
+The 1D loss comes from direct Gauss rules between the breakpoints (``fit.l2_error_1d``: no
+cancellation, it reaches round-off); in 2D from the same moments (it cancels at ~1e-16 of ``int
+u^2``).
 
 Every rank holds the whole network (replicated, user order). Row-wise work is split into
 contiguous shares (``owned_rows``), every row is computed the same way whatever the share, and the
