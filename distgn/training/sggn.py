@@ -23,11 +23,11 @@ With c fixed the Jacobian of v in r_i is ``c_i h_i xhat`` and the Gauss-Newton m
 (docs/math.md, "Gauss-Newton step in r"), so the direction is ``p = -D^{-1} G^{-1} gtilde``,
 ``gtilde_i = int (v - u) h_i xhat``: one solve with G over the moving neurons (``solvers.factor``,
 the configured back end), then a scaling by ``1/c_i``. ``y = -G^{-1} gtilde`` is the Gauss-Newton
-step in ``a_i = c_i r_i``, which is also Kaufman's variable-projection step (the joint step in (c, r) at ``c = c*(r)``; ``c_i phi_i =
-c_i h_i xhat . r_i`` lies in the span of the r-Jacobian). The path is ``r + gamma p`` (linear in
-``a_i`` while c is fixed), renormalised; in 1D a breakpoint goes through infinity and the neuron
-changes orientation when ``w_i + gamma p_w,i`` changes sign. The variants differ in what the line
-search minimises:
+step in ``a_i = c_i r_i``, which is also Kaufman's variable-projection step (the joint step in (c,
+r) at ``c = c*(r)``; ``c_i phi_i = c_i h_i xhat . r_i`` lies in the span of the r-Jacobian). The
+path is ``r + gamma p`` (linear in ``a_i`` while c is fixed), renormalised; in 1D a breakpoint goes
+through infinity and the neuron changes orientation when ``w_i + gamma p_w,i`` changes sign. The
+variants differ in what the line search minimises:
 
 - ``"alternating"``: ``J(c, r + gamma p)`` with c fixed, then c is solved for at the new r;
 - ``"varpro"``: the projected loss ``min_c J(c, r + gamma p)``; every trial point is a c-solve.
