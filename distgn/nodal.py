@@ -370,7 +370,8 @@ class NodalSystem:
         """Gauss points on the mesh cells ``c0 <= k < c1``, split at the target's features.
 
         Yields (cell, lambda, weight, u): per point its cell k, local coordinate
-        ``(x - z_k) / h_k`` computed from the cell's own left end, the weight and ``u(x)``.
+        ``(x - z_k) / h_k`` computed from exact differences of nearby nodes (accurate to rounding
+        relative to 1 on the smallest cells), the weight and ``u(x)``.
         """
         z = self.span.basis.z
         edges = z[c0:c1 + 1]
@@ -381,12 +382,15 @@ class NodalSystem:
         for s in range(0, fine.size - 1, CHUNK_CELLS):
             left, right = fine[s:s + CHUNK_CELLS], fine[s + 1:s + CHUNK_CELLS + 1]
             left = left[:right.size]
-            half = 0.5 * (right - left)
-            mid = 0.5 * (left + right)
-            cell = np.searchsorted(edges, mid, side="right") - 1
+            width = right - left                    # exact: neighbouring doubles (Sterbenz)
+            cell = np.searchsorted(edges, left + 0.5 * width, side="right") - 1
             zl, h = edges[cell], edges[cell + 1] - edges[cell]
-            offset = (mid - zl)[:, None] + half[:, None] * gx[None, :]
-            x = mid[:, None] + half[:, None] * gx[None, :]
+            # The offset from the cell's left end from exact differences only: a midpoint
+            # rounded to ulp(x) would put an error of eps |x| / h into lambda on small cells.
+            step = width[:, None] * (0.5 * (1.0 + gx))[None, :]
+            offset = (left - zl)[:, None] + step
+            x = left[:, None] + step
+            half = 0.5 * width
             u = target(x.reshape(-1, 1)).reshape(x.shape)
             yield (cell + c0, offset / h[:, None], half[:, None] * gw[None, :], u)
 

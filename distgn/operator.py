@@ -9,7 +9,10 @@ rank). Indices are scalar: for G (block = d+1) index ``k`` is derivative ``k % b
 
 ``build`` is the one way to make the operator of a problem: it honours ``solver.matrix_free`` and
 returns the assembled block rows (right-hand sides always, matrix rows unless matrix-free) next to
-the operator. Construction is rank-local; ``matvec`` and ``norm_estimate`` are collective.
+the operator. ``nodal_operator`` turns a 1D operator of A into the well-conditioned least-squares
+system in value coordinates (distgn.nodal, docs/large-n.md), which every 1D solve with A uses
+unless ``solver.basis = "relu"``. Construction is rank-local; ``matvec`` and ``norm_estimate`` are
+collective.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ class Operator:
         This rank's block rows (m block, n block), or None when matrix-free.
     fast_matvec : callable or None
         Full-vector product ``x -> M x`` in O(n log n) (1D matrix-free), else None.
+    system : NodalSystem or None
+        For the 1D least-squares system in value coordinates (``nodal_operator``): its exact
+        entries and distributed product; the tree then orders value coordinates, not neurons.
     """
 
     name: str

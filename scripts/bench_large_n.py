@@ -89,8 +89,8 @@ def run(n: int, ranks: int, kind: str, python: str) -> dict:
 def table(rows: list[dict]) -> str:
     """The markdown table of the runs."""
     head = ("| n | P | solver | wall s (whole command) | assemble s | factor s | solve s | "
-            "fit L2 error | best fit (reference) | peak memory per rank | bytes sent per rank "
-            "(factor + solve) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "fit L2 error | best fit (reference) | peak memory per rank | bytes handed to MPI per "
+            "rank (max, whole solve path) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in sorted(rows, key=lambda r: (r["n"], r["kind"], r["ranks"])):
         if r["returncode"] != 0:

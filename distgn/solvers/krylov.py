@@ -29,7 +29,9 @@ piecewise-polynomial basis (``HatSolver``, the ReLU -> hat transform of MATH.md 
 and to any orientations): exact in exact arithmetic, so PCG needs one or two iterations whatever n
 as long as the matrix is numerically positive definite; rounding grows with random breakpoints
 (cell lengths down to ~1/n^2) and mixed orientations (benchmarks/krylov.md). It is 1D only.
-``hss`` is ``distgn.solvers.hss.factor`` at a loose tolerance. ``FactorizationPC`` turns any distgn
+On the 1D value-coordinate system (``Operator.system``, every 1D solve with A by default) ``hat``
+is that system's exact O(n) inverse. ``hss`` is ``distgn.solvers.hss.factor`` at a loose
+tolerance. ``FactorizationPC`` turns any distgn
 factorization (any object with ``solve``) into a PETSc PC of type python.
 
 Matrices. With stored block rows the operator becomes a PETSc dense matrix. PETSc dense storage is
