@@ -21,7 +21,7 @@ from distgn.solvers.petsc import PREFIX
 
 
 class HatSolver(Disposable):
-    """Exact O(n) solve with a 1D A, H or G: the ReLU -> hat transform of MATH.md, generalised.
+    """Exact O(n) solve with a 1D A, H or G: the ReLU -> hat transform (docs/math.md), generalised.
 
     In the value coordinates of ``distgn.nodal.PiecewiseBasis`` (nodal values for A, cell values for
     H, cell polynomials for G) the matrix is ``M = V^T mass V`` with ``mass`` banded and V (m x nq)
@@ -39,7 +39,7 @@ class HatSolver(Disposable):
 
     The projections ``I - N N^T`` are exact identities; they keep rounding errors along N, which B
     would amplify (its null space, the affine functions, can be nearly inside the range of V), out
-    of the result. One orientation with sorted distinct breakpoints and no nullity is MATH.md's
+    of the result. One orientation with sorted distinct breakpoints and no nullity is docs/math.md's
     ``A^{-1} = T^{-1} M^{-1} T^{-T}``; this form is exact (in exact arithmetic) for every 1D neuron
     set with a nonsingular matrix, any orientations. Rounding grows with the spread of cell lengths
     (nearly coinciding breakpoints) and with mixed orientations; see benchmarks/krylov.md.

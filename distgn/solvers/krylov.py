@@ -25,14 +25,14 @@ option                                 meaning (default)
 Preconditioners. ``jacobi`` is PETSc's. ``bjacobi`` is distgn's: one dense LAPACK Cholesky of each
 rank's diagonal block (PETSc's ``-distgn_sub_*`` options do not apply), with a collective error if a
 block is not numerically positive definite. ``hat`` is the O(n) 1D solve through the
-piecewise-polynomial basis (``HatSolver``, the ReLU -> hat transform of MATH.md generalised to H, G
-and to any orientations): exact in exact arithmetic, so PCG needs one or two iterations whatever n
-as long as the matrix is numerically positive definite; rounding grows with random breakpoints
-(cell lengths down to ~1/n^2) and mixed orientations (benchmarks/krylov.md). It is 1D only.
-On the 1D value-coordinate system (``Operator.system``, every 1D solve with A by default) ``hat``
-is that system's exact O(n) inverse. ``hss`` is ``distgn.solvers.hss.factor`` at a loose
-tolerance. ``FactorizationPC`` turns any distgn
-factorization (any object with ``solve``) into a PETSc PC of type python.
+piecewise-polynomial basis (``HatSolver``, the ReLU -> hat transform of docs/math.md generalised to
+H, G and to any orientations): exact in exact arithmetic, so PCG needs one or two iterations
+whatever n as long as the matrix is numerically positive definite; rounding grows with random
+breakpoints (cell lengths down to ~1/n^2) and mixed orientations (benchmarks/krylov.md). It is 1D
+only. On the 1D value-coordinate system (``Operator.system``, every 1D solve with A by default)
+``hat`` is that system's exact O(n) inverse. ``hss`` is ``distgn.solvers.hss.factor`` at a loose
+tolerance. ``FactorizationPC`` turns any distgn factorization (any object with ``solve``) into a
+PETSc PC of type python.
 
 Matrices. With stored block rows the operator becomes a PETSc dense matrix. PETSc dense storage is
 column-major and our block rows are C-order (m, N): on one rank that buffer is the column-major
