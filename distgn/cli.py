@@ -45,15 +45,39 @@ from distgn.training.loop import checkpoint_path
 from distgn.tree import ClusterTree, network_tree
 
 # Long options of distgn: given with one dash (``-json``) they would reach PETSc unnoticed.
-LONG_OPTIONS = ("json", "verbose", "set", "output", "force", "restart", "sizes", "matrices",
-                "version", "help")
+LONG_OPTIONS = (
+    "json",
+    "verbose",
+    "set",
+    "output",
+    "force",
+    "restart",
+    "sizes",
+    "matrices",
+    "version",
+    "help",
+)
 # PETSc options distgn reads or passes on: ``-distgn_ksp_*`` and ``-distgn_pc_*`` (any KSP or PC
 # option, distgn.solvers.krylov) and these global ones.
 PETSC_PREFIXES = ("distgn_ksp_", "distgn_pc_")
-PETSC_GLOBAL = ("log_view", "log_view_memory", "log_trace", "log_all", "options_left",
-                "options_view", "malloc_debug", "malloc_dump", "malloc_view", "memory_view",
-                "info", "on_error_abort", "check_pointer_intensity", "no_signal_handler",
-                "fp_trap", "use_gpu_aware_mpi")
+PETSC_GLOBAL = (
+    "log_view",
+    "log_view_memory",
+    "log_trace",
+    "log_all",
+    "options_left",
+    "options_view",
+    "malloc_debug",
+    "malloc_dump",
+    "malloc_view",
+    "memory_view",
+    "info",
+    "on_error_abort",
+    "check_pointer_intensity",
+    "no_signal_handler",
+    "fp_trap",
+    "use_gpu_aware_mpi",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,7 +94,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="distgn", description="Exact ReLU-network matrices, hierarchical solvers and SgGN.")
+        prog="distgn", description="Exact ReLU-network matrices, hierarchical solvers and SgGN."
+    )
     parser.add_argument("--version", action="version", version=f"distgn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -78,12 +103,23 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if config:
             p.add_argument("config", nargs="?", help="TOML config file (defaults if omitted)")
-            p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                           help="override a config key (repeatable)")
-            p.add_argument("-o", "--output", help=f"output HDF5 file (default: output.path, else "
-                           f"<config stem>.{name}.h5)")
-            p.add_argument("--force", action="store_true",
-                           help="replace an output file of another subcommand or problem")
+            p.add_argument(
+                "--set",
+                action="append",
+                default=[],
+                metavar="SECTION.KEY=VALUE",
+                help="override a config key (repeatable)",
+            )
+            p.add_argument(
+                "-o",
+                "--output",
+                help=f"output HDF5 file (default: output.path, else <config stem>.{name}.h5)",
+            )
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="replace an output file of another subcommand or problem",
+            )
         p.add_argument("--json", action="store_true", help="print results as one JSON line")
         p.add_argument("-v", "--verbose", action="store_true", help="debug output on rank 0")
         return p
@@ -94,8 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="comma-separated n values (default: analyze.sizes)")
     command("solve", "solve A c = F (or H, G systems) with the configured solver")
     p = command("train", "fit the target by SgGN or a baseline optimizer")
-    p.add_argument("--restart", metavar="FILE",
-                   help="continue exactly from this checkpoint or finished run file")
+    p.add_argument(
+        "--restart",
+        metavar="FILE",
+        help="continue exactly from this checkpoint or finished run file",
+    )
     p = command("inspect", "show the group tree of a distgn HDF5 file", config=False)
     p.add_argument("path", help="HDF5 file")
     return parser
@@ -123,15 +162,22 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     while i < len(argv):
         token = argv[i]
         i += 1
-        if token.startswith("--") or len(token) < 3 or not token.startswith("-") \
-                or _is_number(token):
+        if (
+            token.startswith("--")
+            or len(token) < 3
+            or not token.startswith("-")
+            or _is_number(token)
+        ):
             ours.append(token)
             continue
         if token[1:] in LONG_OPTIONS:
             raise InputError(f"option {token} has one dash: did you mean -{token}?")
         petsc.append(token)
-        if i < len(argv) and not argv[i].endswith(".toml") and (
-                not argv[i].startswith("-") or _is_number(argv[i])):
+        if (
+            i < len(argv)
+            and not argv[i].endswith(".toml")
+            and (not argv[i].startswith("-") or _is_number(argv[i]))
+        ):
             petsc.append(argv[i])
             i += 1
     return _parser().parse_args(ours), petsc
@@ -147,22 +193,36 @@ def check_petsc_options(options: list[str], where: str = "") -> None:
         name = token[1:]
         if name.startswith(PETSC_PREFIXES) or name in PETSC_GLOBAL:
             continue
-        known = [*PETSC_GLOBAL, "distgn_ksp_type", "distgn_pc_type", "distgn_ksp_rtol",
-                 "distgn_ksp_max_it", "distgn_ksp_monitor", "distgn_pc_hss_tol",
-                 "distgn_ksp_norm_type", *LONG_OPTIONS]
+        known = [
+            *PETSC_GLOBAL,
+            "distgn_ksp_type",
+            "distgn_pc_type",
+            "distgn_ksp_rtol",
+            "distgn_ksp_max_it",
+            "distgn_ksp_monitor",
+            "distgn_pc_hss_tol",
+            "distgn_ksp_norm_type",
+            *LONG_OPTIONS,
+        ]
         close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean {'--' if close and close[0] in LONG_OPTIONS else '-'}{close[0]}?" \
-            if close else ""
-        raise InputError(f"unknown option {token}{where} (PETSc options distgn uses: "
-                         f"-distgn_ksp_*, -distgn_pc_*, -log_view, ...){hint}")
+        hint = (
+            f"; did you mean {'--' if close and close[0] in LONG_OPTIONS else '-'}{close[0]}?"
+            if close
+            else ""
+        )
+        raise InputError(
+            f"unknown option {token}{where} (PETSc options distgn uses: "
+            f"-distgn_ksp_*, -distgn_pc_*, -log_view, ...){hint}"
+        )
 
 
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config, args.set)
     check_petsc_options(config.solver.petsc_options.split(), " in solver.petsc_options")
     if config.solver.kind not in KINDS:
-        raise InputError(f"config key solver.kind = {config.solver.kind!r} is not one of "
-                         f"{', '.join(KINDS)}")
+        raise InputError(
+            f"config key solver.kind = {config.solver.kind!r} is not one of {', '.join(KINDS)}"
+        )
     return config
 
 
@@ -194,8 +254,9 @@ def precheck(comm: MPI.Comm, work: Callable[[], object]) -> object:
 
 def _tree(problem: Problem, config: Config, comm: MPI.Comm) -> ClusterTree:
     net = problem.network
-    return network_tree(problem.domain, net.W, net.b, config.solver.ordering, comm.size,
-                        config.solver.leaf_size)
+    return network_tree(
+        problem.domain, net.W, net.b, config.solver.ordering, comm.size, config.solver.leaf_size
+    )
 
 
 def _memory(comm: MPI.Comm) -> int:
@@ -224,8 +285,14 @@ def _prepare(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> tupl
         check_petsc_options(petsc)
         build_problem(config)
         path = output_path(args, config)
-        io.check_output(path, MPI.COMM_SELF, args.command, config, args.force,
-                        "-o" if args.output else "output.path")
+        io.check_output(
+            path,
+            MPI.COMM_SELF,
+            args.command,
+            config,
+            args.force,
+            "-o" if args.output else "output.path",
+        )
         return path
 
     path = precheck(comm, work)
@@ -238,24 +305,40 @@ def cmd_assemble(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> 
     which = tuple(m.strip() for m in args.matrices.split(",") if m.strip())
     bad = [m for m in which if m not in MATRICES]
     if bad or not which:
-        raise InputError(f"--matrices {args.matrices!r}: {', '.join(bad) or 'nothing'} not in "
-                         "A, H, G")
+        raise InputError(
+            f"--matrices {args.matrices!r}: {', '.join(bad) or 'nothing'} not in A, H, G"
+        )
     problem = build_problem(config)
     tree = _tree(problem, config, comm)
     timings: dict[str, float] = {}
     with log_stage("distgn: assembly"), timed(comm, timings, "seconds_assemble"):
         blocks = assemble_block_rows(problem, tree, comm.rank, which)
-    attrs = io.stamp(config, "assemble", comm, target=problem.target.name,
-                     matrices=",".join(which), **problem.domain.to_attrs())
+    attrs = io.stamp(
+        config,
+        "assemble",
+        comm,
+        target=problem.target.name,
+        matrices=",".join(which),
+        **problem.domain.to_attrs(),
+    )
     with timed(comm, timings, "seconds_write"):
         io.write_block_rows(path, blocks, comm, attrs)
     local_bytes = sum(m.nbytes for m in blocks.matrices.values())
-    result = {"n": tree.n, "d": problem.domain.dim, "ranks": comm.size, "path": path,
-              "matrices": list(which), **timings,
-              "bytes_per_rank_max": comm.allreduce(local_bytes, op=MPI.MAX),
-              "peak_memory_bytes": _memory(comm)}
-    print0(comm, f"assembled {', '.join(which)} for n = {tree.n} (d = {problem.domain.dim}) on "
-                 f"{comm.size} rank(s) in {timings['seconds_assemble']:.3f} s; wrote {path}")
+    result = {
+        "n": tree.n,
+        "d": problem.domain.dim,
+        "ranks": comm.size,
+        "path": path,
+        "matrices": list(which),
+        **timings,
+        "bytes_per_rank_max": comm.allreduce(local_bytes, op=MPI.MAX),
+        "peak_memory_bytes": _memory(comm),
+    }
+    print0(
+        comm,
+        f"assembled {', '.join(which)} for n = {tree.n} (d = {problem.domain.dim}) on "
+        f"{comm.size} rank(s) in {timings['seconds_assemble']:.3f} s; wrote {path}",
+    )
     _emit(comm, args, result)
     return 0
 
@@ -291,8 +374,15 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int
     counted = CountingComm(comm)  # every byte the solve path sends is counted (--json)
     with log_stage("distgn: assembly"), timed(comm, timings, "seconds_assemble"):
         operator, blocks = build(problem, cfg, counted, cfg.matrix, tree)
-    result: dict = {"n": tree.n, "d": problem.domain.dim, "ranks": comm.size, "solver": cfg.kind,
-                    "matrix": cfg.matrix, "tol": cfg.tol, "matrix_free": cfg.matrix_free}
+    result: dict = {
+        "n": tree.n,
+        "d": problem.domain.dim,
+        "ranks": comm.size,
+        "solver": cfg.kind,
+        "matrix": cfg.matrix,
+        "tol": cfg.tol,
+        "matrix_free": cfg.matrix_free,
+    }
     if cfg.matrix == "A":
         fit = solve_output_weights(problem, blocks, operator, cfg, forward_error=True)
         c = np.empty(tree.n)
@@ -312,24 +402,27 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int
         result["solution_norm"] = float(np.linalg.norm(operator.gather(x)))
     result.update(timings, **summary(counted), peak_memory_bytes=_memory(comm))
     _write_solution(path, comm, config, network, result)
-    print0(comm, f"solved {cfg.matrix} (n = {tree.n}, {comm.size} rank(s)) with {cfg.kind}: "
-                 f"backward error {result['backward_error']:.2e}"
-                 + (f", fit L2 error {result['fit_l2_error']:.3e}" if "fit_l2_error" in result
-                    else "") + f"; wrote {path}")
+    print0(
+        comm,
+        f"solved {cfg.matrix} (n = {tree.n}, {comm.size} rank(s)) with {cfg.kind}: "
+        f"backward error {result['backward_error']:.2e}"
+        + (f", fit L2 error {result['fit_l2_error']:.3e}" if "fit_l2_error" in result else "")
+        + f"; wrote {path}",
+    )
     _emit(comm, args, result)
     return 0
 
 
-def _write_solution(path: str, comm: MPI.Comm, config: Config, network: object,
-                    result: dict) -> None:
+def _write_solution(
+    path: str, comm: MPI.Comm, config: Config, network: object, result: dict
+) -> None:
     """The solve file: ``network/*`` (user order) and ``result`` attributes. Collective."""
 
     def fill(fh: object) -> None:
         io.write_network(fh.create_group("network"), network)
         io.write_attrs(fh.create_group("result"), result)
 
-    io.write_file(path, comm, io.stamp(config, "solve", comm, n=network.n, d=network.dim),
-                  fill)
+    io.write_file(path, comm, io.stamp(config, "solve", comm, n=network.n, d=network.dim), fill)
 
 
 def cmd_train(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int:
@@ -344,14 +437,13 @@ def cmd_train(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int
             io.check_same_problem(state, config)
         build_problem(config)
         path = output_path(args, config)
-        io.check_output(path, MPI.COMM_SELF, "train", config, args.force,
-                        "-o" if args.output else "output.path")
+        io.check_output(
+            path, MPI.COMM_SELF, "train", config, args.force, "-o" if args.output else "output.path"
+        )
         checkpoint = checkpoint_path(config, path)
         if checkpoint == path:
-            raise InputError(f"checkpoint.path = {checkpoint!r} is the output file; "
-                             "choose another")
-        io.check_output(checkpoint, MPI.COMM_SELF, "train", config, args.force,
-                        "checkpoint.path")
+            raise InputError(f"checkpoint.path = {checkpoint!r} is the output file; choose another")
+        io.check_output(checkpoint, MPI.COMM_SELF, "train", config, args.force, "checkpoint.path")
         return path, checkpoint, state
 
     # rank 0 reads and verifies the --restart file; the other ranks get its state
@@ -383,14 +475,21 @@ def _print_tree(comm: MPI.Comm, node: dict, name: str, indent: str = "") -> None
             text = text.replace("\n", " ")[:97] + "..."
         print0(comm, f"{indent}  @{key} = {text}")
     for key, info in node["datasets"].items():
-        print0(comm, f"{indent}  {key}  {tuple(info['shape'])} {info['dtype']}  "
-                     f"checksum {info['checksum']}")
+        print0(
+            comm,
+            f"{indent}  {key}  {tuple(info['shape'])} {info['dtype']}  checksum {info['checksum']}",
+        )
     for key, child in node["groups"].items():
         _print_tree(comm, child, f"{key}/", indent + "  ")
 
 
-COMMANDS = {"assemble": cmd_assemble, "analyze": cmd_analyze, "solve": cmd_solve,
-            "train": cmd_train, "inspect": cmd_inspect}
+COMMANDS = {
+    "assemble": cmd_assemble,
+    "analyze": cmd_analyze,
+    "solve": cmd_solve,
+    "train": cmd_train,
+    "inspect": cmd_inspect,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

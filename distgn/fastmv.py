@@ -57,8 +57,10 @@ def fast_matvec_1d(
 
     def moments(slope: np.ndarray, offset: np.ndarray, top: int) -> list[np.ndarray]:
         """``int_{a_i}^{z_i} x^p g`` for p < top (columns first: shape (k, n) in and out)."""
-        alpha, beta = (np.cumsum(np.concatenate([v, -v], axis=1)[:, order[:-1]], axis=1)
-                       for v in (slope, offset))
+        alpha, beta = (
+            np.cumsum(np.concatenate([v, -v], axis=1)[:, order[:-1]], axis=1)
+            for v in (slope, offset)
+        )
         out = []
         for p in range(top):
             prefix = np.zeros((alpha.shape[0], 2 * n))
@@ -83,8 +85,12 @@ def fast_matvec_1d(
     def matvec(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=float)
         rows = x.reshape(x.shape[0], -1).T
-        y = np.vstack([product(np.ascontiguousarray(rows[k:k + COLUMNS]))
-                       for k in range(0, rows.shape[0], COLUMNS)])
+        y = np.vstack(
+            [
+                product(np.ascontiguousarray(rows[k : k + COLUMNS]))
+                for k in range(0, rows.shape[0], COLUMNS)
+            ]
+        )
         return y.T.reshape(x.shape)
 
     return matvec

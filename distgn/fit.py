@@ -60,9 +60,14 @@ class OutputWeights:
     stats: dict
 
 
-def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator,
-                         config: SolverConfig, norm: float | None = None,
-                         forward_error: bool = False) -> OutputWeights:
+def solve_output_weights(
+    problem: Problem,
+    blocks: BlockRows,
+    operator: Operator,
+    config: SolverConfig,
+    norm: float | None = None,
+    forward_error: bool = False,
+) -> OutputWeights:
     """Solve the least-squares problem for c (and c0) with the configured solver. Collective.
 
     ``norm`` (an estimate of ||A||) is used by the neuron-basis path only. With
@@ -95,9 +100,11 @@ def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator
         requested = config.rtol if config.kind == "krylov" else config.tol
         stats = {**stats, "cond_estimate": cond, "forward_error_estimate": cond * berr}
         if cond * berr > requested and comm.rank == 0:
-            log.warning(f"fit: the estimated relative forward error of c, cond(A) {cond:.1e} x "
-                        f"backward error {berr:.1e} = {cond * berr:.1e}, is above the requested "
-                        f"tolerance {requested:.0e}")
+            log.warning(
+                f"fit: the estimated relative forward error of c, cond(A) {cond:.1e} x "
+                f"backward error {berr:.1e} = {cond * berr:.1e}, is above the requested "
+                f"tolerance {requested:.0e}"
+            )
     c = operator.gather(x)
     if problem.domain.dim == 1:
         l2 = l2_error_1d(problem.domain.bounds, blocks.W, blocks.b, c, c0, problem.target)
@@ -105,14 +112,25 @@ def solve_output_weights(problem: Problem, blocks: BlockRows, operator: Operator
         Ac = operator.matvec(x)
         parts = comm.allreduce(np.array([x @ Ac, x @ F, x @ blocks.mass]))
         m0 = c0 or 0.0
-        terms = np.array([parts[0], 2 * m0 * parts[2], m0**2 * problem.domain.measure,
-                          -2 * parts[1], -2 * m0 * u_int, u_sq])
+        terms = np.array(
+            [
+                parts[0],
+                2 * m0 * parts[2],
+                m0**2 * problem.domain.measure,
+                -2 * parts[1],
+                -2 * m0 * u_int,
+                u_sq,
+            ]
+        )
         e2 = float(np.sum(terms))
         # Each term carries a relative rounding error of a few eps (the exact integrals and the
         # products): e^2 below that level is not resolved.
         floor = float(64 * np.finfo(float).eps * np.sum(np.abs(terms)))
-        stats = {**stats, "fit_l2_error_floor": float(np.sqrt(floor)),
-                 "fit_l2_error_resolved": bool(e2 > floor)}
+        stats = {
+            **stats,
+            "fit_l2_error_floor": float(np.sqrt(floor)),
+            "fit_l2_error_resolved": bool(e2 > floor),
+        }
         l2 = float(np.sqrt(e2)) if e2 > floor else float(np.sqrt(floor))
     return OutputWeights(c, c0, l2, berr, stats)
 
@@ -156,13 +174,23 @@ def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> 
     n = operator.tree.n
     c0 = float(coefficients[n]) if problem.output_bias else None
     l2 = system.l2_error(values, problem.target, nodal.comm, nodal.offsets())
-    stats = {**stats, "basis": "nodal", "nodal_size": nodal.size,
-             "nodal_constraints": int(system.span.null.shape[1])}
+    stats = {
+        **stats,
+        "basis": "nodal",
+        "nodal_size": nodal.size,
+        "nodal_constraints": int(system.span.null.shape[1]),
+    }
     return OutputWeights(coefficients[:n], c0, l2, berr, stats)
 
 
-def l2_error_1d(bounds: np.ndarray, W: np.ndarray, b: np.ndarray, c: np.ndarray,
-                c0: float | None, target: Target) -> float:
+def l2_error_1d(
+    bounds: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray,
+    c0: float | None,
+    target: Target,
+) -> float:
     """``sqrt(int (v - u)^2)`` on an interval by Gauss rules between all breakpoints.
 
     v is piecewise linear with kinks at the breakpoints: its slope and value on each cell come from

@@ -57,8 +57,9 @@ class Network:
 
     def subset(self, index: np.ndarray) -> Network:
         """The sub-network of the neurons ``index``."""
-        return replace(self, W=self.W[index], b=self.b[index],
-                       c=None if self.c is None else self.c[index])
+        return replace(
+            self, W=self.W[index], b=self.b[index], c=None if self.c is None else self.c[index]
+        )
 
     def evaluate(self, x: np.ndarray) -> np.ndarray:
         """Network values at points ``x`` (N, d); requires ``c``."""
@@ -75,8 +76,9 @@ class Network:
         return -self.b / self.W[:, 0]
 
 
-def evaluate_1d(w: np.ndarray, b: np.ndarray, c: np.ndarray, c0: float | None,
-                x: np.ndarray) -> np.ndarray:
+def evaluate_1d(
+    w: np.ndarray, b: np.ndarray, c: np.ndarray, c0: float | None, x: np.ndarray
+) -> np.ndarray:
     """``c0 + sum_i c_i relu(w_i x + b_i)`` at points x in O((n + N) log n).
 
     A right-facing neuron (w > 0) is ``w x + b`` where ``x > t = -b / w``, a left-facing one where
@@ -92,10 +94,10 @@ def evaluate_1d(w: np.ndarray, b: np.ndarray, c: np.ndarray, c0: float | None,
         slope = np.concatenate([[0.0], np.cumsum((c * w)[order])])
         icept = np.concatenate([[0.0], np.cumsum((c * b)[order])])
         if right:
-            k = np.searchsorted(ts, x, side="left")       # t < x
+            k = np.searchsorted(ts, x, side="left")  # t < x
             v += slope[k] * x + icept[k]
         else:
-            k = np.searchsorted(ts, x, side="right")      # t <= x are inactive
+            k = np.searchsorted(ts, x, side="right")  # t <= x are inactive
             v += (slope[-1] - slope[k]) * x + (icept[-1] - icept[k])
     return v
 
@@ -234,4 +236,3 @@ def _unit_vectors(theta: np.ndarray, dim: int, rng: np.random.Generator | None) 
         rng = np.random.default_rng(12345)
     v = rng.standard_normal((theta.size, dim))
     return v / np.linalg.norm(v, axis=1)[:, None]
-

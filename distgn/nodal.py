@@ -103,12 +103,14 @@ def piecewise_basis(name: str, L: float, R: float, breakpoints: np.ndarray) -> P
         q, g = 2, 2
     scale = np.sqrt(mass.diagonal())
     unscale = sp.diags(1.0 / scale)
-    return PiecewiseBasis(q, g, z, (to_coefficients @ unscale).tocsr(),
-                          (unscale @ mass @ unscale).tocsr(), scale)
+    return PiecewiseBasis(
+        q, g, z, (to_coefficients @ unscale).tocsr(), (unscale @ mass @ unscale).tocsr(), scale
+    )
 
 
-def neuron_rows(name: str, w: np.ndarray, b: np.ndarray, L: float, R: float
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def neuron_rows(
+    name: str, w: np.ndarray, b: np.ndarray, L: float, R: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each neuron's functions in the augmented basis: ``scale_i * basis(node_i) + E_i y_glob``.
 
     Returns ``node`` (index of the neuron's breakpoint among the interior nodes, -1 if outside
@@ -136,8 +138,11 @@ def neuron_rows(name: str, w: np.ndarray, b: np.ndarray, L: float, R: float
 
 def constant_row(name: str) -> np.ndarray:
     """The constant function 1 in the global part of the augmented basis, shape (1, q, g)."""
-    return {"A": np.array([[[0.0, 1.0]]]), "H": np.array([[[1.0]]]),
-            "G": np.array([[[0.0, 1.0], [0.0, 0.0]]])}[name]
+    return {
+        "A": np.array([[[0.0, 1.0]]]),
+        "H": np.array([[[1.0]]]),
+        "G": np.array([[[0.0, 1.0], [0.0, 0.0]]]),
+    }[name]
 
 
 class NeuronSpan:
@@ -154,8 +159,9 @@ class NeuronSpan:
     Rank-local; every rank holds the O(n) transform.
     """
 
-    def __init__(self, name: str, L: float, R: float, w: np.ndarray, b: np.ndarray,
-                 bias: bool = False) -> None:
+    def __init__(
+        self, name: str, L: float, R: float, w: np.ndarray, b: np.ndarray, bias: bool = False
+    ) -> None:
         self.name = name
         self.n = int(w.size)
         self.basis = basis = piecewise_basis(name, L, R, -b / w)
@@ -176,17 +182,28 @@ class NeuronSpan:
         Ea = E_aff[self.affine].reshape(-1, basis.g)
         if Ea.size and np.linalg.matrix_rank(Ea) < Ea.shape[0]:
             extra = " and the bias" if bias else ""
-            raise SolverError(f"{self.affine.size} neuron functions{extra}"
-                              f" are affine (or zero) on the domain or share a breakpoint: they "
-                              f"are linearly dependent, so {name} is singular")
+            raise SolverError(
+                f"{self.affine.size} neuron functions{extra}"
+                f" are affine (or zero) on the domain or share a breakpoint: they "
+                f"are linearly dependent, so {name} is singular"
+            )
         self.main, self.main_scale, self.main_E = main, scale[main], E[main]
         self.Ea_pinv = np.linalg.pinv(Ea) if Ea.size else np.zeros((basis.g, 0))
         Z = sla.null_space(Ea) if Ea.size else np.eye(basis.g)
-        N = np.vstack([(-np.einsum("kqg,gp->kqp", self.main_E, Z)
-                        / self.main_scale[:, None, None]).reshape(main.size * basis.q, -1), Z])
+        N = np.vstack(
+            [
+                (
+                    -np.einsum("kqg,gp->kqp", self.main_E, Z) / self.main_scale[:, None, None]
+                ).reshape(main.size * basis.q, -1),
+                Z,
+            ]
+        )
         self.null_coefficients = N
-        self.null = np.linalg.qr(basis.to_coefficients.T @ N)[0] if Z.shape[1] else \
-            np.zeros((basis.mass.shape[0], 0))
+        self.null = (
+            np.linalg.qr(basis.to_coefficients.T @ N)[0]
+            if Z.shape[1]
+            else np.zeros((basis.mass.shape[0], 0))
+        )
 
     @property
     def size(self) -> int:
@@ -203,8 +220,9 @@ class NeuronSpan:
         f = f.reshape(-1, q, k).copy()
         f[self.eliminated] -= self.ratio[:, None, None] * f[self.owner]
         y_glob = self.Ea_pinv @ f[self.affine].reshape(-1, k)
-        y_node = ((f[self.main] - np.einsum("kqg,gc->kqc", self.main_E, y_glob))
-                  / self.main_scale[:, None, None])
+        y_node = (f[self.main] - np.einsum("kqg,gc->kqc", self.main_E, y_glob)) / self.main_scale[
+            :, None, None
+        ]
         return self.basis.to_coefficients.T @ np.vstack([y_node.reshape(-1, k), y_glob])
 
     def coefficients(self, values: np.ndarray) -> np.ndarray:
@@ -240,8 +258,8 @@ class NeuronSpan:
         """Neuron coefficients (n [+1], k) from augmented coefficients ``a`` in the range of C
         (``R^T`` then ``Lrow^T``); the part of a outside the range is dropped. O(n)."""
         q, k = self.basis.q, a.shape[1]
-        a_node = a[:-self.basis.g].reshape(-1, q, k) / self.main_scale[:, None, None]
-        a_glob = a[-self.basis.g:] - np.einsum("kqg,kqc->gc", self.main_E, a_node)
+        a_node = a[: -self.basis.g].reshape(-1, q, k) / self.main_scale[:, None, None]
+        a_glob = a[-self.basis.g :] - np.einsum("kqg,kqc->gc", self.main_E, a_node)
         x = np.zeros((self.count, q, k))
         x[self.main] = a_node
         x[self.affine] = (self.Ea_pinv.T @ a_glob).reshape(-1, q, k)
@@ -266,13 +284,13 @@ class NodalSystem:
         self.diagonals = [mass.diagonal(d) for d in range(self.band + 1)]
         self._local: dict[tuple[int, int], sp.csr_matrix] = {}
         N = span.null
-        self.mass_null = self.mass @ N                       # Q = Ms N
+        self.mass_null = self.mass @ N  # Q = Ms N
         self.null_gram = N.T @ self.mass_null + np.eye(N.shape[1])  # N^T Ms N + I
         self.mass_lu = spla.splu(mass.tocsc(), permc_spec="NATURAL")
         inv_null = self.mass_lu.solve(N) if N.shape[1] else np.zeros((self.size, 0))
         self.inverse_null = inv_null
         self.inverse_gram = sla.cho_factor(N.T @ inv_null) if N.shape[1] else None
-        raw = span.basis.to_coefficients.T @ span.null_coefficients   # Lam
+        raw = span.basis.to_coefficients.T @ span.null_coefficients  # Lam
         self.constraint_solve = self.mass_lu.solve(raw) if raw.shape[1] else raw
         self.constraint_gram = raw.T @ self.constraint_solve
 
@@ -297,8 +315,9 @@ class NodalSystem:
         raw = span.null_coefficients
         if raw.shape[1]:
             defect = raw.T @ a
-            a = a - span.augmented(self.constraint_solve
-                                   @ np.linalg.solve(self.constraint_gram, defect))
+            a = a - span.augmented(
+                self.constraint_solve @ np.linalg.solve(self.constraint_gram, defect)
+            )
         return span.from_augmented(a)
 
     def entries(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
@@ -337,19 +356,18 @@ class NodalSystem:
                 requests.append(comm.Isend(np.ascontiguousarray(x[:band]), dest=rank - 1, tag=71))
                 requests.append(comm.Irecv(below, source=rank - 1, tag=72))
             if rank < P - 1:
-                requests.append(comm.Isend(np.ascontiguousarray(x[-band:]), dest=rank + 1,
-                                           tag=72))
+                requests.append(comm.Isend(np.ascontiguousarray(x[-band:]), dest=rank + 1, tag=72))
                 requests.append(comm.Irecv(above, source=rank + 1, tag=71))
             MPI.Request.Waitall(requests)
         halo = np.vstack([below, x, above])
         if (lo, hi) not in self._local:
-            self._local[lo, hi] = self.mass[lo:hi, lo - below.shape[0]:hi + above.shape[0]]
+            self._local[lo, hi] = self.mass[lo:hi, lo - below.shape[0] : hi + above.shape[0]]
         y = self._local[lo, hi] @ halo
         N = self.span.null
         if N.shape[1]:
             NI, QI = N[lo:hi], self.mass_null[lo:hi]
             sums = comm.allreduce(np.concatenate([NI.T @ x, QI.T @ x]))
-            nx, qx = sums[:N.shape[1]], sums[N.shape[1]:]
+            nx, qx = sums[: N.shape[1]], sums[N.shape[1] :]
             y += NI @ (self.null_gram @ nx - qx) - QI @ nx
         return y
 
@@ -374,15 +392,15 @@ class NodalSystem:
         relative to 1 on the smallest cells), the weight and ``u(x)``.
         """
         z = self.span.basis.z
-        edges = z[c0:c1 + 1]
+        edges = z[c0 : c1 + 1]
         bounds = np.array([[z[0], z[-1]]])
         fine = quadrature_nodes(bounds, edges, target)
         fine = fine[(fine >= edges[0]) & (fine <= edges[-1])]
         gx, gw = gauss_legendre(GAUSS_POINTS)
         for s in range(0, fine.size - 1, CHUNK_CELLS):
-            left, right = fine[s:s + CHUNK_CELLS], fine[s + 1:s + CHUNK_CELLS + 1]
-            left = left[:right.size]
-            width = right - left                    # exact: neighbouring doubles (Sterbenz)
+            left, right = fine[s : s + CHUNK_CELLS], fine[s + 1 : s + CHUNK_CELLS + 1]
+            left = left[: right.size]
+            width = right - left  # exact: neighbouring doubles (Sterbenz)
             cell = np.searchsorted(edges, left + 0.5 * width, side="right") - 1
             zl, h = edges[cell], edges[cell + 1] - edges[cell]
             # The offset from the cell's left end from exact differences only: a midpoint
@@ -397,8 +415,9 @@ class NodalSystem:
     def load_vector(self, target: Target, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo:hi`` of the right-hand side ``f_k = int u psi_k`` (A: scaled hats). Local."""
         if self.span.name != "A":
-            raise SolverError(f"the nodal right-hand side is implemented for A, not "
-                              f"{self.span.name}")
+            raise SolverError(
+                f"the nodal right-hand side is implemented for A, not {self.span.name}"
+            )
         K = self.size - 1
         c0, c1 = max(lo - 1, 0), min(hi, K)
         left = np.zeros(K)
@@ -420,8 +439,9 @@ class NodalSystem:
         N = self.span.null[lo:hi]
         return f - N @ comm.allreduce(N.T @ f)
 
-    def l2_error(self, values: np.ndarray, target: Target, comm: MPI.Comm,
-                 offsets: np.ndarray) -> float:
+    def l2_error(
+        self, values: np.ndarray, target: Target, comm: MPI.Comm, offsets: np.ndarray
+    ) -> float:
         """``sqrt(int (v - u)^2)`` for v with scaled values (V,) (A: P1 by its nodal values).
 
         Each rank integrates the cells starting at its rows, by Gauss rules split at the target's

@@ -49,7 +49,7 @@ def local_gaussian(seed: int, lo: int, hi: int, width: int) -> np.ndarray:
         key = np.array([seed, j], dtype=np.uint64)
         block = np.random.Generator(np.random.Philox(key=key)).standard_normal((ROW_BLOCK, width))
         a, z = max(lo, j * ROW_BLOCK), min(hi, (j + 1) * ROW_BLOCK)
-        out[a - lo:z - lo] = block[a - j * ROW_BLOCK:z - j * ROW_BLOCK]
+        out[a - lo : z - lo] = block[a - j * ROW_BLOCK : z - j * ROW_BLOCK]
     return out
 
 
@@ -124,13 +124,18 @@ class Operator:
             return self.system.entries(I, J)
         k = self.block
         neurons, inverse = np.unique(np.concatenate([I, J]) // k, return_inverse=True)
-        li, lj = inverse[:I.size], inverse[I.size:]
-        part = pair_integrals(self.domain, self.W[neurons], self.b[neurons], li, lj,
-                              (self.name,))[self.name]
+        li, lj = inverse[: I.size], inverse[I.size :]
+        part = pair_integrals(self.domain, self.W[neurons], self.b[neurons], li, lj, (self.name,))[
+            self.name
+        ]
         if k == 1:
             return part
-        return part[np.arange(I.size)[:, None], np.arange(J.size)[None, :], (I % k)[:, None],
-                    (J % k)[None, :]]
+        return part[
+            np.arange(I.size)[:, None],
+            np.arange(J.size)[None, :],
+            (I % k)[:, None],
+            (J % k)[None, :],
+        ]
 
     def gather(self, x_local: np.ndarray) -> np.ndarray:
         """The full vector (N,) or (N, r) from every rank's rows. Collective."""
@@ -139,8 +144,9 @@ class Operator:
         tail = x_local.shape[1:]
         width = int(np.prod(tail)) if tail else 1
         full = np.empty((self.size,) + tail)
-        self.comm.Allgatherv(x_local, [full, counts * width, self.offsets()[:-1] * width,
-                                       MPI.DOUBLE])
+        self.comm.Allgatherv(
+            x_local, [full, counts * width, self.offsets()[:-1] * width, MPI.DOUBLE]
+        )
         return full
 
     def matvec(self, x_local: np.ndarray) -> np.ndarray:
@@ -180,8 +186,9 @@ class Operator:
         return float(value)
 
 
-def operator_from_block_rows(blocks: BlockRows, name: str, comm: MPI.Comm,
-                             domain: Domain) -> Operator:
+def operator_from_block_rows(
+    blocks: BlockRows, name: str, comm: MPI.Comm, domain: Domain
+) -> Operator:
     """The operator of matrix ``name`` stored in ``blocks`` (no copy)."""
     return Operator(name, comm, blocks.tree, domain, blocks.W, blocks.b, blocks.matrices[name])
 
@@ -190,13 +197,19 @@ def uses_nodal(problem: Problem, config: SolverConfig, name: str) -> bool:
     """Whether solves with matrix ``name`` go through the 1D value coordinates (``nodal_operator``):
     A in 1D unless ``solver.basis = "relu"``."""
     if config.basis not in BASES:
-        raise InputError(f"config key solver.basis = {config.basis!r} is not one of "
-                         f"{', '.join(BASES)}")
+        raise InputError(
+            f"config key solver.basis = {config.basis!r} is not one of {', '.join(BASES)}"
+        )
     return problem.domain.dim == 1 and name == "A" and config.basis == "auto"
 
 
-def build(problem: Problem, config: SolverConfig, comm: MPI.Comm, name: str,
-          tree: ClusterTree | None = None) -> tuple[Operator, BlockRows]:
+def build(
+    problem: Problem,
+    config: SolverConfig,
+    comm: MPI.Comm,
+    name: str,
+    tree: ClusterTree | None = None,
+) -> tuple[Operator, BlockRows]:
     """Matrix ``name`` of ``problem`` over ``comm``, and this rank's assembled block rows.
 
     The tree comes from ``config`` (ordering, leaf size) unless given. With
@@ -207,8 +220,9 @@ def build(problem: Problem, config: SolverConfig, comm: MPI.Comm, name: str,
     """
     net = problem.network
     if tree is None:
-        tree = network_tree(problem.domain, net.W, net.b, config.ordering, comm.size,
-                            config.leaf_size)
+        tree = network_tree(
+            problem.domain, net.W, net.b, config.ordering, comm.size, config.leaf_size
+        )
     store = not config.matrix_free and not uses_nodal(problem, config, name)
     blocks = assemble_block_rows(problem, tree, comm.rank, (name,) if store else ())
     if store:
@@ -229,8 +243,17 @@ def nodal_operator(operator: Operator, config: SolverConfig, bias: bool = False)
     L, R = (float(v) for v in operator.domain.bounds[0])
     system = NodalSystem(NeuronSpan(operator.name, L, R, operator.W[:, 0], operator.b, bias))
     tree = build_tree(np.arange(system.size), operator.comm.size, config.leaf_size)
-    nodal = Operator(operator.name, operator.comm, tree, operator.domain, operator.W, operator.b,
-                     None, None, system)
+    nodal = Operator(
+        operator.name,
+        operator.comm,
+        tree,
+        operator.domain,
+        operator.W,
+        operator.b,
+        None,
+        None,
+        system,
+    )
     if config.matrix_free:
         return nodal
     return replace(nodal, rows=system.local_rows(*nodal.local_range))

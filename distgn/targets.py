@@ -88,7 +88,9 @@ def make_target(name: str, domain: Domain) -> Target:
             normal = np.array([np.cos(np.pi / 6), np.sin(np.pi / 6)])
             offset = float(normal @ center)
             return Target(
-                name, lambda x: (x @ normal >= offset).astype(float), lines=((normal, offset),),
+                name,
+                lambda x: (x @ normal >= offset).astype(float),
+                lines=((normal, offset),),
                 constant=True,
             )
         if name == "disk":
@@ -96,13 +98,15 @@ def make_target(name: str, domain: Domain) -> Target:
             return Target(
                 name,
                 lambda x: (np.sum((x - center) ** 2, axis=1) <= radius**2).astype(float),
-                circles=((center, radius),), constant=True,
+                circles=((center, radius),),
+                constant=True,
             )
         scale = np.pi / (hi - lo)
         return Target(
             name,
-            lambda x: np.sin(2 * scale[0] * (x[:, 0] - lo[0]))
-            * np.cos(scale[1] * (x[:, 1] - lo[1])),
+            lambda x: (
+                np.sin(2 * scale[0] * (x[:, 0] - lo[0])) * np.cos(scale[1] * (x[:, 1] - lo[1]))
+            ),
         )
     if name == "smooth" and domain.dim > 2:
         scale = np.pi / (hi - lo)

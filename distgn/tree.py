@@ -110,8 +110,18 @@ def build_tree(perm: np.ndarray, n_ranks: int, leaf_size: int) -> ClusterTree:
 
     def add(start: int, stop: int, level: int, parent: int, r0: int, r1: int) -> int:
         nid = len(nodes)
-        nodes.append(dict(id=nid, start=start, stop=stop, level=level, parent=parent,
-                          children=(), rank_lo=r0, rank_hi=r1))
+        nodes.append(
+            dict(
+                id=nid,
+                start=start,
+                stop=stop,
+                level=level,
+                parent=parent,
+                children=(),
+                rank_lo=r0,
+                rank_hi=r1,
+            )
+        )
         size = stop - start
         if r1 - r0 > 1:
             left_ranks = (r1 - r0) // 2
@@ -127,18 +137,21 @@ def build_tree(perm: np.ndarray, n_ranks: int, leaf_size: int) -> ClusterTree:
         return nid
 
     add(0, n, 0, -1, 0, n_ranks)
-    return ClusterTree(np.asarray(perm, dtype=np.int64), tuple(Node(**nd) for nd in nodes),
-                       n_ranks, leaf_size)
+    return ClusterTree(
+        np.asarray(perm, dtype=np.int64), tuple(Node(**nd) for nd in nodes), n_ranks, leaf_size
+    )
 
 
-def network_tree(domain: Domain, W: np.ndarray, b: np.ndarray, ordering: str, n_ranks: int,
-                 leaf_size: int) -> ClusterTree:
+def network_tree(
+    domain: Domain, W: np.ndarray, b: np.ndarray, ordering: str, n_ranks: int, leaf_size: int
+) -> ClusterTree:
     """The cluster tree of a network: ``neuron_order`` then ``build_tree``. Rank-local."""
     return build_tree(neuron_order(domain, W, b, ordering), n_ranks, leaf_size)
 
 
-def neuron_order(domain: Domain, W: np.ndarray, b: np.ndarray,
-                 ordering: str = "auto") -> np.ndarray:
+def neuron_order(
+    domain: Domain, W: np.ndarray, b: np.ndarray, ordering: str = "auto"
+) -> np.ndarray:
     """Ordering of neurons (tree position -> user index) by a geometric proxy.
 
     ``breakpoint`` (1D, the default there): sorted breakpoints ``-b/w``, ties by orientation.
@@ -165,8 +178,9 @@ def neuron_order(domain: Domain, W: np.ndarray, b: np.ndarray,
     elif ordering == "angle":
         angle = np.arctan2(unit[:, 1], unit[:, 0]) if domain.dim == 2 else unit[:, :-1]
         radius = 0.5 * float(np.max(domain.bounds[:, 1] - domain.bounds[:, 0]))
-        proxy = np.column_stack([np.reshape(angle, (W.shape[0], -1)) * radius / np.pi,
-                                 unit @ center + offset])
+        proxy = np.column_stack(
+            [np.reshape(angle, (W.shape[0], -1)) * radius / np.pi, unit @ center + offset]
+        )
     else:
         proxy = np.column_stack([unit, offset])
     return _bisection_order(proxy)

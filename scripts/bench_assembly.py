@@ -33,15 +33,24 @@ def main() -> None:
     comm = MPI.COMM_WORLD
     which = tuple(args.matrices.split(","))
     assert set(which) <= set(MATRICES)
-    domain = (['domain.kind="interval"', "domain.bounds=[0.0, 1.0]"] if args.dim == 1 else
-              ['domain.kind="box"', "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]"])
+    domain = (
+        ['domain.kind="interval"', "domain.bounds=[0.0, 1.0]"]
+        if args.dim == 1
+        else ['domain.kind="box"', "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]"]
+    )
     if comm.rank == 0:
-        print("| d | n | ranks | seconds (max rank) | ns per pair | block-row bytes per rank "
-              "| peak RSS per rank |\n|---|---|---|---|---|---|---|", flush=True)
+        print(
+            "| d | n | ranks | seconds (max rank) | ns per pair | block-row bytes per rank "
+            "| peak RSS per rank |\n|---|---|---|---|---|---|---|",
+            flush=True,
+        )
     for n in (int(s) for s in args.sizes.split(",")):
-        cfg = load_config(None, [*domain, f"network.n={n}", 'network.init="random"',
-                                 'network.orientation="random"'] if args.dim == 1 else
-                          [*domain, f"network.n={n}", 'network.init="random"'])
+        cfg = load_config(
+            None,
+            [*domain, f"network.n={n}", 'network.init="random"', 'network.orientation="random"']
+            if args.dim == 1
+            else [*domain, f"network.n={n}", 'network.init="random"'],
+        )
         problem = build_problem(cfg)
         perm = neuron_order(problem.domain, problem.network.W, problem.network.b)
         tree = build_tree(perm, comm.size, 64)
@@ -57,8 +66,11 @@ def main() -> None:
         rows = max(tree.rank_range(p)[1] - tree.rank_range(p)[0] for p in range(comm.size))
         rss = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, op=MPI.MAX)
         if comm.rank == 0:
-            print(f"| {args.dim} | {n} | {comm.size} | {best:.3f} | {1e9 * best / (rows * n):.1f} "
-                  f"| {nbytes / 2**20:.0f} MiB | {rss / 2**20:.0f} MiB |", flush=True)
+            print(
+                f"| {args.dim} | {n} | {comm.size} | {best:.3f} | {1e9 * best / (rows * n):.1f} "
+                f"| {nbytes / 2**20:.0f} MiB | {rss / 2**20:.0f} MiB |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

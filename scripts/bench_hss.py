@@ -44,8 +44,9 @@ def report(comm: MPI.Comm, **fields: object) -> None:
         print(json.dumps(fields), flush=True)
 
 
-def operator_for(comm: MPI.Comm, sets: list[str], name: str = "A"
-                 ) -> tuple[Operator, object, float]:
+def operator_for(
+    comm: MPI.Comm, sets: list[str], name: str = "A"
+) -> tuple[Operator, object, float]:
     """Operator, solver settings and assembly seconds of a configuration."""
     config = load_config(None, sets)
     start = time.perf_counter()
@@ -76,12 +77,20 @@ def hss_run(op: Operator, solver, rhs: np.ndarray, x0: np.ndarray) -> dict:
     stats = fact.stats()
     error = backward_error(op, x, rhs, op.norm_estimate(iterations=20))
     sizes = comm.allreduce(np.array([np.sum(x * x), np.sum(x0 * x0)]))
-    return dict(seconds_factor=seconds_factor, seconds_solve=seconds_solve, backward_error=error,
-                solution_norm_ratio=float(np.sqrt(sizes[0] / sizes[1])),
-                max_rank=stats["max_rank"], ranks_per_level=stats["ranks_per_level"],
-                factor_bytes=stats["factor_bytes_total"], scheme=stats["scheme"],
-                shifted_blocks=stats["shifted_blocks"], samples=stats["samples"],
-                bytes_sent_per_level=stats["bytes_sent_per_level"], x=x)
+    return dict(
+        seconds_factor=seconds_factor,
+        seconds_solve=seconds_solve,
+        backward_error=error,
+        solution_norm_ratio=float(np.sqrt(sizes[0] / sizes[1])),
+        max_rank=stats["max_rank"],
+        ranks_per_level=stats["ranks_per_level"],
+        factor_bytes=stats["factor_bytes_total"],
+        scheme=stats["scheme"],
+        shifted_blocks=stats["shifted_blocks"],
+        samples=stats["samples"],
+        bytes_sent_per_level=stats["bytes_sent_per_level"],
+        x=x,
+    )
 
 
 def dense_cholesky(M: np.ndarray, rhs: np.ndarray, norm: float) -> dict:
@@ -97,8 +106,13 @@ def dense_cholesky(M: np.ndarray, rhs: np.ndarray, norm: float) -> dict:
             x = sla.cho_solve(factor_, rhs)
             seconds = time.perf_counter() - start
             error = np.linalg.norm(M @ x - rhs) / (norm * np.linalg.norm(x) + np.linalg.norm(rhs))
-            return dict(seconds=seconds, seconds_failed=failed, shift=shift,
-                        backward_error=float(error), bytes=int(M.nbytes))
+            return dict(
+                seconds=seconds,
+                seconds_failed=failed,
+                shift=shift,
+                backward_error=float(error),
+                bytes=int(M.nbytes),
+            )
         except np.linalg.LinAlgError:
             failed += time.perf_counter() - start
             shift = 10.0 * shift if shift else 16 * np.finfo(float).eps * norm
@@ -130,33 +144,59 @@ def hat_solver(t: np.ndarray) -> spla.LinearOperator:
 
 def dense1d(args: argparse.Namespace) -> None:
     comm = MPI.COMM_SELF
-    sets = [f"network.n={args.n}", "network.init=uniform", "solver.tol=1e-12",
-            f"solver.leaf_size={args.leaf}"]
+    sets = [
+        f"network.n={args.n}",
+        "network.init=uniform",
+        "solver.tol=1e-12",
+        f"solver.leaf_size={args.leaf}",
+    ]
     op, solver, seconds = operator_for(comm, sets)
     x0, rhs = consistent_rhs(op)
     result = hss_run(op, solver, rhs, x0)
     result.pop("x")
-    report(MPI.COMM_WORLD, benchmark="dense1d", n=args.n, solver="hss", seconds_assemble=seconds,
-           **result)
-    report(MPI.COMM_WORLD, benchmark="dense1d", n=args.n, solver="scipy cho_factor/cho_solve",
-           **dense_cholesky(op.rows, rhs, op.norm_estimate(iterations=20)))
+    report(
+        MPI.COMM_WORLD,
+        benchmark="dense1d",
+        n=args.n,
+        solver="hss",
+        seconds_assemble=seconds,
+        **result,
+    )
+    report(
+        MPI.COMM_WORLD,
+        benchmark="dense1d",
+        n=args.n,
+        solver="scipy cho_factor/cho_solve",
+        **dense_cholesky(op.rows, rhs, op.norm_estimate(iterations=20)),
+    )
     t = -op.b / op.W[:, 0]
     start = time.perf_counter()
     solve = hat_solver(t)
     x = solve @ rhs
     seconds_hat = time.perf_counter() - start
     error = backward_error(op, x, rhs, op.norm_estimate(iterations=20))
-    report(MPI.COMM_WORLD, benchmark="dense1d", n=args.n, solver="exact hat transform",
-           seconds=seconds_hat, backward_error=error)
+    report(
+        MPI.COMM_WORLD,
+        benchmark="dense1d",
+        n=args.n,
+        solver="exact hat transform",
+        seconds=seconds_hat,
+        backward_error=error,
+    )
 
 
 def matrix_free(args: argparse.Namespace) -> None:
     comm = MPI.COMM_WORLD
     sizes, times = [], []
     for p in args.sizes:
-        n = 2 ** p
-        sets = [f"network.n={n}", "network.init=uniform", "solver.matrix_free=true",
-                f"solver.tol={args.tol}", f"solver.leaf_size={args.leaf}"]
+        n = 2**p
+        sets = [
+            f"network.n={n}",
+            "network.init=uniform",
+            "solver.matrix_free=true",
+            f"solver.tol={args.tol}",
+            f"solver.leaf_size={args.leaf}",
+        ]
         op, solver, seconds = operator_for(comm, sets)
         x0, rhs = consistent_rhs(op)
         result = hss_run(op, solver, rhs, x0)
@@ -164,8 +204,16 @@ def matrix_free(args: argparse.Namespace) -> None:
         total = result["seconds_factor"] + result["seconds_solve"]
         sizes.append(n)
         times.append(total)
-        report(comm, benchmark="matrix-free", n=n, ranks=comm.size, tol=args.tol,
-               seconds_setup=seconds, seconds_total=total, **result)
+        report(
+            comm,
+            benchmark="matrix-free",
+            n=n,
+            ranks=comm.size,
+            tol=args.tol,
+            seconds_setup=seconds,
+            seconds_total=total,
+            **result,
+        )
     slope = np.polyfit(np.log(sizes), np.log(times), 1)[0] if len(sizes) > 1 else None
     report(comm, benchmark="matrix-free", fitted_time_slope=slope, sizes=sizes, seconds=times)
 
@@ -173,27 +221,53 @@ def matrix_free(args: argparse.Namespace) -> None:
 def box2d(args: argparse.Namespace) -> None:
     comm = MPI.COMM_SELF
     for n in args.sizes:
-        base = [f"network.n={n}", "network.init=random", "domain.kind=box",
-                "domain.bounds=[[0,1],[0,1]]", f"solver.leaf_size={args.leaf}"]
+        base = [
+            f"network.n={n}",
+            "network.init=random",
+            "domain.kind=box",
+            "domain.bounds=[[0,1],[0,1]]",
+            f"solver.leaf_size={args.leaf}",
+        ]
         for ordering in args.orderings:
             op, _, seconds = operator_for(comm, base + [f"solver.ordering={ordering}"])
             x0, rhs = consistent_rhs(op)
-            report(MPI.COMM_WORLD, benchmark="box2d", n=n, ordering=ordering,
-                   solver="scipy cho_factor/cho_solve", seconds_assemble=seconds,
-                   **dense_cholesky(op.rows, rhs, op.norm_estimate(iterations=20)))
+            report(
+                MPI.COMM_WORLD,
+                benchmark="box2d",
+                n=n,
+                ordering=ordering,
+                solver="scipy cho_factor/cho_solve",
+                seconds_assemble=seconds,
+                **dense_cholesky(op.rows, rhs, op.norm_estimate(iterations=20)),
+            )
             for tol in args.tols:
-                config = load_config(None, base + [f"solver.ordering={ordering}",
-                                                   f"solver.tol={tol}"])
+                config = load_config(
+                    None, base + [f"solver.ordering={ordering}", f"solver.tol={tol}"]
+                )
                 result = hss_run(op, config.solver, rhs, x0)
                 result.pop("x")
-                report(MPI.COMM_WORLD, benchmark="box2d", n=n, ordering=ordering, tol=tol,
-                       solver="hss", **result)
+                report(
+                    MPI.COMM_WORLD,
+                    benchmark="box2d",
+                    n=n,
+                    ordering=ordering,
+                    tol=tol,
+                    solver="hss",
+                    **result,
+                )
             for tol in args.pc_tols:
-                config = load_config(None, base + [f"solver.ordering={ordering}",
-                                                   f"solver.tol={tol}"])
-                report(MPI.COMM_WORLD, benchmark="box2d", n=n, ordering=ordering, tol=tol,
-                       solver="cg + hss preconditioner", **preconditioned_cg(op, config.solver,
-                                                                              rhs))
+                config = load_config(
+                    None, base + [f"solver.ordering={ordering}", f"solver.tol={tol}"]
+                )
+                report(
+                    MPI.COMM_WORLD,
+                    benchmark="box2d",
+                    n=n,
+                    ordering=ordering,
+                    tol=tol,
+                    solver="cg + hss preconditioner",
+                    **preconditioned_cg(op, config.solver, rhs),
+                )
 
 
 def preconditioned_cg(op: Operator, solver, rhs: np.ndarray) -> dict:
@@ -204,18 +278,29 @@ def preconditioned_cg(op: Operator, solver, rhs: np.ndarray) -> dict:
     iterations = []
     M = spla.LinearOperator(op.rows.shape, matvec=fact.solve, dtype=float)
     start = time.perf_counter()
-    x, info = spla.cg(op.rows, rhs, tol=1e-10, maxiter=500, M=M,
-                      callback=lambda xk: iterations.append(1))
+    x, info = spla.cg(
+        op.rows, rhs, tol=1e-10, maxiter=500, M=M, callback=lambda xk: iterations.append(1)
+    )
     error = backward_error(op, x, rhs, op.norm_estimate(iterations=20))
-    return dict(seconds_factor=seconds_factor, seconds_cg=time.perf_counter() - start,
-                iterations=len(iterations), converged=info == 0, backward_error=error,
-                max_rank=fact.stats()["max_rank"], factor_bytes=fact.stats()["factor_bytes"])
+    return dict(
+        seconds_factor=seconds_factor,
+        seconds_cg=time.perf_counter() - start,
+        iterations=len(iterations),
+        converged=info == 0,
+        backward_error=error,
+        max_rank=fact.stats()["max_rank"],
+        factor_bytes=fact.stats()["factor_bytes"],
+    )
 
 
 def ranks(args: argparse.Namespace) -> None:
     world = MPI.COMM_WORLD
-    sets = [f"network.n={args.n}", "network.init=uniform", "solver.tol=1e-12",
-            f"solver.leaf_size={args.leaf}"]
+    sets = [
+        f"network.n={args.n}",
+        "network.init=uniform",
+        "solver.tol=1e-12",
+        f"solver.leaf_size={args.leaf}",
+    ]
     for comm in (MPI.COMM_SELF, world):
         if comm is MPI.COMM_SELF and world.rank != 0:
             world.Barrier()
@@ -224,8 +309,15 @@ def ranks(args: argparse.Namespace) -> None:
         x0, rhs = consistent_rhs(op)
         result = hss_run(op, solver, rhs, x0)
         result.pop("x")
-        report(comm, benchmark="ranks", n=args.n, ranks=comm.size, seconds_assemble=seconds,
-               seconds_total=result["seconds_factor"] + result["seconds_solve"], **result)
+        report(
+            comm,
+            benchmark="ranks",
+            n=args.n,
+            ranks=comm.size,
+            seconds_assemble=seconds,
+            seconds_total=result["seconds_factor"] + result["seconds_solve"],
+            **result,
+        )
         if comm is MPI.COMM_SELF:
             world.Barrier()
             del op

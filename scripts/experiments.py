@@ -39,6 +39,7 @@ from distgn.training import train
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "training"
 
+
 def results_file(dim: int) -> Path:
     """Where the runs of one dimension are stored (one file each, so both can run at once)."""
     return OUT / f"results_{dim}d.json"
@@ -46,8 +47,10 @@ def results_file(dim: int) -> Path:
 
 TARGETS = {1: ("step", "tanh_layer", "power", "sine"), 2: ("line_jump", "disk")}
 SIZES = {1: (8, 16, 32, 64, 128, 256), 2: (16, 64, 256)}
-DOMAIN = {1: ["domain.kind=interval", "domain.bounds=[0.0, 1.0]"],
-          2: ["domain.kind=box", "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]"]}
+DOMAIN = {
+    1: ["domain.kind=interval", "domain.bounds=[0.0, 1.0]"],
+    2: ["domain.kind=box", "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]"],
+}
 METHODS = ("sggn", "adam", "bfgs", "lm")
 ADAM_RATES = {1: (1e-2, 1e-3, 1e-4), 2: (1e-2, 1e-3, 1e-4)}
 SWEEP_UP_TO = {1: 256, 2: 256}
@@ -70,34 +73,60 @@ def key(dim: int, target: str, n: int, method: str, rate: float | None = None) -
 def subsample(history: dict, points: int = 400) -> dict:
     """At most ``points`` entries of iteration, loss, seconds (log-spaced, first and last kept)."""
     count = len(history["loss"])
-    index = np.unique(np.concatenate([[0, count - 1], np.round(
-        np.geomspace(1, max(count - 1, 1), points)).astype(int)]))
+    index = np.unique(
+        np.concatenate(
+            [[0, count - 1], np.round(np.geomspace(1, max(count - 1, 1), points)).astype(int)]
+        )
+    )
     index = index[index < count]
-    return {name: [float(v) for v in np.asarray(history[name])[index]]
-            for name in ("iteration", "loss", "seconds", "l2_error")}
+    return {
+        name: [float(v) for v in np.asarray(history[name])[index]]
+        for name in ("iteration", "loss", "seconds", "l2_error")
+    }
 
 
 def saved_result(path: Path) -> dict:
     """The result attributes of a run file as plain JSON values."""
     result = load_state(str(path))[2]
-    return {name: value.item() if hasattr(value, "item") else value
-            for name, value in result.items()}
+    return {
+        name: value.item() if hasattr(value, "item") else value for name, value in result.items()
+    }
 
 
 def network_json(network: Network) -> dict:
-    return {"W": network.W.tolist(), "b": network.b.tolist(), "c": network.c.tolist(),
-            "c0": network.c0}
+    return {
+        "W": network.W.tolist(),
+        "b": network.b.tolist(),
+        "c": network.c.tolist(),
+        "c0": network.c0,
+    }
 
 
-def run_one(comm: MPI.Comm, dim: int, target: str, n: int, method: str, rate: float | None,
-            work: Path, limits: dict) -> dict:
+def run_one(
+    comm: MPI.Comm,
+    dim: int,
+    target: str,
+    n: int,
+    method: str,
+    rate: float | None,
+    work: Path,
+    limits: dict,
+) -> dict:
     """Train one configuration; return its record for results.json."""
     path = work / f"{key(dim, target, n, method, rate).replace('/', '-')}.h5"
     overrides = DOMAIN[dim] + [
-        f"target.name={target}", f"network.n={n}", "network.init=uniform", "solver.kind=dense",
-        f"output.path={path}", f"train.max_iter={limits['max_iter']}",
-        f"train.max_seconds={limits['max_seconds']}", "train.log_every=100",
-        "train.checkpoint_every=0", f"train.method={method}", "train.tol=1e-12"]
+        f"target.name={target}",
+        f"network.n={n}",
+        "network.init=uniform",
+        "solver.kind=dense",
+        f"output.path={path}",
+        f"train.max_iter={limits['max_iter']}",
+        f"train.max_seconds={limits['max_seconds']}",
+        "train.log_every=100",
+        "train.checkpoint_every=0",
+        f"train.method={method}",
+        "train.tol=1e-12",
+    ]
     if rate is not None:
         overrides.append(f"train.learning_rate={rate}")
     config = load_config(None, overrides)
@@ -107,8 +136,15 @@ def run_one(comm: MPI.Comm, dim: int, target: str, n: int, method: str, rate: fl
     except SolverError:  # a failed solver: the run file holds the run and its stop reason
         result = saved_result(path)
     network, history, _ = load_state(str(path))
-    record = {"dim": dim, "target": target, "n": n, "method": method, "learning_rate": rate,
-              "result": result, "history": subsample(history)}
+    record = {
+        "dim": dim,
+        "target": target,
+        "n": n,
+        "method": method,
+        "learning_rate": rate,
+        "result": result,
+        "history": subsample(history),
+    }
     if method == "sggn":
         start = problem.network
         record["start"] = network_json(Network(start.W, start.b, np.zeros(start.n)))
@@ -119,8 +155,11 @@ def run_one(comm: MPI.Comm, dim: int, target: str, n: int, method: str, rate: fl
 def best_rate(results: dict, dim: int, target: str, n: int) -> float:
     """Adam's rate: the best of the sweep at n (swept sizes) or at the largest swept size."""
     swept = max(m for m in SIZES[dim] if m <= SWEEP_UP_TO[dim] and m <= n)
-    losses = {rate: results[key(dim, target, swept, "adam", rate)]["result"]["loss"]
-              for rate in ADAM_RATES[dim] if key(dim, target, swept, "adam", rate) in results}
+    losses = {
+        rate: results[key(dim, target, swept, "adam", rate)]["result"]["loss"]
+        for rate in ADAM_RATES[dim]
+        if key(dim, target, swept, "adam", rate) in results
+    }
     return min(losses, key=losses.get)
 
 
@@ -136,14 +175,27 @@ def command_run(args: argparse.Namespace) -> None:
         for n in args.sizes or SIZES[args.dim]:
             for method in args.methods:
                 sweep = method == "adam" and n <= SWEEP_UP_TO[args.dim]
-                rates = ADAM_RATES[args.dim] if sweep else (
-                    (best_rate(results, args.dim, target, n),) if method == "adam" else (None,))
+                rates = (
+                    ADAM_RATES[args.dim]
+                    if sweep
+                    else (
+                        (best_rate(results, args.dim, target, n),) if method == "adam" else (None,)
+                    )
+                )
                 for rate in rates:
                     name = key(args.dim, target, n, method, rate)
                     if name in results and not args.force:
                         continue
-                    record = run_one(comm, args.dim, target, n, method, rate, work,
-                                     budget(args.dim, n, method, results, target))
+                    record = run_one(
+                        comm,
+                        args.dim,
+                        target,
+                        n,
+                        method,
+                        rate,
+                        work,
+                        budget(args.dim, n, method, results, target),
+                    )
                     results[name] = fresh[name] = record
                     if comm.rank == 0:
                         if args.store:
@@ -151,9 +203,12 @@ def command_run(args: argparse.Namespace) -> None:
                         else:
                             store.write_text(json.dumps(results))
                         res = record["result"]
-                        print(f"{name}: rel L2 {res['relative_l2_error']:.3e}, "
-                              f"{res['iterations']} it, {res['seconds']:.1f}s, "
-                              f"{res['stop_reason']}", flush=True)
+                        print(
+                            f"{name}: rel L2 {res['relative_l2_error']:.3e}, "
+                            f"{res['iterations']} it, {res['seconds']:.1f}s, "
+                            f"{res['stop_reason']}",
+                            flush=True,
+                        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,8 +224,9 @@ def chosen(results: dict, dim: int, target: str, n: int) -> dict[str, dict]:
     out = {}
     for method in METHODS:
         if method == "adam":
-            runs = [r for k, r in results.items()
-                    if k.startswith(key(dim, target, n, "adam") + "/")]
+            runs = [
+                r for k, r in results.items() if k.startswith(key(dim, target, n, "adam") + "/")
+            ]
             if runs:
                 out[method] = min(runs, key=lambda r: r["result"]["loss"])
         elif key(dim, target, n, method) in results:
@@ -193,13 +249,19 @@ def tables(results: dict) -> str:
             sizes = [n for n in SIZES[dim] if chosen(results, dim, target, n)]
             if not sizes:
                 continue
-            lines += ["", f"### {dim}D `{target}`", "",
-                      "relative L2 error / iterations / seconds (stop reason); seconds to a "
-                      "relative error of 1e-2, 1e-3, 1e-4 ('-': not reached). Baselines ran for "
-                      "SgGN's wall time; Adam: the best of learning rates "
-                      + ", ".join(f"{rate:g}" for rate in ADAM_RATES[dim]) + ".", "",
-                      "| n | " + " | ".join(LABELS[m] for m in METHODS)
-                      + " | SgGN <= best baseline |", "|---|" + "---|" * (len(METHODS) + 1)]
+            lines += [
+                "",
+                f"### {dim}D `{target}`",
+                "",
+                "relative L2 error / iterations / seconds (stop reason); seconds to a "
+                "relative error of 1e-2, 1e-3, 1e-4 ('-': not reached). Baselines ran for "
+                "SgGN's wall time; Adam: the best of learning rates "
+                + ", ".join(f"{rate:g}" for rate in ADAM_RATES[dim])
+                + ".",
+                "",
+                "| n | " + " | ".join(LABELS[m] for m in METHODS) + " | SgGN <= best baseline |",
+                "|---|" + "---|" * (len(METHODS) + 1),
+            ]
             for n in sizes:
                 runs = chosen(results, dim, target, n)
                 cells = []
@@ -208,15 +270,21 @@ def tables(results: dict) -> str:
                         cells.append("-")
                         continue
                     res = runs[method]["result"]
-                    rate = (f", lr {runs[method]['learning_rate']:g}" if method == "adam"
-                            else "")
-                    cells.append(f"**{res['relative_l2_error']:.2e}** / {res['iterations']} / "
-                                 f"{res['seconds']:.1f}s ({res['stop_reason']}{rate}); "
-                                 + " ".join(_seconds_to(res, f"1e-{k}") for k in (2, 3, 4)))
+                    rate = f", lr {runs[method]['learning_rate']:g}" if method == "adam" else ""
+                    cells.append(
+                        f"**{res['relative_l2_error']:.2e}** / {res['iterations']} / "
+                        f"{res['seconds']:.1f}s ({res['stop_reason']}{rate}); "
+                        + " ".join(_seconds_to(res, f"1e-{k}") for k in (2, 3, 4))
+                    )
                 errors = {m: runs[m]["result"]["relative_l2_error"] for m in runs}
                 baselines = [errors[m] for m in errors if m != "sggn"]
-                verdict = ("yes" if baselines and errors.get("sggn", np.inf) <= min(baselines)
-                           else "no" if baselines else "-")
+                verdict = (
+                    "yes"
+                    if baselines and errors.get("sggn", np.inf) <= min(baselines)
+                    else "no"
+                    if baselines
+                    else "-"
+                )
                 lines.append(f"| {n} | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines) + "\n"
 
@@ -230,12 +298,14 @@ def convergence_figure(results: dict, dim: int, target: str, path: Path) -> None
         for method, record in chosen(results, dim, target, n).items():
             history = record["history"]
             loss = np.maximum(history["loss"], 1e-32)
-            label = LABELS[method] + (f" (lr {record['learning_rate']:g})"
-                                      if method == "adam" else "")
+            label = LABELS[method] + (
+                f" (lr {record['learning_rate']:g})" if method == "adam" else ""
+            )
             iterations = np.maximum(history["iteration"], 1)
             axes[0, column].loglog(iterations, loss, color=COLOURS[method], label=label)
-            axes[1, column].loglog(np.maximum(history["seconds"], 1e-3), loss,
-                                   color=COLOURS[method])
+            axes[1, column].loglog(
+                np.maximum(history["seconds"], 1e-3), loss, color=COLOURS[method]
+            )
         axes[0, column].set_title(f"n = {n}")
         axes[0, column].set_xlabel("iteration")
         axes[1, column].set_xlabel("seconds")
@@ -254,8 +324,11 @@ def fit_figure(results: dict, dim: int, target: str, path: Path) -> None:
     from distgn.domain import box, interval
     from distgn.targets import make_target
 
-    sizes = [n for n in ((16, 64, 256) if dim == 1 else SIZES[2])
-             if key(dim, target, n, "sggn") in results]
+    sizes = [
+        n
+        for n in ((16, 64, 256) if dim == 1 else SIZES[2])
+        if key(dim, target, n, "sggn") in results
+    ]
     if not sizes:
         return
     domain = interval(0.0, 1.0) if dim == 1 else box([[0.0, 1.0], [0.0, 1.0]])
@@ -263,21 +336,33 @@ def fit_figure(results: dict, dim: int, target: str, path: Path) -> None:
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 4), squeeze=False)
     for ax, n in zip(axes[0], sizes, strict=True):
         record = results[key(dim, target, n, "sggn")]
-        start = Network(**{k: np.asarray(v) if k != "c0" else v
-                           for k, v in record["start"].items()})
-        final = Network(**{k: np.asarray(v) if k != "c0" else v
-                           for k, v in record["final"].items()})
+        start = Network(
+            **{k: np.asarray(v) if k != "c0" else v for k, v in record["start"].items()}
+        )
+        final = Network(
+            **{k: np.asarray(v) if k != "c0" else v for k, v in record["final"].items()}
+        )
         rel = record["result"]["relative_l2_error"]
         if dim == 1:
             x = np.linspace(0.0, 1.0, 4001)[:, None]
             ax.plot(x[:, 0], u(x), color="0.6", lw=3, label="target u")
             ax.plot(x[:, 0], final.evaluate(x), color="C0", lw=1, label="SgGN fit")
             low = min(u(x).min(), final.evaluate(x).min())
-            ax.plot(start.breakpoints(), np.full(n, low - 0.08), "|", color="0.3",
-                    label="breakpoints before")
+            ax.plot(
+                start.breakpoints(),
+                np.full(n, low - 0.08),
+                "|",
+                color="0.3",
+                label="breakpoints before",
+            )
             active = final.c != 0
-            ax.plot(final.breakpoints()[active], np.full(active.sum(), low - 0.16), "|",
-                    color="C3", label="after")
+            ax.plot(
+                final.breakpoints()[active],
+                np.full(active.sum(), low - 0.16),
+                "|",
+                color="C3",
+                label="after",
+            )
             ax.set_xlim(0, 1)
         else:
             x = np.linspace(0, 1, 201)
@@ -294,9 +379,14 @@ def fit_figure(results: dict, dim: int, target: str, path: Path) -> None:
             ax.set_aspect("equal")
         ax.set_title(f"n = {n}: relative L2 error {rel:.1e}")
     axes[0, 0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{dim}D {target}: SgGN fit, "
-                 + ("breakpoints before (grey) and after (red)" if dim == 1 else
-                    "lines before (white) and after (red) over the fit"))
+    fig.suptitle(
+        f"{dim}D {target}: SgGN fit, "
+        + (
+            "breakpoints before (grey) and after (red)"
+            if dim == 1
+            else "lines before (white) and after (red) over the fit"
+        )
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -354,15 +444,19 @@ def command_pair(args: argparse.Namespace) -> None:
     print("| delta | J (c-solve) | J expected ~ delta | deflated | rejected |")
     print("|---|---|---|---|---|")
     for delta in np.logspace(-3, -12, 10):
-        t = np.concatenate([np.arange(32)[np.arange(32) != 16] / 32, [0.5 - delta / 2,
-                                                                    0.5 + delta / 2]])
+        t = np.concatenate(
+            [np.arange(32)[np.arange(32) != 16] / 32, [0.5 - delta / 2, 0.5 + delta / 2]]
+        )
         network = Network(np.ones((t.size, 1)), -t, np.zeros(t.size))
         problem = Problem(domain, make_target("step", domain), network)
-        out = solve_output(Context(problem, MPI.COMM_SELF, config.solver), network,
-                           np.ones(t.size, dtype=bool))
+        out = solve_output(
+            Context(problem, MPI.COMM_SELF, config.solver), network, np.ones(t.size, dtype=bool)
+        )
         slope = out.loss / delta if slope is None else slope
-        print(f"| {delta:.0e} | {out.loss:.3e} | {slope * delta:.3e} | {out.deflated} | "
-              f"{out.rejected} |")
+        print(
+            f"| {delta:.0e} | {out.loss:.3e} | {slope * delta:.3e} | {out.deflated} | "
+            f"{out.rejected} |"
+        )
 
 
 DIAGNOSIS_TARGETS = ("step", "tanh_layer", "power", "sine")
@@ -376,20 +470,27 @@ def diagnosis_report(runs: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = ["<!-- written by scripts/experiments.py diagnose / report -->", "",
-             "SgGN, 1D, uniform start, dense solver, at most 300 iterations: relative L2 error "
-             "(stop reason), mean step length, loss evaluations per iteration.", "",
-             "| target | n | " + " | ".join(f"drop_tol {drop:g}" for drop in DIAGNOSIS_DROP_TOLS)
-             + " |", "|---|---|" + "---|" * len(DIAGNOSIS_DROP_TOLS)]
+    lines = [
+        "<!-- written by scripts/experiments.py diagnose / report -->",
+        "",
+        "SgGN, 1D, uniform start, dense solver, at most 300 iterations: relative L2 error "
+        "(stop reason), mean step length, loss evaluations per iteration.",
+        "",
+        "| target | n | " + " | ".join(f"drop_tol {drop:g}" for drop in DIAGNOSIS_DROP_TOLS) + " |",
+        "|---|---|" + "---|" * len(DIAGNOSIS_DROP_TOLS),
+    ]
     for target in DIAGNOSIS_TARGETS:
         for n in SIZES[1]:
             cells = []
             for drop in DIAGNOSIS_DROP_TOLS:
                 run = runs.get(f"{target}/{n}/{drop:g}")
-                cells.append("-" if run is None else
-                             f"{run['result']['relative_l2_error']:.2e} "
-                             f"({run['result']['stop_reason']}), step {run['mean_step']:.2g}, "
-                             f"{run['evaluations']:.1f} evaluations")
+                cells.append(
+                    "-"
+                    if run is None
+                    else f"{run['result']['relative_l2_error']:.2e} "
+                    f"({run['result']['stop_reason']}), step {run['mean_step']:.2g}, "
+                    f"{run['evaluations']:.1f} evaluations"
+                )
             lines.append(f"| {target} | {n} | " + " | ".join(cells) + " |")
     (OUT / "diagnosis.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -398,14 +499,27 @@ def diagnosis_report(runs: dict) -> None:
             sizes = [n for n in SIZES[1] if f"{target}/{n}/{drop:g}" in runs]
             picked = [runs[f"{target}/{n}/{drop:g}"] for n in sizes]
             label = f"{target}, drop_tol {drop:g}"
-            axes[0].loglog(sizes, [r["result"]["relative_l2_error"] for r in picked], style,
-                           color=colour, marker="o", label=label)
-            axes[1].loglog(sizes, [r["mean_step"] for r in picked], style, color=colour,
-                           marker="o")
-            axes[2].semilogx(sizes, [r["evaluations"] for r in picked], style, color=colour,
-                             marker="o")
-    for ax, title in zip(axes, ("relative L2 error after <= 300 iterations", "mean step length",
-                                "loss evaluations per iteration"), strict=True):
+            axes[0].loglog(
+                sizes,
+                [r["result"]["relative_l2_error"] for r in picked],
+                style,
+                color=colour,
+                marker="o",
+                label=label,
+            )
+            axes[1].loglog(sizes, [r["mean_step"] for r in picked], style, color=colour, marker="o")
+            axes[2].semilogx(
+                sizes, [r["evaluations"] for r in picked], style, color=colour, marker="o"
+            )
+    for ax, title in zip(
+        axes,
+        (
+            "relative L2 error after <= 300 iterations",
+            "mean step length",
+            "loss evaluations per iteration",
+        ),
+        strict=True,
+    ):
         ax.set_xlabel("n")
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=6)
@@ -431,22 +545,33 @@ def command_diagnose(args: argparse.Namespace) -> None:
                 if name in runs:
                     continue
                 path = work / "diagnose.h5"
-                config = load_config(None, DOMAIN[1] + [
-                    f"target.name={target}", f"network.n={n}", "network.init=uniform",
-                    "solver.kind=dense", f"output.path={path}", "train.max_iter=300",
-                    f"train.drop_tol={drop}", "train.log_every=1000",
-                    "train.checkpoint_every=0"])
+                config = load_config(
+                    None,
+                    DOMAIN[1]
+                    + [
+                        f"target.name={target}",
+                        f"network.n={n}",
+                        "network.init=uniform",
+                        "solver.kind=dense",
+                        f"output.path={path}",
+                        "train.max_iter=300",
+                        f"train.drop_tol={drop}",
+                        "train.log_every=1000",
+                        "train.checkpoint_every=0",
+                    ],
+                )
                 try:
                     result = train(build_problem(config), config, comm)
                 except SolverError:
                     result = saved_result(path)
                 _, history, _ = load_state(str(path))
-                runs[name] = {"result": result,
-                              "mean_step": float(np.nanmean(history["step"][1:])),
-                              "evaluations": float(np.nanmean(history["evaluations"][1:]))}
+                runs[name] = {
+                    "result": result,
+                    "mean_step": float(np.nanmean(history["step"][1:])),
+                    "evaluations": float(np.nanmean(history["evaluations"][1:])),
+                }
                 store.write_text(json.dumps(runs))
-                print(name, f"{result['relative_l2_error']:.3e}", result["stop_reason"],
-                      flush=True)
+                print(name, f"{result['relative_l2_error']:.3e}", result["stop_reason"], flush=True)
     diagnosis_report(runs)
 
 
@@ -454,8 +579,10 @@ PROFILE_FUNCTIONS = {  # (file, function) of the steps timed by ``profile``
     "target moments": ("assembly/__init__.py", "target_moments"),
     "pair integrals": ("assembly/__init__.py", "pair_integrals"),
     "loss and gradient": ("objective.py", "loss_and_gradient"),
-    "line search": ("sggn.py", "_line_search"), "c-solve": ("sggn.py", "solve_output"),
-    "solve with G": ("sggn.py", "gn_direction")}
+    "line search": ("sggn.py", "_line_search"),
+    "c-solve": ("sggn.py", "solve_output"),
+    "solve with G": ("sggn.py", "gn_direction"),
+}
 
 
 def command_profile(args: argparse.Namespace) -> None:
@@ -476,19 +603,37 @@ def command_profile(args: argparse.Namespace) -> None:
     comm = MPI.COMM_SELF
     Path(args.work).mkdir(parents=True, exist_ok=True)
     path = OUT / "profile.md"
-    lines = [] if path.exists() else [
-        "<!-- written by scripts/experiments.py profile -->", "",
-        "SgGN on the 2D disk target, unit square, uniform start, dense solver, one rank: seconds "
-        "per iteration (wall) and cumulative seconds per iteration in the main steps "
-        "(cProfile; they nest).", "",
-        "| code | n | iterations | s / iteration | evaluations / iteration | "
-        + " | ".join(PROFILE_FUNCTIONS) + " |", "|---|---|---|---|---|"
-        + "---|" * len(PROFILE_FUNCTIONS)]
+    lines = (
+        []
+        if path.exists()
+        else [
+            "<!-- written by scripts/experiments.py profile -->",
+            "",
+            "SgGN on the 2D disk target, unit square, uniform start, dense solver, one rank: "
+            "seconds per iteration (wall) and cumulative seconds per iteration in the main steps "
+            "(cProfile; they nest).",
+            "",
+            "| code | n | iterations | s / iteration | evaluations / iteration | "
+            + " | ".join(PROFILE_FUNCTIONS)
+            + " |",
+            "|---|---|---|---|---|" + "---|" * len(PROFILE_FUNCTIONS),
+        ]
+    )
     for n in args.n:
-        config = load_config(None, DOMAIN[2] + [
-            "target.name=disk", f"network.n={n}", "network.init=uniform", "solver.kind=dense",
-            f"output.path={Path(args.work) / 'profile.h5'}", f"train.max_iter={args.iterations}",
-            "train.checkpoint_every=0", "train.log_every=1000"])
+        config = load_config(
+            None,
+            DOMAIN[2]
+            + [
+                "target.name=disk",
+                f"network.n={n}",
+                "network.init=uniform",
+                "solver.kind=dense",
+                f"output.path={Path(args.work) / 'profile.h5'}",
+                f"train.max_iter={args.iterations}",
+                "train.checkpoint_every=0",
+                "train.log_every=1000",
+            ],
+        )
         problem = build_problem(config)
         profiler = cProfile.Profile()
         profiler.enable()
@@ -499,14 +644,22 @@ def command_profile(args: argparse.Namespace) -> None:
         per_iteration = (history["seconds"][-1] - history["seconds"][0]) / count
         evaluations = np.nansum(history.get("evaluations", [np.nan])) / count
         stats = pstats.Stats(profiler).stats
-        cumulative = {label: sum(entry[3] for (file, _, function), entry in stats.items()
-                                 if function == name and file.endswith(suffix)) / count
-                      for label, (suffix, name) in PROFILE_FUNCTIONS.items()}
+        cumulative = {
+            label: sum(
+                entry[3]
+                for (file, _, function), entry in stats.items()
+                if function == name and file.endswith(suffix)
+            )
+            / count
+            for label, (suffix, name) in PROFILE_FUNCTIONS.items()
+        }
         where = Path(inspect.getfile(distgn)).parent.parent
-        lines.append(f"| {args.label} (`{where.name}`) | {n} | {count} | {per_iteration:.3f} | "
-                     f"{evaluations:.1f} | "
-                     + " | ".join(f"{cumulative[label]:.3f}" for label in PROFILE_FUNCTIONS)
-                     + " |")
+        lines.append(
+            f"| {args.label} (`{where.name}`) | {n} | {count} | {per_iteration:.3f} | "
+            f"{evaluations:.1f} | "
+            + " | ".join(f"{cumulative[label]:.3f}" for label in PROFILE_FUNCTIONS)
+            + " |"
+        )
         print(lines[-1], flush=True)
     with path.open("a") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -522,8 +675,11 @@ def main() -> None:
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     p.add_argument("--work", default="/tmp/distgn-experiments", help="folder for run files")
     p.add_argument("--force", action="store_true", help="rerun runs already in results.json")
-    p.add_argument("--store", help="write this job's runs to this file instead (for a second "
-                   "job at once; add them with merge)")
+    p.add_argument(
+        "--store",
+        help="write this job's runs to this file instead (for a second "
+        "job at once; add them with merge)",
+    )
     p = sub.add_parser("merge", help="add the runs of --store files to the results files")
     p.add_argument("--dim", type=int, choices=(1, 2), required=True)
     p.add_argument("files", nargs="+")
@@ -538,9 +694,14 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/distgn-experiments")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    {"run": command_run, "report": command_report, "pair": command_pair,
-     "merge": command_merge, "profile": command_profile,
-     "diagnose": command_diagnose}[args.command](args)
+    {
+        "run": command_run,
+        "report": command_report,
+        "pair": command_pair,
+        "merge": command_merge,
+        "profile": command_profile,
+        "diagnose": command_diagnose,
+    }[args.command](args)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,14 @@ def main() -> None:
     for n in args.n:
         for init in args.inits:
             for ordering in (o for o in ORDERINGS if o not in ("auto", "breakpoint")):
-                sets = [f"network.n={n}", f"network.init={init}", "domain.kind=box",
-                        "domain.bounds=[[0,1],[0,1]]", f"solver.ordering={ordering}",
-                        "solver.compensation=none"]
+                sets = [
+                    f"network.n={n}",
+                    f"network.init={init}",
+                    "domain.kind=box",
+                    "domain.bounds=[[0,1],[0,1]]",
+                    f"solver.ordering={ordering}",
+                    "solver.compensation=none",
+                ]
                 config = load_config(None, sets)
                 op = build(build_problem(config), config.solver, MPI.COMM_SELF, "A")[0]
                 half = n // 2
@@ -45,15 +50,25 @@ def main() -> None:
                 block_ranks = {tol: int(np.count_nonzero(sigma > tol * sigma[0])) for tol in TOLS}
                 hss = {}
                 for tol in TOLS:
-                    stats = factor(op, load_config(None, sets + [f"solver.tol={tol}"]).solver
-                                   ).stats()
+                    stats = factor(
+                        op, load_config(None, sets + [f"solver.tol={tol}"]).solver
+                    ).stats()
                     hss[tol] = (stats["max_rank"], stats["factor_bytes"])
-                print(json.dumps({
-                    "n": n, "init": init, "ordering": ordering,
-                    "level1_block_rank": {str(t): r for t, r in block_ranks.items()},
-                    "hss_max_rank": {str(t): v[0] for t, v in hss.items()},
-                    "hss_factor_mbytes": {str(t): round(v[1] / 1e6, 2) for t, v in hss.items()},
-                }), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "n": n,
+                            "init": init,
+                            "ordering": ordering,
+                            "level1_block_rank": {str(t): r for t, r in block_ranks.items()},
+                            "hss_max_rank": {str(t): v[0] for t, v in hss.items()},
+                            "hss_factor_mbytes": {
+                                str(t): round(v[1] / 1e6, 2) for t, v in hss.items()
+                            },
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,13 @@ SOURCE_TREE = Path(__file__).resolve().parents[1]
 def nothing_written_into_the_source_tree():
     """Tests write into temporary folders only: the top level of the repository and examples/
     hold the same files after the session as before."""
+
     def listing() -> list[str]:
-        return sorted(str(p.relative_to(SOURCE_TREE)) for folder in (SOURCE_TREE,
-                      SOURCE_TREE / "examples") for p in folder.iterdir())
+        return sorted(
+            str(p.relative_to(SOURCE_TREE))
+            for folder in (SOURCE_TREE, SOURCE_TREE / "examples")
+            for p in folder.iterdir()
+        )
 
     before = listing()
     yield
@@ -57,12 +61,17 @@ def rng() -> np.random.Generator:
 MPIEXEC = shutil.which("mpiexec")
 UNDER_MPIEXEC = "OMPI_COMM_WORLD_SIZE" in os.environ
 DISTGN = str(Path(sys.executable).with_name("distgn"))
-ENV = {**{k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))},
-       "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-       "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-       "OMPI_MCA_rmaps_base_oversubscribe": "1"}
-needs_mpiexec = pytest.mark.skipif(UNDER_MPIEXEC or MPIEXEC is None,
-                                   reason="launches its own mpiexec")
+ENV = {
+    **{k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))},
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+}
+needs_mpiexec = pytest.mark.skipif(
+    UNDER_MPIEXEC or MPIEXEC is None, reason="launches its own mpiexec"
+)
 
 
 def distgn_command(args: list[str], ranks: int = 2) -> list[str]:
@@ -71,11 +80,18 @@ def distgn_command(args: list[str], ranks: int = 2) -> list[str]:
     return [*prefix, DISTGN, *args]
 
 
-def run_distgn(args: list[str], cwd: Path, ranks: int = 2, timeout: float = 120
-               ) -> subprocess.CompletedProcess:
+def run_distgn(
+    args: list[str], cwd: Path, ranks: int = 2, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run the real ``distgn`` in ``cwd``; a hang fails the test (TimeoutExpired)."""
-    return subprocess.run(distgn_command(args, ranks), cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        distgn_command(args, ranks),
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def distgn_lines(stderr: str) -> list[str]:

@@ -21,8 +21,9 @@ LD = np.longdouble
 POINTS = 12
 
 
-def _cells(z: np.ndarray, points: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray,
-                                                                np.ndarray, np.ndarray]:
+def _cells(
+    z: np.ndarray, points: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Gauss points (x, weight) on the cells of z split at ``points``, with their cell index and
     local coordinate (x - z_k) / h_k, all in long double."""
     extra = np.array([p for p in points if z[0] < p < z[-1]], dtype=float)
@@ -32,7 +33,7 @@ def _cells(z: np.ndarray, points: tuple[float, ...]) -> tuple[np.ndarray, np.nda
     half, mid = (right - left) / 2, (right + left) / 2
     cell = np.searchsorted(z, fine[:-1], side="right") - 1
     zl = z[cell].astype(LD)
-    h = (z[cell + 1].astype(LD) - zl)
+    h = z[cell + 1].astype(LD) - zl
     offset = (mid - zl)[:, None] + half[:, None] * gx.astype(LD)[None, :]
     x = mid[:, None] + half[:, None] * gx.astype(LD)[None, :]
     return x, half[:, None] * gw.astype(LD)[None, :], cell, offset / h[:, None]
@@ -57,8 +58,15 @@ def _thomas(diag: np.ndarray, off: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return x
 
 
-def best_fit_error(w: np.ndarray, b: np.ndarray, bias: bool, L: float, R: float, func,
-                   points: tuple[float, ...] = ()) -> float:
+def best_fit_error(
+    w: np.ndarray,
+    b: np.ndarray,
+    bias: bool,
+    L: float,
+    R: float,
+    func,
+    points: tuple[float, ...] = (),
+) -> float:
     """L2 error of the best fit of ``func`` from the span (module docstring)."""
     t = -b / w
     inside = (t > L) & (t < R)
@@ -80,12 +88,12 @@ def best_fit_error(w: np.ndarray, b: np.ndarray, bias: bool, L: float, R: float,
     ell[1, 0], ell[1, 1] = -1 / h[0], 1 / h[0]
     ell[0] = -L * ell[1]
     ell[0, 0] += 1
-    k = np.searchsorted(z, t)                    # z[k] == t for kinks inside
+    k = np.searchsorted(z, t)  # z[k] == t for kinks inside
     for i in np.flatnonzero(inside & (w < 0)):
         j = k[i]
         weights = np.array([1 / h[j - 1], -1 / h[j] - 1 / h[j - 1], 1 / h[j]], dtype=LD)
         coef = np.array([b[i], w[i]], dtype=LD) / LD(abs(w[i]))
-        ell[:, j - 1:j + 2] -= coef[:, None] * weights[None, :]
+        ell[:, j - 1 : j + 2] -= coef[:, None] * weights[None, :]
     free = [np.array([b[i], w[i]]) for i in np.flatnonzero(~inside)]
     if bias:
         free.append(np.array([1.0, 0.0]))
@@ -93,7 +101,7 @@ def best_fit_error(w: np.ndarray, b: np.ndarray, bias: bool, L: float, R: float,
     q, _ = np.linalg.qr(np.column_stack([basis, np.eye(2)]))
     rank = np.linalg.matrix_rank(basis) if free else 0
     complement = q[:, rank:].astype(LD)
-    constraints = (complement.T @ ell).T          # (K+1) x m, constraints^T y = 0
+    constraints = (complement.T @ ell).T  # (K+1) x m, constraints^T y = 0
     solve = _thomas(diag, off, np.column_stack([f, constraints]))
     y = solve[:, 0]
     if constraints.shape[1]:
@@ -104,8 +112,16 @@ def best_fit_error(w: np.ndarray, b: np.ndarray, bias: bool, L: float, R: float,
     return float(np.sqrt(np.sum((v - u) ** 2 * weight)))
 
 
-def true_error(w: np.ndarray, b: np.ndarray, c: np.ndarray, c0: float | None, L: float, R: float,
-               func, points: tuple[float, ...] = ()) -> float:
+def true_error(
+    w: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray,
+    c0: float | None,
+    L: float,
+    R: float,
+    func,
+    points: tuple[float, ...] = (),
+) -> float:
     """L2 error of the network ``c0 + sum c_i relu(w_i x + b_i)`` against ``func`` on [L, R]."""
     t = -b / w
     z = np.unique(np.concatenate([[L, R], t[(t > L) & (t < R)]]))
@@ -118,7 +134,7 @@ def true_error(w: np.ndarray, b: np.ndarray, c: np.ndarray, c0: float | None, L:
         order = sel[np.argsort(t[sel])]
         prefix_w = np.concatenate([[LD(0)], np.cumsum(cw[order])])
         prefix_b = np.concatenate([[LD(0)], np.cumsum(cb[order])])
-        k = np.searchsorted(t[order].astype(LD), xs)      # kinks below x
+        k = np.searchsorted(t[order].astype(LD), xs)  # kinks below x
         if sign > 0:
             v += prefix_w[k] * xs + prefix_b[k]
         else:

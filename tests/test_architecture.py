@@ -30,9 +30,13 @@ MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 def _imports(path: Path) -> list[tuple[str, bool]]:
     """The distgn modules imported by a file, each with whether the import is inside a function."""
     tree = ast.parse(path.read_text())
-    nested = {id(node) for fn in ast.walk(tree)
-              if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
-              for node in ast.walk(fn) if isinstance(node, ast.Import | ast.ImportFrom)}
+    nested = {
+        id(node)
+        for fn in ast.walk(tree)
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+    }
     found = []
     for node in ast.walk(tree):
         names: list[str] = []
@@ -85,11 +89,11 @@ def test_deferred_imports_are_only_for_petsc() -> None:
 
 ONE_D = ["network.n=64", 'network.init="random"', 'target.name="sine"', "solver.leaf_size=16"]
 BACK_ENDS = [
-    ["solver.kind=\"hss\""],
-    ["solver.kind=\"dense\""],
-    ["solver.kind=\"krylov\"", "solver.petsc_options=\"-distgn_pc_type hat\""],
-    ["solver.kind=\"krylov\"", "solver.petsc_options=\"-distgn_pc_type hss\""],
-    ["solver.kind=\"krylov\"", "solver.petsc_options=\"-distgn_pc_type bjacobi\""],
+    ['solver.kind="hss"'],
+    ['solver.kind="dense"'],
+    ['solver.kind="krylov"', 'solver.petsc_options="-distgn_pc_type hat"'],
+    ['solver.kind="krylov"', 'solver.petsc_options="-distgn_pc_type hss"'],
+    ['solver.kind="krylov"', 'solver.petsc_options="-distgn_pc_type bjacobi"'],
 ]
 
 
@@ -104,7 +108,7 @@ def test_every_back_end_reports_the_common_statistics(comm, settings: list[str])
     with factor(operator, config.solver) as solver:
         x = solver.solve(np.ascontiguousarray(blocks.moments[:, -1]))
         stats = solver.stats()
-    assert list(stats)[:len(STATS_KEYS)] == list(STATS_KEYS)
+    assert list(stats)[: len(STATS_KEYS)] == list(STATS_KEYS)
     assert stats["kind"] == config.solver.kind
     assert stats["seconds_factor"] > 0 and stats["seconds_solve"] > 0
     assert isinstance(stats["factor_bytes"], int) and stats["factor_bytes"] > 0

@@ -17,13 +17,27 @@ from distgn.problem import build_problem
 from distgn.tree import build_tree, neuron_order
 
 CASES = {
-    "1d-mixed": ['network.n=97', 'network.init="random"', 'network.orientation="random"',
-                 "domain.bounds=[-1.0, 2.0]", 'target.name="tanh_layer"'],
-    "2d-box": ['domain.kind="box"', "domain.bounds=[[0.0, 1.0], [0.0, 2.0]]", "network.n=41",
-               'network.init="random"', 'target.name="line_jump"'],
-    "2d-pentagon": ['domain.kind="polygon"',
-                    "domain.vertices=[[0.0, 0.0], [2.0, 0.0], [2.5, 1.0], [1.0, 2.0], [-0.5, 1.0]]",
-                    "network.n=37", 'network.init="random"', 'target.name="disk"'],
+    "1d-mixed": [
+        "network.n=97",
+        'network.init="random"',
+        'network.orientation="random"',
+        "domain.bounds=[-1.0, 2.0]",
+        'target.name="tanh_layer"',
+    ],
+    "2d-box": [
+        'domain.kind="box"',
+        "domain.bounds=[[0.0, 1.0], [0.0, 2.0]]",
+        "network.n=41",
+        'network.init="random"',
+        'target.name="line_jump"',
+    ],
+    "2d-pentagon": [
+        'domain.kind="polygon"',
+        "domain.vertices=[[0.0, 0.0], [2.0, 0.0], [2.5, 1.0], [1.0, 2.0], [-0.5, 1.0]]",
+        "network.n=37",
+        'network.init="random"',
+        'target.name="disk"',
+    ],
 }
 
 
@@ -47,7 +61,7 @@ def test_block_rows_match_serial(comm, case):
     k = problem.domain.dim + 1
     for name in MATRICES:
         s = k if name == "G" else 1
-        ref = full[name][blocks.start * s:blocks.stop * s]
+        ref = full[name][blocks.start * s : blocks.stop * s]
         assert blocks.matrices[name].shape == ref.shape
         assert np.max(np.abs(blocks.matrices[name] - ref)) <= 1e-14 * np.max(np.abs(ref))
     # The gathered A is symmetric positive definite.
@@ -76,6 +90,7 @@ def test_assemble_command_writes_user_order(comm, shared_tmp, case):
         moments = np.asarray(fh["F"])
     from distgn.assembly import target_moments
 
-    F = np.einsum("ik,ik->i", target_moments(problem.domain, problem.target, net.W, net.b, idx),
-                  net.r)
+    F = np.einsum(
+        "ik,ik->i", target_moments(problem.domain, problem.target, net.W, net.b, idx), net.r
+    )
     np.testing.assert_allclose(moments, F, rtol=1e-13, atol=1e-15)

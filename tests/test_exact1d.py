@@ -16,6 +16,7 @@ from distgn.targets import Target, make_target
 
 def exact_pair(L: Fraction, R: Fraction, wi: Fraction, bi: Fraction, wj: Fraction, bj: Fraction):
     """A, H, G of one pair by exact integration of polynomials over the common support."""
+
     def support(w, b):
         t = -b / w
         return (max(t, L), R) if w > 0 else (L, min(t, R))
@@ -62,8 +63,9 @@ def test_pairs_match_exact_rationals(L, R):
 def test_example_closed_form():
     """docs/math.md's example ("1D closed forms"): w = +1 on [0, 1], t_i <= t_j."""
     ti, tj = 0.2, 0.55
-    got = exact1d.pair_integrals(np.array([[0.0, 1.0]]), np.ones((2, 1)), -np.array([ti, tj]),
-                                 np.array([0]), np.array([1]))
+    got = exact1d.pair_integrals(
+        np.array([[0.0, 1.0]]), np.ones((2, 1)), -np.array([ti, tj]), np.array([0]), np.array([1])
+    )
     ref = (1 - tj) ** 3 / 3 + (tj - ti) * (1 - tj) ** 2 / 2
     assert got["A"][0, 0] == pytest.approx(ref, rel=1e-15)
     assert got["H"][0, 0] == pytest.approx(1 - tj, rel=1e-15)
@@ -86,10 +88,15 @@ def test_target_moments_match_mpmath(name):
     }[name]
     for i in range(4):
         ti = mpmath.mpf(t[i])
-        lo, hi = (max(ti, mpmath.mpf(-0.5)), mpmath.mpf(1.5)) if W[i, 0] > 0 else (
-            mpmath.mpf(-0.5), min(ti, mpmath.mpf(1.5)))
-        pts = sorted({lo, hi, mpmath.mpf("0.5")} | ({mpmath.mpf(0.5) + k * mpmath.mpf("0.01")
-                                                    for k in range(-20, 21)}))
+        lo, hi = (
+            (max(ti, mpmath.mpf(-0.5)), mpmath.mpf(1.5))
+            if W[i, 0] > 0
+            else (mpmath.mpf(-0.5), min(ti, mpmath.mpf(1.5)))
+        )
+        pts = sorted(
+            {lo, hi, mpmath.mpf("0.5")}
+            | ({mpmath.mpf(0.5) + k * mpmath.mpf("0.01") for k in range(-20, 21)})
+        )
         pts = [p for p in pts if lo <= p <= hi]
         for k, power in enumerate([1, 0]):
             ref = mpmath.quad(lambda x, p=power: u(x) * x**p, pts)
@@ -97,8 +104,9 @@ def test_target_moments_match_mpmath(name):
 
 
 def test_target_integrals_step():
-    u_int, u_sq = exact1d.target_integrals(np.array([[0.0, 2.0]]),
-                                           make_target("step", interval(0.0, 2.0)))
+    u_int, u_sq = exact1d.target_integrals(
+        np.array([[0.0, 2.0]]), make_target("step", interval(0.0, 2.0))
+    )
     assert u_int == pytest.approx(1.0, abs=1e-15) and u_sq == pytest.approx(1.0, abs=1e-15)
 
 
@@ -116,4 +124,5 @@ def test_l2_error_reaches_round_off_on_a_network_target():
 
     ref = mpmath.sqrt(mpmath.quad(lambda x: v(x) ** 2, [0, 0.2, 0.6, 0.7, 1]))
     assert l2_error_1d(np.array([[0.0, 1.0]]), W, b, c, 0.1, zero) == pytest.approx(
-        float(ref), rel=1e-14)
+        float(ref), rel=1e-14
+    )

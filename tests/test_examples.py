@@ -20,13 +20,17 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MPIEXEC = shutil.which("mpiexec")
-ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-       "OMP_NUM_THREADS": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+ENV = {
+    **os.environ,
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMP_NUM_THREADS": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+}
 
 # example -> [(subcommand, extra arguments)]: the shrinking overrides of each run.
 RUNS = {
-    "demo.toml": [("train", ["--set", "train.max_iter=3"]),
-                  ("analyze", ["--sizes", "64,128"])],
+    "demo.toml": [("train", ["--set", "train.max_iter=3"]), ("analyze", ["--sizes", "64,128"])],
     "solve-1d.toml": [("solve", ["--set", "network.n=2048"])],
     "solve-2d.toml": [("solve", ["--set", "network.n=96"])],
     "train-1d.toml": [("train", ["--set", "train.max_iter=3"])],
@@ -43,8 +47,14 @@ def _run(example: str, command: str, extra: list[str], folder: Path) -> dict:
     argv = [command, str(EXAMPLES / example), *extra, "--set", f'output.path="{out}"', "--json"]
     if command == "analyze":
         argv += ["--set", f'analyze.plots="{folder / "plots"}"']
-    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "distgn", *argv], env=ENV,
-                          capture_output=True, text=True, timeout=280, cwd=folder)
+    proc = subprocess.run(
+        [MPIEXEC, "-n", "2", sys.executable, "-m", "distgn", *argv],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=folder,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert out.is_file()
@@ -53,13 +63,16 @@ def _run(example: str, command: str, extra: list[str], folder: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(MPIEXEC is None or "OMPI_COMM_WORLD_SIZE" in os.environ,
-                    reason="launches its own mpiexec -n 2")
+@pytest.mark.skipif(
+    MPIEXEC is None or "OMPI_COMM_WORLD_SIZE" in os.environ, reason="launches its own mpiexec -n 2"
+)
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("example, command, extra",
-                         [(e, c, x) for e, runs in RUNS.items() for c, x in runs])
-def test_example_runs_end_to_end(tmp_path: Path, example: str, command: str,
-                                 extra: list[str]) -> None:
+@pytest.mark.parametrize(
+    "example, command, extra", [(e, c, x) for e, runs in RUNS.items() for c, x in runs]
+)
+def test_example_runs_end_to_end(
+    tmp_path: Path, example: str, command: str, extra: list[str]
+) -> None:
     result = _run(example, command, extra, tmp_path)
     assert result.get("ranks", 2) == 2
     if command == "solve":

@@ -30,10 +30,13 @@ def test_fast_matvec_matches_dense(orientation: str, name: str) -> None:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("sets", [
-    ["network.n=300", "network.init=random", "network.orientation=random"],
-    ["network.n=60", "domain.kind=box", "domain.bounds=[[0,1],[0,1]]", "network.init=random"],
-])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["network.n=300", "network.init=random", "network.orientation=random"],
+        ["network.n=60", "domain.kind=box", "domain.bounds=[[0,1],[0,1]]", "network.init=random"],
+    ],
+)
 @pytest.mark.parametrize("name", ["A", "G"])
 def test_matrix_free_operator_matches_block_rows(sets: list[str], name: str) -> None:
     comm = MPI.COMM_WORLD

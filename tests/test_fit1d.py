@@ -20,10 +20,16 @@ from distgn.problem import build_problem
 
 SOLVERS = {
     "hss": ['solver.kind="hss"', "solver.matrix_free=true"],
-    "cg-hat": ['solver.kind="krylov"', "solver.matrix_free=true",
-               'solver.petsc_options="-distgn_pc_type hat"'],
-    "cg-hss": ['solver.kind="krylov"', "solver.matrix_free=true",
-               'solver.petsc_options="-distgn_pc_type hss"'],
+    "cg-hat": [
+        'solver.kind="krylov"',
+        "solver.matrix_free=true",
+        'solver.petsc_options="-distgn_pc_type hat"',
+    ],
+    "cg-hss": [
+        'solver.kind="krylov"',
+        "solver.matrix_free=true",
+        'solver.petsc_options="-distgn_pc_type hss"',
+    ],
     "dense": ['solver.kind="dense"', "solver.matrix_free=false"],
 }
 FACTOR = 1.5  # the issue asks for 10; the nodal solve is within rounding of the best fit
@@ -62,9 +68,14 @@ def check(problem, out, basis: str = "nodal") -> tuple[float, float]:
 @pytest.mark.parametrize("init", ["uniform", "random"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_every_solver_reaches_the_best_fit(comm, orientation, init, bias):
-    base = [f'network.orientation="{orientation}"', f'network.init="{init}"',
-            f"network.output_bias={str(bias).lower()}", 'target.name="sine"', "network.n=256",
-            "solver.leaf_size=32"]
+    base = [
+        f'network.orientation="{orientation}"',
+        f'network.init="{init}"',
+        f"network.output_bias={str(bias).lower()}",
+        'target.name="sine"',
+        "network.n=256",
+        "solver.leaf_size=32",
+    ]
     for name, sets in SOLVERS.items():
         problem, out = fit(comm, base + sets)
         true, best = check(problem, out)
@@ -76,8 +87,13 @@ def test_every_solver_reaches_the_best_fit(comm, orientation, init, bias):
 @pytest.mark.parametrize("n", [2**12, 2**16])
 @pytest.mark.parametrize("target", ["sine", "step"])
 def test_large_n_fit_improves_with_n(comm, n, target):
-    base = ['network.orientation="random"', 'network.init="random"', f'target.name="{target}"',
-            f"network.n={n}", "network.output_bias=true"]
+    base = [
+        'network.orientation="random"',
+        'network.init="random"',
+        f'target.name="{target}"',
+        f"network.n={n}",
+        "network.output_bias=true",
+    ]
     for name in ("hss", "cg-hat"):
         problem, out = fit(comm, base + SOLVERS[name])
         true, best = check(problem, out)
@@ -88,8 +104,15 @@ def test_large_n_fit_improves_with_n(comm, n, target):
 def test_fit_error_falls_like_n_minus_2_on_a_smooth_target():
     errors = []
     for n in (2**8, 2**12, 2**16):
-        problem, out = fit(MPI.COMM_SELF, ['target.name="sine"', f"network.n={n}",
-                                            'solver.kind="krylov"', "solver.matrix_free=true"])
+        problem, out = fit(
+            MPI.COMM_SELF,
+            [
+                'target.name="sine"',
+                f"network.n={n}",
+                'solver.kind="krylov"',
+                "solver.matrix_free=true",
+            ],
+        )
         errors.append(check(problem, out)[0])
     ratios = np.array(errors[:-1]) / np.array(errors[1:])
     assert np.all(ratios > 0.8 * 16**2), errors

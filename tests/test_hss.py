@@ -18,8 +18,9 @@ from distgn.solvers.hss.ulv import spd_sqrt
 BOX = ["domain.kind=box", "domain.bounds=[[0,1],[0,1]]"]
 
 
-def make_operator(sets: list[str], name: str = "A", comm: MPI.Comm = MPI.COMM_SELF
-                  ) -> tuple[Operator, object]:
+def make_operator(
+    sets: list[str], name: str = "A", comm: MPI.Comm = MPI.COMM_SELF
+) -> tuple[Operator, object]:
     """The neuron-basis operator (``solver.basis = "relu"``) and solver settings of a configuration
     given as ``section.key=value``."""
     config = load_config(None, sets + ['solver.basis="relu"'])
@@ -53,11 +54,14 @@ def test_row_id_and_range_basis_recover_low_rank() -> None:
     assert Q.shape == (40, 5) and np.allclose(Q @ (Q.T @ Z), Z)
 
 
-@pytest.mark.parametrize("sets, name", [
-    (["network.n=200", "network.init=uniform"], "H"),
-    (["network.n=64", "network.init=uniform"], "A"),
-    (["network.n=24", "network.init=uniform"], "G"),
-])
+@pytest.mark.parametrize(
+    "sets, name",
+    [
+        (["network.n=200", "network.init=uniform"], "H"),
+        (["network.n=64", "network.init=uniform"], "A"),
+        (["network.n=24", "network.init=uniform"], "G"),
+    ],
+)
 def test_matches_dense_lapack_and_logdet(sets: list[str], name: str) -> None:
     op, solver = make_operator(sets + ["solver.leaf_size=8", "solver.tol=1e-12"], name)
     M = op.rows
@@ -72,22 +76,30 @@ def test_matches_dense_lapack_and_logdet(sets: list[str], name: str) -> None:
 
 
 def test_reconstruction_error_follows_tolerance() -> None:
-    op, solver = make_operator(["network.n=256", "network.init=uniform", "solver.leaf_size=16"],
-                               "H")
+    op, solver = make_operator(
+        ["network.n=256", "network.init=uniform", "solver.leaf_size=16"], "H"
+    )
     for tol in (1e-4, 1e-8, 1e-12):
-        approx = np.linalg.inv(dense_inverse(factor(op, load_config(
-            None, [f"solver.tol={tol}", "solver.leaf_size=16"]).solver)))
+        approx = np.linalg.inv(
+            dense_inverse(
+                factor(op, load_config(None, [f"solver.tol={tol}", "solver.leaf_size=16"]).solver)
+            )
+        )
         assert np.linalg.norm(approx - op.rows, 2) <= 10 * tol * np.linalg.norm(op.rows, 2)
 
 
 @pytest.mark.parametrize("compensation", ["schur", "none"])
-@pytest.mark.parametrize("sets", [
-    ["network.n=256", "network.init=uniform"],
-    ["network.n=300", "network.init=random"] + BOX,
-])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["network.n=256", "network.init=uniform"],
+        ["network.n=300", "network.init=random"] + BOX,
+    ],
+)
 def test_spd_at_loose_tolerance(sets: list[str], compensation: str) -> None:
-    op, solver = make_operator(sets + ["solver.leaf_size=32", "solver.tol=1e-2",
-                                       f"solver.compensation={compensation}"])
+    op, solver = make_operator(
+        sets + ["solver.leaf_size=32", "solver.tol=1e-2", f"solver.compensation={compensation}"]
+    )
     fact = factor(op, solver)
     if compensation == "schur":
         # The approximation itself is SPD (no eigenvalue was floored), so its inverse, formed
@@ -103,8 +115,9 @@ def test_spd_at_loose_tolerance(sets: list[str], compensation: str) -> None:
 
 
 def test_schur_compensation_is_a_good_preconditioner() -> None:
-    op, solver = make_operator(["network.n=300", "network.init=random", "solver.leaf_size=32",
-                                "solver.tol=1e-2"] + BOX)
+    op, solver = make_operator(
+        ["network.n=300", "network.init=random", "solver.leaf_size=32", "solver.tol=1e-2"] + BOX
+    )
     fact = factor(op, solver)
     assert fact.stats()["scheme"] == "schur"
     C = np.linalg.cholesky(dense_inverse(fact))
@@ -124,8 +137,9 @@ def test_matrix_free_agrees_with_block_rows() -> None:
 
 
 def test_compensation_needs_block_rows() -> None:
-    op, solver = make_operator(["network.n=100", "solver.matrix_free=true",
-                                "solver.compensation=schur", "solver.tol=1e-2"])
+    op, solver = make_operator(
+        ["network.n=100", "solver.matrix_free=true", "solver.compensation=schur", "solver.tol=1e-2"]
+    )
     with pytest.raises(InputError, match="stored block rows"):
         factor(op, solver)
     op, solver = make_operator(["network.n=100", "solver.compensation=always"])

@@ -43,15 +43,18 @@ def solve_backward_error(op, solver, columns: int = 2) -> tuple[float, dict]:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("sets, name", [
-    (["network.n=2048", "network.init=random"], "A"),
-    (["network.n=2048", "network.init=random", "network.orientation=random"], "A"),
-    (["network.n=8192", "network.init=uniform", "solver.matrix_free=true"], "A"),
-    (["network.n=2048", "network.init=uniform"], "H"),
-    (["network.n=1024", "network.init=random", "network.orientation=random"], "H"),
-    (["network.n=1024", "network.init=random", "network.orientation=alternating"], "G"),
-    (["network.n=512", "network.init=random"] + BOX, "A"),
-])
+@pytest.mark.parametrize(
+    "sets, name",
+    [
+        (["network.n=2048", "network.init=random"], "A"),
+        (["network.n=2048", "network.init=random", "network.orientation=random"], "A"),
+        (["network.n=8192", "network.init=uniform", "solver.matrix_free=true"], "A"),
+        (["network.n=2048", "network.init=uniform"], "H"),
+        (["network.n=1024", "network.init=random", "network.orientation=random"], "H"),
+        (["network.n=1024", "network.init=random", "network.orientation=alternating"], "G"),
+        (["network.n=512", "network.init=random"] + BOX, "A"),
+    ],
+)
 def test_backward_error_at_tight_tolerance(sets: list[str], name: str) -> None:
     op, solver = make_operator(sets + ["solver.tol=1e-12"], name, COMM)
     error, stats = solve_backward_error(op, solver)
@@ -64,8 +67,9 @@ def test_backward_error_at_tight_tolerance(sets: list[str], name: str) -> None:
 @pytest.mark.mpi
 def test_dense_cholesky_fails_where_hss_does_not() -> None:
     """1D A with random breakpoints, n = 2048: cond(A) > 1e16 and LAPACK's Cholesky breaks down."""
-    op, solver = make_operator(["network.n=2048", "network.init=random", "solver.tol=1e-12"],
-                               "A", COMM)
+    op, solver = make_operator(
+        ["network.n=2048", "network.init=random", "solver.tol=1e-12"], "A", COMM
+    )
     full = np.arange(op.tree.n)
     A = pair_integrals(op.domain, op.W, op.b, full, full, ("A",))["A"]
     with pytest.raises(np.linalg.LinAlgError):
@@ -75,10 +79,13 @@ def test_dense_cholesky_fails_where_hss_does_not() -> None:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("sets, name, tol", [
-    (["network.n=1024", "network.init=uniform"], "H", 1e-12),
-    (["network.n=300", "network.init=random", "solver.leaf_size=32"] + BOX, "A", 1e-2),
-])
+@pytest.mark.parametrize(
+    "sets, name, tol",
+    [
+        (["network.n=1024", "network.init=uniform"], "H", 1e-12),
+        (["network.n=300", "network.init=random", "solver.leaf_size=32"] + BOX, "A", 1e-2),
+    ],
+)
 def test_ranks_agree_with_one_rank(sets: list[str], name: str, tol: float) -> None:
     sets = sets + [f"solver.tol={tol}"]
     op, solver = make_operator(sets, name, COMM)
@@ -105,9 +112,16 @@ def test_bytes_sent_are_skeleton_sized() -> None:
     """Bytes sent above the rank level do not depend on n (1D, interpolative skeletons)."""
     sent = []
     for n in (2048, 8192):
-        op, solver = make_operator([f"network.n={n}", "network.init=uniform",
-                                    "solver.matrix_free=true", "solver.sample_size=32"],
-                                   "A", COMM)
+        op, solver = make_operator(
+            [
+                f"network.n={n}",
+                "network.init=uniform",
+                "solver.matrix_free=true",
+                "solver.sample_size=32",
+            ],
+            "A",
+            COMM,
+        )
         sent.append(factor(op, solver).stats()["bytes_sent_per_level"])
     top = max(1, int(np.ceil(np.log2(COMM.size))))
     assert sent[0][:top] == sent[1][:top]
@@ -132,8 +146,11 @@ def test_petsc_cg_with_hss_preconditioner() -> None:
 
     from distgn.solvers import petsc
 
-    op, solver = make_operator(["network.n=400", "network.init=random", "solver.leaf_size=32",
-                                "solver.tol=1e-4"] + BOX, "A", COMM)
+    op, solver = make_operator(
+        ["network.n=400", "network.init=random", "solver.leaf_size=32", "solver.tol=1e-4"] + BOX,
+        "A",
+        COMM,
+    )
     m = op.local_range[1] - op.local_range[0]
     mat = PETSc.Mat().createPython(((m, op.size), (m, op.size)), OperatorContext(op), comm=COMM)
     mat.setUp()

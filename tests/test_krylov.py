@@ -25,16 +25,29 @@ from distgn.tree import build_tree
 
 UNIFORM = ["network.n=64"]
 MIXED = ["network.n=96", 'network.init="random"', 'network.orientation="random"']
-BOX = ['domain.kind="box"', "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]", "network.n=40",
-       'network.init="random"', 'target.name="smooth"']
+BOX = [
+    'domain.kind="box"',
+    "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]",
+    "network.n=40",
+    'network.init="random"',
+    'target.name="smooth"',
+]
 
 
-def operator_for(comm: MPI.Comm, overrides: list[str], name: str = "A", leaf: int = 16,
-                 matrix_free: bool = False) -> tuple[Operator, np.ndarray]:
+def operator_for(
+    comm: MPI.Comm, overrides: list[str], name: str = "A", leaf: int = 16, matrix_free: bool = False
+) -> tuple[Operator, np.ndarray]:
     """The neuron-basis operator ``name`` of the problem given by config overrides (``solver.basis
     = "relu"``: these tests exercise the back ends on it), and this rank's F rows."""
-    config = load_config(None, overrides + [f"solver.leaf_size={leaf}", 'solver.basis="relu"',
-                                            f"solver.matrix_free={str(matrix_free).lower()}"])
+    config = load_config(
+        None,
+        overrides
+        + [
+            f"solver.leaf_size={leaf}",
+            'solver.basis="relu"',
+            f"solver.matrix_free={str(matrix_free).lower()}",
+        ],
+    )
     operator, blocks = build(build_problem(config), config.solver, comm, name)
     return operator, blocks.F
 
@@ -142,8 +155,9 @@ def test_hat_solver_is_exact_in_1d(comm, overrides, name):
     x = solver.solve(f)
     M = gathered(operator)
     xf, ff = operator.gather(x), operator.gather(f)
-    backward = np.linalg.norm(M @ xf - ff) / (np.linalg.norm(M, 2) * np.linalg.norm(xf)
-                                              + np.linalg.norm(ff))
+    backward = np.linalg.norm(M @ xf - ff) / (
+        np.linalg.norm(M, 2) * np.linalg.norm(xf) + np.linalg.norm(ff)
+    )
     assert backward <= 1e-11
 
 
@@ -188,8 +202,12 @@ def test_hss_pc_converges_fast_where_cg_needs_hundreds(comm):
 def test_options_under_the_prefix_are_honoured(comm):
     operator, _ = operator_for(comm, UNIFORM, "H")
     before = PETSc.Options().getAll()
-    solver = factor(operator, krylov_config(
-        "-distgn_ksp_type minres -distgn_pc_type jacobi -distgn_ksp_rtol 1e-8", rtol=1e-3))
+    solver = factor(
+        operator,
+        krylov_config(
+            "-distgn_ksp_type minres -distgn_pc_type jacobi -distgn_ksp_rtol 1e-8", rtol=1e-3
+        ),
+    )
     solver.solve(local_rhs(operator))
     stats = solver.stats()
     assert (stats["ksp_type"], stats["pc_type"], stats["rtol"]) == ("minres", "jacobi", 1e-8)
@@ -217,13 +235,16 @@ def test_pipelined_cg_runs(comm):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("options, value", [
-    ("-distgn_ksp_type nonsense", "nonsense"),
-    ("-distgn_pc_type bogus", "bogus"),
-    ("-distgn_ksp_rtol abc", "abc"),
-    ("-distgn_pc_hss_tol -1", "-1"),
-    ("-distgn_ksp_max_it 2.5x", "2.5x"),
-])
+@pytest.mark.parametrize(
+    "options, value",
+    [
+        ("-distgn_ksp_type nonsense", "nonsense"),
+        ("-distgn_pc_type bogus", "bogus"),
+        ("-distgn_ksp_rtol abc", "abc"),
+        ("-distgn_pc_hss_tol -1", "-1"),
+        ("-distgn_ksp_max_it 2.5x", "2.5x"),
+    ],
+)
 def test_bad_option_value_is_a_clear_error(comm, options, value):
     operator, _ = operator_for(comm, UNIFORM, "H")
     with pytest.raises(InputError) as info:
@@ -287,10 +308,26 @@ def test_matrix_free_shell(comm, rows):
 
 def test_log_view_shows_the_stages(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "distgn", "solve", "--set", 'solver.kind="krylov"',
-         "--set", "network.n=32", "--set", f'output.path="{tmp_path / "run.h5"}"',
-         "-distgn_pc_type", "hat", "-log_view"],
-        capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+        [
+            sys.executable,
+            "-m",
+            "distgn",
+            "solve",
+            "--set",
+            'solver.kind="krylov"',
+            "--set",
+            "network.n=32",
+            "--set",
+            f'output.path="{tmp_path / "run.h5"}"',
+            "-distgn_pc_type",
+            "hat",
+            "-log_view",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     for stage in ("distgn: assembly", "distgn: setup", "distgn: solve"):
         assert stage in out.stdout

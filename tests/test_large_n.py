@@ -32,14 +32,22 @@ def test_matrix_free_1d_solve_never_computes_pair_integrals(comm, monkeypatch):
         raise AssertionError("pair integrals computed on the matrix-free 1D path")
 
     monkeypatch.setattr(assembly, "pair_integrals", forbidden)
-    out = fit(comm, ["network.n=20000", 'network.init="random"', "solver.matrix_free=true",
-                     'network.orientation="random"', 'target.name="sine"'])
+    out = fit(
+        comm,
+        [
+            "network.n=20000",
+            'network.init="random"',
+            "solver.matrix_free=true",
+            'network.orientation="random"',
+            'target.name="sine"',
+        ],
+    )
     assert out.stats["basis"] == "nodal" and out.l2_error < 1e-6
 
 
 def test_only_exact_duplicates_are_rejected():
     net = initial_network(interval(0.0, 1.0), 2**20, "random", seed=3)
-    assert duplicate_pairs(net.W, net.b).size == 0      # kinks ~1e-12 apart are legal
+    assert duplicate_pairs(net.W, net.b).size == 0  # kinks ~1e-12 apart are legal
     W = np.array([[1.0], [2.0], [1.0], [-1.0], [1.0]])
     b = np.array([-0.5, -1.0, -0.5, 0.5, -0.5 * (1 + 1e-12)])
     pairs = duplicate_pairs(W, b)
@@ -50,9 +58,17 @@ def test_only_exact_duplicates_are_rejected():
 @pytest.mark.mpi
 @pytest.mark.timeout(120)
 def test_cg_with_the_hss_preconditioner_on_random_kinks(comm):
-    out = fit(comm, ["network.n=4096", 'network.init="random"', 'target.name="step"',
-                     'solver.kind="krylov"', "solver.rtol=1e-10",
-                     'solver.petsc_options="-distgn_pc_type hss"'])
+    out = fit(
+        comm,
+        [
+            "network.n=4096",
+            'network.init="random"',
+            'target.name="step"',
+            'solver.kind="krylov"',
+            "solver.rtol=1e-10",
+            'solver.petsc_options="-distgn_pc_type hss"',
+        ],
+    )
     assert out.stats["converged"] and out.stats["iterations"] <= 15
     assert out.stats["pc_stats"]["shift_max_relative"] <= 1e-4
 
@@ -60,9 +76,18 @@ def test_cg_with_the_hss_preconditioner_on_random_kinks(comm):
 @pytest.mark.mpi
 @pytest.mark.timeout(200)
 def test_2d_reports_forward_error_and_resolved_fit(comm):
-    out = fit(comm, ['domain.kind="box"', "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]",
-                     "network.n=120", 'network.init="random"', 'target.name="disk"',
-                     "solver.tol=1e-8"], forward_error=True)
+    out = fit(
+        comm,
+        [
+            'domain.kind="box"',
+            "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]",
+            "network.n=120",
+            'network.init="random"',
+            'target.name="disk"',
+            "solver.tol=1e-8",
+        ],
+        forward_error=True,
+    )
     stats = out.stats
     assert stats["cond_estimate"] > 1 and stats["forward_error_estimate"] > 0
     assert np.isfinite(out.l2_error) and out.l2_error >= stats["fit_l2_error_floor"]
@@ -72,8 +97,18 @@ def test_2d_reports_forward_error_and_resolved_fit(comm):
 @pytest.mark.mpi
 @pytest.mark.timeout(120)
 def test_solve_json_reports_the_bytes_sent(comm, shared_tmp, capsys):
-    code = main(["solve", "--json", "--set", "network.n=4096", "--set",
-                 "solver.matrix_free=true", "--set", f'output.path="{shared_tmp / "s.h5"}"'])
+    code = main(
+        [
+            "solve",
+            "--json",
+            "--set",
+            "network.n=4096",
+            "--set",
+            "solver.matrix_free=true",
+            "--set",
+            f'output.path="{shared_tmp / "s.h5"}"',
+        ]
+    )
     assert code == 0
     if comm.rank == 0:
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -89,12 +89,20 @@ def pair_reference(V: np.ndarray, W: np.ndarray, b: np.ndarray) -> dict[str, np.
         for j in range(n):
             M = polygon_moments(clip_exact(Pi, Wf[j], bf[j]) if Pi else [], Fraction(0))
             (a1, a2), a0, (c1, c2), c0 = Wf[i], bf[i], Wf[j], bf[j]
-            A[i, j] = (a1 * c1 * M["xx"] + (a1 * c2 + a2 * c1) * M["xy"] + a2 * c2 * M["yy"]
-                       + (a1 * c0 + a0 * c1) * M["x"] + (a2 * c0 + a0 * c2) * M["y"]
-                       + a0 * c0 * M["1"])
+            A[i, j] = (
+                a1 * c1 * M["xx"]
+                + (a1 * c2 + a2 * c1) * M["xy"]
+                + a2 * c2 * M["yy"]
+                + (a1 * c0 + a0 * c1) * M["x"]
+                + (a2 * c0 + a0 * c2) * M["y"]
+                + a0 * c0 * M["1"]
+            )
             H[i, j] = M["1"]
-            G[i, j] = [[M["xx"], M["xy"], M["x"]], [M["xy"], M["yy"], M["y"]],
-                       [M["x"], M["y"], M["1"]]]
+            G[i, j] = [
+                [M["xx"], M["xy"], M["x"]],
+                [M["xy"], M["yy"], M["y"]],
+                [M["x"], M["y"], M["1"]],
+            ]
     return {"A": A, "H": H, "G": G}
 
 
@@ -156,11 +164,15 @@ def mp_disk_moments(poly: list, center, radius) -> np.ndarray:
         arcs = list(zip(angles, angles[1:] + [angles[0] + 2 * mp.pi], strict=True))
     for ta, tb in arcs:
         tm = (ta + tb) / 2
-        if tb - ta < mp.mpf(10) ** -25 or not mp_inside(poly, cx + R * mp.cos(tm),
-                                                        cy + R * mp.sin(tm)):
+        if tb - ta < mp.mpf(10) ** -25 or not mp_inside(
+            poly, cx + R * mp.cos(tm), cy + R * mp.sin(tm)
+        ):
             continue
-        m1 += (cx * R * (mp.sin(tb) - mp.sin(ta)) + cy * R * (mp.cos(ta) - mp.cos(tb))
-               + R * R * (tb - ta)) / 2
+        m1 += (
+            cx * R * (mp.sin(tb) - mp.sin(ta))
+            + cy * R * (mp.cos(ta) - mp.cos(tb))
+            + R * R * (tb - ta)
+        ) / 2
         mx += mp.quad(lambda t: (cx + R * mp.cos(t)) ** 2 * R * mp.cos(t), [ta, tb]) / 2
         my += mp.quad(lambda t: (cy + R * mp.sin(t)) ** 2 * R * mp.sin(t), [ta, tb]) / 2
     return np.array([float(mx), float(my), float(m1)])
@@ -172,9 +184,10 @@ def mp_line_integral(poly: list, F) -> mp.mpf:
     for k in range(len(poly)):
         (x0, y0), (x1, y1) = poly[k], poly[(k + 1) % len(poly)]
         if y1 != y0:
-            total += mp.quad(lambda t, x0=x0, x1=x1, y0=y0, y1=y1: F(x0 + t * (x1 - x0),
-                                                                     y0 + t * (y1 - y0)),
-                             [0, 1]) * (y1 - y0)
+            total += mp.quad(
+                lambda t, x0=x0, x1=x1, y0=y0, y1=y1: F(x0 + t * (x1 - x0), y0 + t * (y1 - y0)),
+                [0, 1],
+            ) * (y1 - y0)
     return total
 
 
@@ -206,8 +219,7 @@ def mp_smooth_moments(poly: list, domain) -> np.ndarray:
         X = k1 * (x - x0)
         return (-x * mp.cos(X) / k1 + mp.sin(X) / k1**2) * mp.cos(k2 * (y - y0))
 
-    return np.array([float(mp_line_integral(poly, f))
-                     for f in (Fx, lambda x, y: y * F1(x, y), F1)])
+    return np.array([float(mp_line_integral(poly, f)) for f in (Fx, lambda x, y: y * F1(x, y), F1)])
 
 
 def mp_target_moments(name: str, domain, W: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -216,12 +228,12 @@ def mp_target_moments(name: str, domain, W: np.ndarray, b: np.ndarray) -> np.nda
     for i in range(b.size):
         piece = mp_neuron_piece(domain.vertices, W[i], b[i])
         if name == "line_jump":
-            (normal, offset), = target.lines
+            ((normal, offset),) = target.lines
             half = clip_exact(piece, (mp.mpf(normal[0]), mp.mpf(normal[1])), -mp.mpf(offset))
             M = polygon_moments(half, mp.mpf(0)) if len(half) >= 3 else None
             out[i] = [float(M["x"]), float(M["y"]), float(M["1"])] if M else 0.0
         elif name == "disk":
-            (center, radius), = target.circles
+            ((center, radius),) = target.circles
             out[i] = mp_disk_moments(piece, center, radius)
         else:
             out[i] = mp_smooth_moments(piece, domain)
@@ -248,8 +260,22 @@ def test_pair_integrals_exact(name):
 def test_pair_integrals_degenerate_lines():
     """Lines through vertices, along edges, parallel and coincident, tiny and huge scales, a
     sliver of width 1e-13."""
-    W = np.array([[1, 0], [-1, 0], [1, 1], [-1, -1], [1, -1], [0, 1], [0, -1], [1e-8, 2e-8],
-                  [3e8, -1e8], [1, 0], [2, 0], [1, 1.0]])
+    W = np.array(
+        [
+            [1, 0],
+            [-1, 0],
+            [1, 1],
+            [-1, -1],
+            [1, -1],
+            [0, 1],
+            [0, -1],
+            [1e-8, 2e-8],
+            [3e8, -1e8],
+            [1, 0],
+            [2, 0],
+            [1, 1.0],
+        ]
+    )
     b = np.array([0, 1, -1, 1, 0, -0.5, 0.5, -1e-8, -1e8, -1, -1, -1 + 1e-13])
     got = polygon.pair_integrals(SQUARE.vertices, W, b, np.arange(12), np.arange(12))
     ref = pair_reference(SQUARE.vertices, W, b)
@@ -298,8 +324,12 @@ def test_target_moments_of_one_are_G_columns():
     moments = polygon.target_moments(PENTAGON.vertices, W, b, I, one)
     np.testing.assert_allclose(moments, G[I, I, :, 2], rtol=1e-13, atol=1e-16)
     # The circle machinery with u = 1 must reproduce the same (every part accounted for once).
-    ring = Target("one", lambda x: np.ones(x.shape[0]),
-                  circles=((np.array([0.55, 0.6]), 0.3),), lines=((np.array([0.6, 0.8]), 0.7),))
+    ring = Target(
+        "one",
+        lambda x: np.ones(x.shape[0]),
+        circles=((np.array([0.55, 0.6]), 0.3),),
+        lines=((np.array([0.6, 0.8]), 0.7),),
+    )
     moments = polygon.target_moments(PENTAGON.vertices, W, b, I, ring)
     np.testing.assert_allclose(moments, G[I, I, :, 2], rtol=1e-13, atol=1e-15)
 
@@ -321,7 +351,7 @@ def test_target_moments_disk_near_centre():
     """Lines passing very close to the disk centre, on either side, and tangent to the circle."""
     domain = SQUARE
     target = make_target("disk", domain)
-    (center, radius), = target.circles
+    ((center, radius),) = target.circles
     angles = np.linspace(0.1, 6.0, 6)
     normals = np.column_stack([np.cos(angles), np.sin(angles)])
     offsets = np.array([1e-9, -1e-6, 1e-3, radius, -radius * (1 - 1e-9), 0.0])
@@ -339,11 +369,11 @@ def test_target_integrals(domain_name):
         target = make_target(name, domain)
         total, total_sq = polygon.target_integrals(domain.vertices, target)
         if name == "line_jump":
-            (normal, offset), = target.lines
+            ((normal, offset),) = target.lines
             half = clip_exact(poly, (mp.mpf(normal[0]), mp.mpf(normal[1])), -mp.mpf(offset))
             ref = ref_sq = float(polygon_moments(half, mp.mpf(0))["1"])
         elif name == "disk":
-            (center, radius), = target.circles
+            ((center, radius),) = target.circles
             ref = ref_sq = mp_disk_moments(poly, center, radius)[2]
         else:
             ref = mp_smooth_moments(poly, domain)[2]
@@ -352,8 +382,9 @@ def test_target_integrals(domain_name):
 
 
 def test_two_circles_rejected():
-    two = Target("two", lambda x: np.ones(x.shape[0]),
-                 circles=((np.zeros(2), 0.1), (np.ones(2), 0.1)))
+    two = Target(
+        "two", lambda x: np.ones(x.shape[0]), circles=((np.zeros(2), 0.1), (np.ones(2), 0.1))
+    )
     with pytest.raises(InputError, match="circles"):
         polygon.target_integrals(SQUARE.vertices, two)
 
@@ -365,7 +396,7 @@ def test_disk_moments_of_half_planes_through_the_centre(theta, offset):
     # area and centroid, whatever the rounding of the line's offset.
     dom = box([[0.0, 1.0], [0.0, 1.0]])
     target = make_target("disk", dom)
-    (center, radius), = target.circles
+    ((center, radius),) = target.circles
     w = np.array([[np.cos(theta), np.sin(theta)]])
     b = np.array([-(w[0] @ center) + offset])
     moments = polygon.target_moments(dom.vertices, w, b, np.array([0]), target)[0]
@@ -398,12 +429,16 @@ def test_constant_target_with_line_and_circle_matches_quadrature():
             inside = np.sum((x - center) ** 2, axis=1) <= 0.49
             return np.where(x @ normal >= offset, 2.0, -0.5) + 1.5 * inside
 
-        constant = Target("pieces", u, lines=((normal, offset),), circles=((center, 0.7),),
-                          constant=True)
+        constant = Target(
+            "pieces", u, lines=((normal, offset),), circles=((center, 0.7),), constant=True
+        )
         quadrature = replace(constant, constant=False)
         got = polygon.target_moments(PENTAGON.vertices, W, b, np.arange(40), constant)
         ref = polygon.target_moments(PENTAGON.vertices, W, b, np.arange(40), quadrature)
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-14)
-        np.testing.assert_allclose(polygon.target_integrals(PENTAGON.vertices, constant),
-                                   polygon.target_integrals(PENTAGON.vertices, quadrature),
-                                   rtol=0, atol=1e-14)
+        np.testing.assert_allclose(
+            polygon.target_integrals(PENTAGON.vertices, constant),
+            polygon.target_integrals(PENTAGON.vertices, quadrature),
+            rtol=0,
+            atol=1e-14,
+        )

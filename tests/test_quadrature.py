@@ -47,8 +47,9 @@ def test_hyperplanes_missing_the_box_are_exact():
     on = np.arange(4)
     np.testing.assert_allclose(got["A"][np.ix_(on, on)], r[on] @ M @ r[on].T, rtol=1e-13)
     np.testing.assert_allclose(got["H"][np.ix_(on, on)], M[3, 3], rtol=1e-13)
-    np.testing.assert_allclose(got["G"][np.ix_(on, on)], np.broadcast_to(M, (4, 4, 4, 4)),
-                               rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(
+        got["G"][np.ix_(on, on)], np.broadcast_to(M, (4, 4, 4, 4)), rtol=1e-13, atol=1e-15
+    )
     for key in ("A", "H", "G"):
         assert np.all(got[key][4:] == 0) and np.all(got[key][:, 4:] == 0)
 
@@ -64,8 +65,9 @@ def test_subsets_which_chunks_and_symmetry(monkeypatch):
     np.testing.assert_allclose(full["G"], full["G"].transpose(1, 0, 3, 2), rtol=1e-13, atol=1e-16)
     np.testing.assert_array_equal(full["G"][..., 3, 3], full["H"])
     monkeypatch.setattr(quadrature, "CHUNK_VALUES", 100)
-    part = quadrature.pair_integrals(BOX3, W, b, np.array([4, 1]), np.array([0, 6, 2]),
-                                     which=("H",), cells_per_dim=6, order=3)
+    part = quadrature.pair_integrals(
+        BOX3, W, b, np.array([4, 1]), np.array([0, 6, 2]), which=("H",), cells_per_dim=6, order=3
+    )
     assert set(part) == {"H"}
     np.testing.assert_allclose(part["H"], full["H"][np.ix_([4, 1], [0, 6, 2])], rtol=1e-13)
     with pytest.raises(InputError, match="which"):
@@ -105,8 +107,9 @@ def test_target_moments_and_integrals_smooth_3d():
     # int_lo^hi sin(pi (x - lo) / L) dx = 2 L / pi; int x sin(...) dx = (lo + L / 2) 2 L / pi.
     s0 = 2.0 * L / np.pi
     s1 = (lo + L / 2.0) * s0
-    ref = np.array([s1[0] * s0[1] * s0[2], s0[0] * s1[1] * s0[2], s0[0] * s0[1] * s1[2],
-                    np.prod(s0)])
+    ref = np.array(
+        [s1[0] * s0[1] * s0[2], s0[0] * s1[1] * s0[2], s0[0] * s0[1] * s1[2], np.prod(s0)]
+    )
     W = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [1.0, 1.0, 1.0]])
     b = np.array([1.0, 2.0, -10.0])  # active, active, inactive
     got = quadrature.target_moments(BOX3, W, b, np.arange(3), target, cells_per_dim=8, order=6)
@@ -125,7 +128,15 @@ def test_target_moments_2d_converge_to_polygon():
     W = np.column_stack([np.cos(theta), np.sin(theta)])
     b = -np.sum(W * rng.uniform(0.0, 1.0, (10, 2)), axis=1)
     exact = polygon.target_moments(square.vertices, W, b, np.arange(10), target)
-    errors = [np.max(np.abs(quadrature.target_moments(square.bounds, W, b, np.arange(10), target,
-                                                      cells_per_dim=c) - exact))
-              for c in (16, 64)]
+    errors = [
+        np.max(
+            np.abs(
+                quadrature.target_moments(
+                    square.bounds, W, b, np.arange(10), target, cells_per_dim=c
+                )
+                - exact
+            )
+        )
+        for c in (16, 64)
+    ]
     assert errors[1] < errors[0] / 3 and errors[1] < 1e-3

@@ -85,12 +85,26 @@ class Tally(MPI.Intracomm):
 
 @pytest.mark.mpi
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("sets", [
-    ["network.n=4096", 'network.init="random"', 'network.orientation="random"',
-     "solver.matrix_free=true", "solver.leaf_size=32"],
-    ['domain.kind="box"', "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]", "network.n=200",
-     'network.init="random"', "solver.tol=1e-6", "solver.leaf_size=16"],
-])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [
+            "network.n=4096",
+            'network.init="random"',
+            'network.orientation="random"',
+            "solver.matrix_free=true",
+            "solver.leaf_size=32",
+        ],
+        [
+            'domain.kind="box"',
+            "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]",
+            "network.n=200",
+            'network.init="random"',
+            "solver.tol=1e-6",
+            "solver.leaf_size=16",
+        ],
+    ],
+)
 def test_hss_reports_what_the_communicator_saw(comm, sets):
     config = load_config(None, sets)
     problem = build_problem(config)
@@ -104,10 +118,18 @@ def test_hss_reports_what_the_communicator_saw(comm, sets):
         solver.solve(rhs)
         seen = comm.allreduce(np.array([tally.nbytes - before[0], tally.calls - before[1]]))
         stats = solver.stats()
-    reported_bytes = (sum(stats["bytes_sent_per_level"]) + stats["bytes_sent_sketch"]
-                      + stats["bytes_sent_setup"] + stats["bytes_sent_solve"])
-    reported_messages = (sum(stats["messages_per_level"]) + stats["messages_sketch"]
-                         + stats["messages_setup"] + stats["messages_solve"])
+    reported_bytes = (
+        sum(stats["bytes_sent_per_level"])
+        + stats["bytes_sent_sketch"]
+        + stats["bytes_sent_setup"]
+        + stats["bytes_sent_solve"]
+    )
+    reported_messages = (
+        sum(stats["messages_per_level"])
+        + stats["messages_sketch"]
+        + stats["messages_setup"]
+        + stats["messages_solve"]
+    )
     assert reported_bytes == seen[0]
     assert reported_messages == seen[1]
     if comm.size > 1:

@@ -29,22 +29,31 @@ AMPLITUDES = np.array([1.0, -2.0, 1.5])
 
 def relu_target(offset: float = 0.0) -> Target:
     """A sum of three ReLUs (plus a constant): exactly representable."""
-    return Target("relu3", lambda x: np.maximum(x[:, :1] - KINKS, 0.0) @ AMPLITUDES + offset,
-                  points=tuple(KINKS))
+    return Target(
+        "relu3",
+        lambda x: np.maximum(x[:, :1] - KINKS, 0.0) @ AMPLITUDES + offset,
+        points=tuple(KINKS),
+    )
 
 
 def relu_problem(n: int, output_bias: bool = False, seed: int = 1) -> Problem:
     """The three-kink target and n neurons: three near the kinks, the rest random."""
     rng = np.random.default_rng(seed)
-    t = np.sort(np.concatenate([KINKS + rng.uniform(-0.04, 0.04, 3),
-                                rng.uniform(0.02, 0.98, n - 3)]))
-    return Problem(interval(0.0, 1.0), relu_target(0.25 if output_bias else 0.0),
-                   Network(np.ones((n, 1)), -t), output_bias)
+    t = np.sort(
+        np.concatenate([KINKS + rng.uniform(-0.04, 0.04, 3), rng.uniform(0.02, 0.98, n - 3)])
+    )
+    return Problem(
+        interval(0.0, 1.0),
+        relu_target(0.25 if output_bias else 0.0),
+        Network(np.ones((n, 1)), -t),
+        output_bias,
+    )
 
 
 def config(tmp, *overrides: str):
-    return load_config(None, ["solver.kind=dense", f"output.path={tmp / 'run.h5'}",
-                              "train.tol=0.0", *overrides])
+    return load_config(
+        None, ["solver.kind=dense", f"output.path={tmp / 'run.h5'}", "train.tol=0.0", *overrides]
+    )
 
 
 def random_network(dim: int, n: int, rng: np.random.Generator, output_bias: bool) -> Network:
@@ -60,8 +69,11 @@ def test_gradient_matches_finite_differences(dim, rng):
     domain = interval(0.0, 1.0) if dim == 1 else box([[0.0, 1.0], [0.0, 1.0]])
     target = make_target("sine" if dim == 1 else "smooth", domain)
     network = random_network(dim, 5, rng, output_bias=True)
-    ctx = Context(Problem(domain, target, network, True), MPI.COMM_SELF,
-                  load_config(None, ["solver.kind=dense"]).solver)
+    ctx = Context(
+        Problem(domain, target, network, True),
+        MPI.COMM_SELF,
+        load_config(None, ["solver.kind=dense"]).solver,
+    )
     grad = loss_and_gradient(ctx, network)
     assert grad.loss == pytest.approx(evaluate_loss(ctx, network)[0], rel=1e-12)
     theta = baselines.pack(network)
@@ -90,8 +102,9 @@ def _quadrature(domain, m: int) -> tuple[np.ndarray, float]:
 def test_gauss_newton_matrices_match_quadrature(dim, m, atol, rng):
     domain = interval(0.0, 1.0) if dim == 1 else box([[0.0, 1.0], [0.0, 1.0]])
     network = random_network(dim, 4, rng, output_bias=True)
-    problem = Problem(domain, make_target("step" if dim == 1 else "line_jump", domain), network,
-                      True)
+    problem = Problem(
+        domain, make_target("step" if dim == 1 else "line_jump", domain), network, True
+    )
     x, weight = _quadrature(domain, m)
     z = x @ network.W.T + network.b
     h = (z > 0).astype(float)
@@ -100,24 +113,28 @@ def test_gauss_newton_matrices_match_quadrature(dim, m, atol, rng):
     jac_r = (network.c * h)[:, :, None] * xhat[:, None, :]
     jac_r = jac_r.reshape(len(x), -1)
     n = network.n
-    G = layer_matrix(pair_integrals(domain, network.W, network.b, np.arange(n), np.arange(n),
-                                    ("G",))["G"])
+    G = layer_matrix(
+        pair_integrals(domain, network.W, network.b, np.arange(n), np.arange(n), ("G",))["G"]
+    )
     D = np.repeat(network.c, dim + 1)
     scale = np.max(np.abs(D[:, None] * G * D[None, :]))
-    np.testing.assert_allclose(D[:, None] * G * D[None, :], jac_r.T @ jac_r * weight, rtol=0,
-                               atol=atol * scale)
+    np.testing.assert_allclose(
+        D[:, None] * G * D[None, :], jac_r.T @ jac_r * weight, rtol=0, atol=atol * scale
+    )
     jac = np.column_stack([np.maximum(z, 0.0), np.ones(len(x)), jac_r])
     ctx = Context(problem, MPI.COMM_SELF, load_config(None, ["solver.kind=dense"]).solver)
     M = baselines.gauss_newton_matrix(ctx, network)
     np.testing.assert_allclose(M, jac.T @ jac * weight, rtol=0, atol=atol * np.max(np.abs(M)))
 
 
-@pytest.mark.parametrize("variant, output_bias", [("alternating", False), ("varpro", False),
-                                                  ("alternating", True)])
+@pytest.mark.parametrize(
+    "variant, output_bias", [("alternating", False), ("varpro", False), ("alternating", True)]
+)
 def test_recovers_a_sum_of_relus(variant, output_bias, tmp_path):
     problem = relu_problem(8, output_bias)
-    result = train(problem, config(tmp_path, f"train.variant={variant}", "train.max_iter=30"),
-                   MPI.COMM_SELF)
+    result = train(
+        problem, config(tmp_path, f"train.variant={variant}", "train.max_iter=30"), MPI.COMM_SELF
+    )
     # Stopped by the parameter test (changes below sqrt(eps)) or max_iter: the kinks are found to
     # about sqrt(eps), the error is at about that level.
     assert result["relative_l2_error"] <= 1e-7, result
@@ -170,8 +187,9 @@ def test_layer_solve_falls_back_to_the_shifted_hss_factorization(monkeypatch):
 
 def test_duplicate_and_dead_neurons_are_deflated_and_removed(tmp_path):
     t = np.array([0.2, 0.4, 0.4, 0.6, 1.5])  # neurons 1, 2 coincide; neuron 4 is dead
-    problem = Problem(interval(0.0, 1.0), make_target("sine", interval(0.0, 1.0)),
-                      Network(np.ones((5, 1)), -t))
+    problem = Problem(
+        interval(0.0, 1.0), make_target("sine", interval(0.0, 1.0)), Network(np.ones((5, 1)), -t)
+    )
     ctx, state = _state(problem)
     assert state.removed.tolist() == [False, False, False, False, True]
     start = sggn.solve_output(ctx, state.network, ~state.removed)
@@ -210,8 +228,13 @@ def test_line_search_steps():
 def test_baselines_start_from_the_same_iterate_and_decrease(method, tmp_path):
     problem = relu_problem(8)
     reference = train(problem, config(tmp_path, "train.max_iter=0"), MPI.COMM_SELF)
-    result = train(problem, config(tmp_path, f"train.method={method}", "train.max_iter=25",
-                                   "train.learning_rate=0.001"), MPI.COMM_SELF)
+    result = train(
+        problem,
+        config(
+            tmp_path, f"train.method={method}", "train.max_iter=25", "train.learning_rate=0.001"
+        ),
+        MPI.COMM_SELF,
+    )
     assert result["initial_loss"] == reference["initial_loss"]
     assert result["loss"] < 0.8 * result["initial_loss"]
     _, history, _ = load_state(str(tmp_path / "run.h5"))
@@ -226,16 +249,14 @@ def test_run_file_and_restart_continue_the_history(tmp_path):
 
     straight = train(problem, config(tmp_path, "train.max_iter=8"), MPI.COMM_SELF)
     expected, _, _ = load_state(str(tmp_path / "run.h5"))
-    train(problem, config(tmp_path, "train.max_iter=5", "train.checkpoint_every=2"),
-          MPI.COMM_SELF)
+    train(problem, config(tmp_path, "train.max_iter=5", "train.checkpoint_every=2"), MPI.COMM_SELF)
     with h5py.File(tmp_path / "run.h5", "r") as fh:
         assert {"W", "b", "c", "c0", "removed"} <= set(fh["network"])
         assert fh["network/W"].shape == (8, 1) and fh["network/c"].shape == (8,)
     state = read_run(str(tmp_path / "run.h5"))
     assert state.network.c0 is not None and state.result["stop_reason"] == "max_iter"
     np.testing.assert_array_equal(state.history["iteration"], np.arange(6))
-    resumed = train(problem, config(tmp_path, "train.max_iter=8"), MPI.COMM_SELF,
-                    restart=state)
+    resumed = train(problem, config(tmp_path, "train.max_iter=8"), MPI.COMM_SELF, restart=state)
     final, history, _ = load_state(str(tmp_path / "run.h5"))
     np.testing.assert_array_equal(history["iteration"], np.arange(9))
     assert resumed["total_iterations"] == 8 and resumed["iterations"] == 3
@@ -248,16 +269,22 @@ def test_two_dimensional_polygon_training_decreases(tmp_path):
     pentagon = polygon([[0.0, 0.0], [2.0, 0.0], [2.5, 1.0], [1.0, 2.0], [-0.5, 1.0]])
     from distgn.network import initial_network
 
-    problem = Problem(pentagon, make_target("line_jump", pentagon),
-                      initial_network(pentagon, 16, "random", seed=2))
+    problem = Problem(
+        pentagon,
+        make_target("line_jump", pentagon),
+        initial_network(pentagon, 16, "random", seed=2),
+    )
     for variant in ("alternating", "varpro"):
-        result = train(problem, config(tmp_path, "train.max_iter=4", f"train.variant={variant}"),
-                       MPI.COMM_SELF)
+        result = train(
+            problem, config(tmp_path, "train.max_iter=4", f"train.variant={variant}"), MPI.COMM_SELF
+        )
         assert result["loss"] < 0.8 * result["initial_loss"], result
 
 
-@pytest.mark.parametrize("key, value", [("method", "sgd"), ("variant", "newton"),
-                                        ("learning_rate", "0.0"), ("lr_decay", "1.5")])
+@pytest.mark.parametrize(
+    "key, value",
+    [("method", "sgd"), ("variant", "newton"), ("learning_rate", "0.0"), ("lr_decay", "1.5")],
+)
 def test_bad_train_config_is_rejected(key, value, tmp_path):
     with pytest.raises(InputError, match=f"train.{key}"):
         train(relu_problem(4), config(tmp_path, f"train.{key}={value}"), MPI.COMM_SELF)
@@ -267,8 +294,9 @@ def test_converged_run_stops_with_tol_and_records_decade_times(tmp_path):
     # The three-kink target is representable: SgGN reaches the rounding level of J and must stop
     # there by itself (stop reason tol), long before max_iter.
     problem = relu_problem(8)
-    result = train(problem, config(tmp_path, "train.max_iter=200", "train.tol=1e-12"),
-                   MPI.COMM_SELF)
+    result = train(
+        problem, config(tmp_path, "train.max_iter=200", "train.tol=1e-12"), MPI.COMM_SELF
+    )
     assert result["stop_reason"] == "tol" and result["iterations"] < 200, result
     assert result["relative_l2_error"] < 1e-7
     _, history, saved = load_state(str(tmp_path / "run.h5"))
@@ -283,9 +311,18 @@ def test_converged_run_stops_with_tol_and_records_decade_times(tmp_path):
 def test_window_tolerance_stops_a_stalled_run(tmp_path):
     # tol = 1e-2 over a window of 3 iterations: stops at the first iterate whose loss is at most
     # 1e-2 times the initial loss below the loss 3 iterations earlier.
-    result = train(relu_problem(8), config(tmp_path, "train.max_iter=500", "train.tol=1e-2",
-                                           "train.patience=3", "train.method=adam",
-                                           "train.learning_rate=1e-3"), MPI.COMM_SELF)
+    result = train(
+        relu_problem(8),
+        config(
+            tmp_path,
+            "train.max_iter=500",
+            "train.tol=1e-2",
+            "train.patience=3",
+            "train.method=adam",
+            "train.learning_rate=1e-3",
+        ),
+        MPI.COMM_SELF,
+    )
     _, history, _ = load_state(str(tmp_path / "run.h5"))
     loss = history["loss"]
     stalled = [0 <= loss[k - 3] - loss[k] <= 1e-2 * loss[0] for k in range(3, len(loss))]
@@ -311,9 +348,12 @@ def test_repeated_c_solve_failure_stops_with_exit_status_2(tmp_path, monkeypatch
     assert saved["stop_reason"] == "c_solve_failed" and saved["iterations"] == sggn.C_SOLVE_FAILURES
     assert "the c-solve failed (A is not numerically positive definite)" in caplog.text
     from distgn.cli import main
+
     calls["count"] = 0
     path = tmp_path / "train.toml"
-    path.write_text('[domain]\nkind = "interval"\nbounds = [0.0, 1.0]\n[network]\nn = 8\n'
-                    '[target]\nname = "step"\n[solver]\nkind = "dense"\n'
-                    f'[train]\nmax_iter = 20\n[output]\npath = "{tmp_path / "cli.h5"}"\n')
+    path.write_text(
+        '[domain]\nkind = "interval"\nbounds = [0.0, 1.0]\n[network]\nn = 8\n'
+        '[target]\nname = "step"\n[solver]\nkind = "dense"\n'
+        f'[train]\nmax_iter = 20\n[output]\npath = "{tmp_path / "cli.h5"}"\n'
+    )
     assert main(["train", str(path)]) == 2

@@ -18,26 +18,50 @@ import pytest
 
 MPIEXEC = shutil.which("mpiexec")
 UNDER_MPIEXEC = "OMPI_COMM_WORLD_SIZE" in os.environ
-ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-       "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMP_NUM_THREADS": "1",
+}
 CASES = {
-    "1d-step": ["domain.kind=\"interval\"", "domain.bounds=[0.0, 1.0]", "target.name=\"step\"",
-                "network.n=16"],
-    "2d-line-jump": ["domain.kind=\"box\"", "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]",
-                     "target.name=\"line_jump\"", "network.n=12"],
+    "1d-step": [
+        'domain.kind="interval"',
+        "domain.bounds=[0.0, 1.0]",
+        'target.name="step"',
+        "network.n=16",
+    ],
+    "2d-line-jump": [
+        'domain.kind="box"',
+        "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]",
+        'target.name="line_jump"',
+        "network.n=12",
+    ],
 }
 
 
 def train_on(ranks: int, case: str, folder) -> dict:
     """``distgn train`` on ``ranks`` ranks for 50 iterations; the JSON result."""
-    settings = CASES[case] + ["solver.kind=\"dense\"", "train.max_iter=50", "train.tol=0.0",
-                              f"output.path=\"{folder / f'{case}-{ranks}.h5'}\""]
-    cmd = [MPIEXEC, "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "distgn",
-           "train", "--json"]
+    settings = CASES[case] + [
+        'solver.kind="dense"',
+        "train.max_iter=50",
+        "train.tol=0.0",
+        f'output.path="{folder / f"{case}-{ranks}.h5"}"',
+    ]
+    cmd = [
+        MPIEXEC,
+        "--oversubscribe",
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "distgn",
+        "train",
+        "--json",
+    ]
     for setting in settings:
         cmd += ["--set", setting]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=150,
-                          cwd=folder)
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=150, cwd=folder)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -51,5 +75,4 @@ def test_same_trajectory_on_one_to_four_ranks(case, tmp_path):
     assert serial["iterations"] == 50 and serial["relative_l2_error"] < 0.5
     for result in results[1:]:
         assert result["iterations"] == serial["iterations"]
-        assert result["relative_l2_error"] == pytest.approx(serial["relative_l2_error"],
-                                                            rel=1e-8)
+        assert result["relative_l2_error"] == pytest.approx(serial["relative_l2_error"], rel=1e-8)

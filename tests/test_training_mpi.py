@@ -22,10 +22,14 @@ PENTAGON = "domain.vertices=[[0.0, 0.0], [2.0, 0.0], [2.5, 1.0], [1.0, 2.0], [-0
 
 def run(comm: MPI.Comm, folder, name: str, *overrides: str) -> tuple[dict, object]:
     """Train on ``comm`` (output file per communicator) and return the result and the network."""
-    path = folder / (f"{name}-serial-{MPI.COMM_WORLD.rank}.h5" if comm.size == 1 and
-                     MPI.COMM_WORLD.size > 1 else f"{name}.h5")
-    config = load_config(None, ["solver.kind=dense", "train.tol=0.0", f"output.path={path}",
-                                *overrides])
+    path = folder / (
+        f"{name}-serial-{MPI.COMM_WORLD.rank}.h5"
+        if comm.size == 1 and MPI.COMM_WORLD.size > 1
+        else f"{name}.h5"
+    )
+    config = load_config(
+        None, ["solver.kind=dense", "train.tol=0.0", f"output.path={path}", *overrides]
+    )
     result = train(build_problem(config), config, comm)
     return result, load_state(str(path))[0]
 
@@ -44,12 +48,22 @@ def relative_difference(a, b) -> float:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("overrides", [
-    ("target.name=sine", "network.n=12", "train.max_iter=20"),
-    ("target.name=sine", "network.n=12", "train.max_iter=20", "train.variant=varpro"),
-    ("domain.kind=polygon", PENTAGON, "target.name=smooth", "network.n=8",
-     "network.init=random", "train.max_iter=20"),
-], ids=["1d-alternating", "1d-varpro", "2d-alternating"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("target.name=sine", "network.n=12", "train.max_iter=20"),
+        ("target.name=sine", "network.n=12", "train.max_iter=20", "train.variant=varpro"),
+        (
+            "domain.kind=polygon",
+            PENTAGON,
+            "target.name=smooth",
+            "network.n=8",
+            "network.init=random",
+            "train.max_iter=20",
+        ),
+    ],
+    ids=["1d-alternating", "1d-varpro", "2d-alternating"],
+)
 def test_smooth_iterates_agree_with_serial(overrides, comm, shared_tmp):
     parallel, network = run(comm, shared_tmp, "smooth", *overrides)
     serial, reference = run(MPI.COMM_SELF, shared_tmp, "smooth", *overrides)
@@ -59,11 +73,20 @@ def test_smooth_iterates_agree_with_serial(overrides, comm, shared_tmp):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("overrides", [
-    ("target.name=step", "network.n=25", "train.max_iter=8"),
-    ("domain.kind=box", "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]", "target.name=line_jump",
-     "network.n=24", "train.max_iter=8"),
-], ids=["1d-step", "2d-line-jump"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("target.name=step", "network.n=25", "train.max_iter=8"),
+        (
+            "domain.kind=box",
+            "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]",
+            "target.name=line_jump",
+            "network.n=24",
+            "train.max_iter=8",
+        ),
+    ],
+    ids=["1d-step", "2d-line-jump"],
+)
 def test_discontinuous_errors_agree_with_serial(overrides, comm, shared_tmp):
     """Trajectories on a jump are the most sensitive to rounding (which neurons pair up, and how
     far the pair can sharpen before A and G are singular to working precision): with
@@ -77,8 +100,13 @@ def test_discontinuous_errors_agree_with_serial(overrides, comm, shared_tmp):
 @pytest.mark.mpi
 @pytest.mark.parametrize("method", ["adam", "bfgs", "lm"])
 def test_baselines_agree_with_serial(method, comm, shared_tmp):
-    overrides = ("target.name=sine", "network.n=10", "train.max_iter=12",
-                 f"train.method={method}", "train.learning_rate=0.001")
+    overrides = (
+        "target.name=sine",
+        "network.n=10",
+        "train.max_iter=12",
+        f"train.method={method}",
+        "train.learning_rate=0.001",
+    )
     parallel, network = run(comm, shared_tmp, method, *overrides)
     serial, reference = run(MPI.COMM_SELF, shared_tmp, method, *overrides)
     assert relative_difference(network, reference) <= 1e-8
@@ -87,8 +115,14 @@ def test_baselines_agree_with_serial(method, comm, shared_tmp):
 @pytest.mark.mpi
 def test_run_file_and_restart(comm, shared_tmp):
     path = shared_tmp / "restart.h5"
-    base = ["solver.kind=dense", "target.name=tanh_layer", "network.n=12",
-            "network.output_bias=true", f"output.path={path}", "train.tol=0.0"]
+    base = [
+        "solver.kind=dense",
+        "target.name=tanh_layer",
+        "network.n=12",
+        "network.output_bias=true",
+        f"output.path={path}",
+        "train.tol=0.0",
+    ]
     config = load_config(None, base + ["train.max_iter=6"])
     problem = build_problem(config)
     train(problem, config, comm)
@@ -104,4 +138,3 @@ def test_run_file_and_restart(comm, shared_tmp):
     final, history, _ = load_state(str(path))
     assert list(history["iteration"]) == list(range(7)) and resumed["total_iterations"] == 6
     np.testing.assert_allclose(final.r, straight.r, rtol=1e-12, atol=1e-12)
-

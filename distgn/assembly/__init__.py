@@ -97,7 +97,7 @@ class BlockRows:
     @property
     def F(self) -> np.ndarray:
         """Right-hand side ``F_i = int u phi_i`` of the local rows."""
-        r = np.column_stack([self.W, self.b])[self.start:self.stop]
+        r = np.column_stack([self.W, self.b])[self.start : self.stop]
         return np.einsum("ik,ik->i", self.moments, r)
 
 
@@ -109,17 +109,19 @@ def assemble_block_rows(
     start, stop = tree.rank_range(rank)
     n, k = tree.n, problem.domain.dim + 1
     J = np.arange(n)
-    matrices = {name: np.empty((stop - start, n) if name != "G" else ((stop - start) * k, n * k))
-                for name in which}
+    matrices = {
+        name: np.empty((stop - start, n) if name != "G" else ((stop - start) * k, n * k))
+        for name in which
+    }
     step = max(1, CHUNK_ENTRIES // (n * (k * k if "G" in which else 1)))
     for lo in range(start, stop, step) if which else ():
         hi = min(lo + step, stop)
         part = pair_integrals(problem.domain, W, b, np.arange(lo, hi), J, which)
         for name in which:
             if name == "G":
-                matrices[name][(lo - start) * k:(hi - start) * k] = layer_matrix(part[name])
+                matrices[name][(lo - start) * k : (hi - start) * k] = layer_matrix(part[name])
             else:
-                matrices[name][lo - start:hi - start] = part[name]
+                matrices[name][lo - start : hi - start] = part[name]
     I = np.arange(start, stop)
     moments = target_moments(problem.domain, problem.target, W, b, I)
     mass = network_mass(problem.domain, W, b, I)

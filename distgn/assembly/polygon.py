@@ -205,8 +205,15 @@ def _crossings(
 
 
 def _fan_sums(
-    pxk: list, pyk: list, pgk: list, s: list, inside: list, X: list,
-    apex: tuple[np.ndarray, ...], want_A: bool, want_G: bool
+    pxk: list,
+    pyk: list,
+    pgk: list,
+    s: list,
+    inside: list,
+    X: list,
+    apex: tuple[np.ndarray, ...],
+    want_A: bool,
+    want_G: bool,
 ) -> dict[str, np.ndarray]:
     """Pass 2 of ``_pair_block``: sums over the fan triangles (c, P_k, Q_k) of the clipped edges
     (the apex c and crossings from ``_crossings``); see ``_pair_block`` for the keys."""
@@ -327,7 +334,7 @@ def pair_integrals(
     cj = min(nJ, BLOCK_PAIRS)
     ci = max(1, BLOCK_PAIRS // cj)
     for i0 in range(0, nI, ci):
-        dest = order[i0:i0 + ci]
+        dest = order[i0 : i0 + ci]
         m = int(count[dest].max())
         px, py, pg = P[dest, :m, 0], P[dest, :m, 1], phi[dest, :m]
         for j0 in range(0, nJ, cj):
@@ -412,8 +419,13 @@ def _wedge_angles(K: np.ndarray, rel: np.ndarray, d: np.ndarray, R: float) -> np
 
 
 def _wedge_rays(
-    K: np.ndarray, center: np.ndarray, R: float, normal: np.ndarray, h: np.ndarray,
-    th1: np.ndarray, th2: np.ndarray
+    K: np.ndarray,
+    center: np.ndarray,
+    R: float,
+    normal: np.ndarray,
+    h: np.ndarray,
+    th1: np.ndarray,
+    th2: np.ndarray,
 ) -> tuple[np.ndarray, ...]:
     """Where the boundary rays of each wedge ``[th1, th2]`` meet its near and far edges.
 
@@ -423,8 +435,10 @@ def _wedge_rays(
     whether it is valid (a nonempty part of K).
     """
     tm = 0.5 * (th1 + th2)
-    ne = (np.cos(tm)[..., None] * normal[:, None, :, 0]
-          + np.sin(tm)[..., None] * normal[:, None, :, 1])
+    ne = (
+        np.cos(tm)[..., None] * normal[:, None, :, 0]
+        + np.sin(tm)[..., None] * normal[:, None, :, 1]
+    )
     hk = np.broadcast_to(h[:, None, :], ne.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
         r_exit = np.where(ne > 0, hk / ne, np.inf)
@@ -435,8 +449,9 @@ def _wedge_rays(
     r_near = np.maximum(np.take_along_axis(r_entry, near, axis=2)[..., 0], 0.0)
     # An entry edge within rounding of c passes through c: the wedges next to it have boundary
     # rays along it, which meet it nowhere (they were dropped, losing up to 2% of the piece).
-    rounding = 64 * np.finfo(float).eps * (np.max(np.abs(K), axis=(1, 2))
-                                           + np.max(np.abs(center)) + R)
+    rounding = (
+        64 * np.finfo(float).eps * (np.max(np.abs(K), axis=(1, 2)) + np.max(np.abs(center)) + R)
+    )
     has_near = r_near > rounding[:, None]
     r_near = np.where(has_near, r_near, 0.0)
     blocked = np.any((ne == 0) & (hk < 0), axis=2)
@@ -477,8 +492,9 @@ def _segment_rule(
     gap = 2.0 * R * np.sin(0.5 * (beta + phi)) * np.sin(0.5 * (beta - phi))
     xi = R * np.cos(beta) + x[None, :] * gap
     eta = R * np.sin(phi)
-    points = center + np.stack([xi * np.cos(mid) - eta * np.sin(mid),
-                                xi * np.sin(mid) + eta * np.cos(mid)], axis=-1)
+    points = center + np.stack(
+        [xi * np.cos(mid) - eta * np.sin(mid), xi * np.sin(mid) + eta * np.cos(mid)], axis=-1
+    )
     return points, (2.0 * beta * w[:, None]) * w[None, :] * gap * R * np.cos(phi)
 
 
@@ -519,7 +535,8 @@ def _circle_rule(
     angles = _wedge_angles(K, rel, d, R)
     th1, th2 = angles[:, :-1], angles[:, 1:]
     r_near, r_far, rn1, rn2, rf1, rf2, valid = _wedge_rays(
-        K, c, R, normal, np.einsum("kmi,kmi->km", normal, rel), th1, th2)
+        K, c, R, normal, np.einsum("kmi,kmi->km", normal, rel), th1, th2
+    )
     arc = valid & (r_near <= R) & (r_far > R)
     e1 = np.stack([np.cos(th1), np.sin(th1)], axis=-1)
     e2 = np.stack([np.cos(th2), np.sin(th2)], axis=-1)
@@ -528,11 +545,17 @@ def _circle_rule(
     Y1 = np.where(arc[..., None], c + R * e1, F1)
     Y2 = np.where(arc[..., None], c + R * e2, F2)
     # Quadrilateral (N1, Y1, Y2, N2): inside the disk if the near edge is, outside otherwise.
-    rules = [(_triangle_rule(N1, Y1, Y2, q), valid), (_triangle_rule(N1, Y2, N2, q), valid),
-             (_segment_rule(th1, th2, c, R, q), arc), (_ring_rule(F1, F2, c, R, q), arc)]
+    rules = [
+        (_triangle_rule(N1, Y1, Y2, q), valid),
+        (_triangle_rule(N1, Y2, N2, q), valid),
+        (_segment_rule(th1, th2, c, R, q), arc),
+        (_ring_rule(F1, F2, c, R, q), arc),
+    ]
     points = np.concatenate([p.reshape(th1.shape + (-1, 2)) for (p, _), _ in rules], axis=2)
-    weights = np.concatenate([np.where(mask[..., None], w.reshape(th1.shape + (-1,)), 0.0)
-                              for (_, w), mask in rules], axis=2)
+    weights = np.concatenate(
+        [np.where(mask[..., None], w.reshape(th1.shape + (-1,)), 0.0) for (_, w), mask in rules],
+        axis=2,
+    )
     keep = (weights != 0.0)[..., None] & np.isfinite(points)
     points = np.where(keep, points, K[:, None, None, 0, :])
     return points.reshape(k, -1, 2), weights.reshape(k, -1)
@@ -621,8 +644,10 @@ def _sector_moments(U: np.ndarray, V: np.ndarray, R: float) -> np.ndarray:
     delta = np.arctan2(_cross(U, V), np.einsum("...i,...i->...", U, V))
     eU, eV = _unit(U), _unit(V)
     third = R**3 / 3
-    return np.stack([third * (eV[..., 1] - eU[..., 1]), third * (eU[..., 0] - eV[..., 0]),
-                     0.5 * R * R * delta], axis=-1)
+    return np.stack(
+        [third * (eV[..., 1] - eU[..., 1]), third * (eU[..., 0] - eV[..., 0]), 0.5 * R * R * delta],
+        axis=-1,
+    )
 
 
 def _disk_triangle_moments(P: np.ndarray, Q: np.ndarray, R: float) -> np.ndarray:
@@ -643,10 +668,12 @@ def _disk_triangle_moments(P: np.ndarray, Q: np.ndarray, R: float) -> np.ndarray
     chord = ok & (ta < tb)
     A = P + ta[..., None] * d
     B = P + tb[..., None] * d
-    return (np.where(chord[..., None], _triangle_moments(A, B), 0.0)
-            + np.where((chord & (ta > 0))[..., None], _sector_moments(P, A, R), 0.0)
-            + np.where((chord & (tb < 1))[..., None], _sector_moments(B, Q, R), 0.0)
-            + np.where(~chord[..., None], _sector_moments(P, Q, R), 0.0))
+    return (
+        np.where(chord[..., None], _triangle_moments(A, B), 0.0)
+        + np.where((chord & (ta > 0))[..., None], _sector_moments(P, A, R), 0.0)
+        + np.where((chord & (tb < 1))[..., None], _sector_moments(B, Q, R), 0.0)
+        + np.where(~chord[..., None], _sector_moments(P, Q, R), 0.0)
+    )
 
 
 def _outside_point(K: np.ndarray, centroid: np.ndarray, R: float) -> np.ndarray:
@@ -678,14 +705,16 @@ def _constant_moments(K: np.ndarray, target: Target) -> tuple[np.ndarray, np.nda
     rel = K - center
     nxt = np.roll(rel, -1, axis=1)
     total = _sequential_sum(_triangle_moments(rel, nxt))
-    inside = (_sequential_sum(_disk_triangle_moments(rel, nxt, radius)) if target.circles
-              else np.zeros_like(total))
+    inside = (
+        _sequential_sum(_disk_triangle_moments(rel, nxt, radius))
+        if target.circles
+        else np.zeros_like(total)
+    )
     parts = np.stack([inside, total - inside], axis=1)  # (k, 2, 3): in the disk, outside it
     area = parts[..., 2]
     safe = np.where(area > 0, area, 1.0)[..., None]
     centroid = total[:, :2] / np.where(total[:, 2:] > 0, total[:, 2:], 1.0)
-    points = np.stack([parts[:, 0, :2] / safe[:, 0], _outside_point(rel, centroid, radius)],
-                      axis=1)
+    points = np.stack([parts[:, 0, :2] / safe[:, 0], _outside_point(rel, centroid, radius)], axis=1)
     u = np.where(area > 0, target(points.reshape(-1, 2) + center).reshape(area.shape), 0.0)
     parts[..., :2] += center * area[..., None]
     return np.einsum("kp,kpi->ki", u, parts), np.einsum("kp,kp->k", u * u, area)
@@ -723,7 +752,7 @@ def target_moments(
     q = 1 if target.constant else ORDER
     step = max(1, POINTS_PER_CHUNK // _points_per_piece(V.shape[0] + 1, target, q))
     for lo in range(0, I.size, step):
-        P, _, _ = neuron_polygons(V, W[lo:lo + step], b[lo:lo + step])
+        P, _, _ = neuron_polygons(V, W[lo : lo + step], b[lo : lo + step])
         if target.constant:
             K, owner = _split_by_lines(P, np.arange(P.shape[0]), target.lines)
             part = _constant_moments(K, target)[0]
@@ -732,8 +761,9 @@ def target_moments(
             used = weights != 0.0  # most slots of the circle rule are unused wedge parts
             uw = np.zeros(weights.shape)
             uw[used] = target(points[used]) * weights[used]
-            part = _sequential_sum(np.stack([uw * points[..., 0], uw * points[..., 1], uw],
-                                            axis=2), group)
+            part = _sequential_sum(
+                np.stack([uw * points[..., 0], uw * points[..., 1], uw], axis=2), group
+            )
         np.add.at(moments, lo + owner, part)
     return moments
 

@@ -122,7 +122,7 @@ def pair_integrals(
     moments = {pq: np.zeros((I.size, J.size)) for pq in pairs}
     step = max(1, CHUNK_VALUES // max(I.size + J.size, 1))
     for lo in range(0, points.shape[0], step):
-        X, w = points[lo:lo + step], omega[lo:lo + step]
+        X, w = points[lo : lo + step], omega[lo : lo + step]
         ZI = X @ W[I].T + b[I]
         ZJ = X @ W[J].T + b[J]
         if A is not None:
@@ -163,7 +163,7 @@ def target_moments(
     out = np.zeros((I.size, B.shape[0] + 1))
     step = max(1, CHUNK_VALUES // max(I.size, 1))
     for lo in range(0, points.shape[0], step):
-        X, w = points[lo:lo + step], omega[lo:lo + step]
+        X, w = points[lo : lo + step], omega[lo : lo + step]
         HI = (X @ W[I].T + b[I] > 0).astype(float)
         uw = target(X) * w
         out += HI.T @ (uw[:, None] * np.column_stack([X, np.ones(X.shape[0])]))
@@ -178,8 +178,8 @@ def target_integrals(
     points, omega = grid_rule(B, cells_per_dim, order)
     total = total_sq = 0.0
     for lo in range(0, points.shape[0], CHUNK_VALUES):
-        u = target(points[lo:lo + CHUNK_VALUES])
-        w = omega[lo:lo + CHUNK_VALUES]
+        u = target(points[lo : lo + CHUNK_VALUES])
+        w = omega[lo : lo + CHUNK_VALUES]
         total += float(u @ w)
         total_sq += float((u * u) @ w)
     return total, total_sq

@@ -27,8 +27,15 @@ from distgn.operator import Operator
 from distgn.solvers.base import STATS_KEYS, Factorization, backward_error
 from distgn.solvers.hss import factor as factor_hss
 
-__all__ = ["KINDS", "STATS_KEYS", "Factorization", "backward_error", "factor", "initialize",
-           "log_stage"]
+__all__ = [
+    "KINDS",
+    "STATS_KEYS",
+    "Factorization",
+    "backward_error",
+    "factor",
+    "initialize",
+    "log_stage",
+]
 
 KINDS = ("hss", "krylov", "dense")
 

@@ -33,7 +33,8 @@ def not_positive_definite(operator: Operator, detail: str) -> SolverError:
     """The error for a failed Cholesky factorization of ``operator``."""
     return SolverError(
         f"Cholesky failed: {operator.name} (N = {operator.size}) is not numerically positive "
-        f"definite; cond({operator.name}) > 1/eps? ({detail}); try solver.kind = \"hss\"")
+        f'definite; cond({operator.name}) > 1/eps? ({detail}); try solver.kind = "hss"'
+    )
 
 
 class DenseCholesky(PetscOwner):
@@ -42,8 +43,9 @@ class DenseCholesky(PetscOwner):
     def __init__(self, operator: Operator) -> None:
         super().__init__()
         if operator.rows is None:
-            raise InputError("solver.kind = \"dense\" needs stored block rows; set "
-                             "solver.matrix_free = false")
+            raise InputError(
+                'solver.kind = "dense" needs stored block rows; set solver.matrix_free = false'
+            )
         self.operator = operator
         self.seconds_solve = 0.0
         # The factor's storage on this rank: the whole matrix (LAPACK), this rank's share of
@@ -88,9 +90,10 @@ class DenseCholesky(PetscOwner):
         comm = self.operator.comm
         k = x.shape[1]
         full = np.empty((self.operator.size, k))
-        comm.Allgatherv(np.ascontiguousarray(x),
-                        [full, np.diff(source) * k, source[:-1] * k, MPI.DOUBLE])
-        return full[target[comm.rank]:target[comm.rank + 1]]
+        comm.Allgatherv(
+            np.ascontiguousarray(x), [full, np.diff(source) * k, source[:-1] * k, MPI.DOUBLE]
+        )
+        return full[target[comm.rank] : target[comm.rank + 1]]
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """Solution rows of this rank for local right-hand-side rows (m,) or (m, k). Collective."""
@@ -126,11 +129,15 @@ class DenseCholesky(PetscOwner):
 
     def stats(self) -> dict:
         """Method, size and timings. Collective."""
-        return {"kind": "dense", "seconds_factor": self.seconds_factor,
-                "seconds_solve": self.seconds_solve,
-                "factor_bytes": self.operator.comm.allreduce(self.factor_bytes, op=MPI.MAX),
-                "method": self.method, "size": self.operator.size,
-                "ranks": self.operator.comm.size}
+        return {
+            "kind": "dense",
+            "seconds_factor": self.seconds_factor,
+            "seconds_solve": self.seconds_solve,
+            "factor_bytes": self.operator.comm.allreduce(self.factor_bytes, op=MPI.MAX),
+            "method": self.method,
+            "size": self.operator.size,
+            "ranks": self.operator.comm.size,
+        }
 
 
 def factor(operator: Operator, config: SolverConfig) -> DenseCholesky:

@@ -50,8 +50,10 @@ class HatSolver(Disposable):
 
     def __init__(self, operator: Operator) -> None:
         if operator.domain.dim != 1:
-            raise InputError(f"-{PREFIX}pc_type hat is for 1D domains; this domain is "
-                             f"{operator.domain.dim}D (use -{PREFIX}pc_type hss)")
+            raise InputError(
+                f"-{PREFIX}pc_type hat is for 1D domains; this domain is "
+                f"{operator.domain.dim}D (use -{PREFIX}pc_type hss)"
+            )
         self.operator = operator
         self.span: NeuronSpan | None = None
         if operator.system is not None:
@@ -76,20 +78,28 @@ class HatSolver(Disposable):
 
     def logdet(self) -> float:
         """Not provided (the hat transform is used as a preconditioner)."""
-        raise SolverError("the hat preconditioner has no log-determinant; use solver.kind = "
-                          "\"dense\" or \"hss\"")
+        raise SolverError(
+            'the hat preconditioner has no log-determinant; use solver.kind = "dense" or "hss"'
+        )
 
     def nbytes(self) -> int:
         """Bytes held by the transform on this rank."""
         span = self.system.span
         sparse = (span.basis.to_coefficients, span.basis.mass)
-        return int(sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in sparse)
-                   + span.null.nbytes + self.system.inverse_null.nbytes)
+        return int(
+            sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in sparse)
+            + span.null.nbytes
+            + self.system.inverse_null.nbytes
+        )
 
     def stats(self) -> dict:
         """Sizes of the transform."""
         span = self.system.span
-        return {"type": "hat", "factor_bytes": self.nbytes(),
-                "interior_nodes": int(span.basis.nodes.size),
-                "affine_rows": int(span.affine.size), "nullity": int(span.null.shape[1]),
-                "operator_basis": "relu" if self.span is not None else "nodal"}
+        return {
+            "type": "hat",
+            "factor_bytes": self.nbytes(),
+            "interior_nodes": int(span.basis.nodes.size),
+            "affine_rows": int(span.affine.size),
+            "nullity": int(span.null.shape[1]),
+            "operator_basis": "relu" if self.span is not None else "nodal",
+        }

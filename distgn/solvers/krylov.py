@@ -91,10 +91,17 @@ HSS_PC_TOL = 1e-4
 RESIDUAL_GAP = 100.0
 
 # petsc4py spells two reasons differently from PETSc's own -ksp_converged_reason output.
-_REASON_NAMES = {int(value): name for name, value in vars(PETSc.KSP.ConvergedReason).items()
-                 if name.isupper() and name != "ITERATING"}
-_REASON_NAMES.update({int(PETSc.KSP.ConvergedReason.DIVERGED_MAX_IT): "DIVERGED_ITS",
-                      int(PETSc.KSP.ConvergedReason.DIVERGED_PCSETUP_FAILED): "DIVERGED_PC_FAILED"})
+_REASON_NAMES = {
+    int(value): name
+    for name, value in vars(PETSc.KSP.ConvergedReason).items()
+    if name.isupper() and name != "ITERATING"
+}
+_REASON_NAMES.update(
+    {
+        int(PETSc.KSP.ConvergedReason.DIVERGED_MAX_IT): "DIVERGED_ITS",
+        int(PETSc.KSP.ConvergedReason.DIVERGED_PCSETUP_FAILED): "DIVERGED_PC_FAILED",
+    }
+)
 _KSP_TYPES = frozenset(value for name, value in vars(PETSc.KSP.Type).items() if name.isupper())
 _ERR_SUP = 56
 
@@ -110,7 +117,6 @@ class NotConvergedError(ConvergenceError):
         self.solution = solution
 
 
-
 class BlockCholesky(Disposable):
     """Block Jacobi: a dense LAPACK Cholesky of each rank's diagonal block of the operator.
 
@@ -123,8 +129,10 @@ class BlockCholesky(Disposable):
         try:
             self.factor = sla.cho_factor(local_block(operator), lower=True, check_finite=False)
         except np.linalg.LinAlgError as exc:
-            error = (f"bjacobi: the diagonal block of rank {operator.comm.rank} of {operator.name} "
-                     f"is not numerically positive definite; {exc}; try -distgn_pc_type hss")
+            error = (
+                f"bjacobi: the diagonal block of rank {operator.comm.rank} of {operator.name} "
+                f"is not numerically positive definite; {exc}; try -distgn_pc_type hss"
+            )
         agree_solver(operator.comm, error)
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
@@ -137,13 +145,12 @@ class BlockCholesky(Disposable):
 
     def stats(self) -> dict:
         """Block size of this rank."""
-        return {"type": "bjacobi", "block_rows": self.size,
-                "factor_bytes": self.factor[0].nbytes}
+        return {"type": "bjacobi", "block_rows": self.size, "factor_bytes": self.factor[0].nbytes}
 
 
-
-def preconditioner(pc_type: str, operator: Operator, config: SolverConfig, hss_tol: float
-                   ) -> Factorization | None:
+def preconditioner(
+    pc_type: str, operator: Operator, config: SolverConfig, hss_tol: float
+) -> Factorization | None:
     """The distgn factorization behind a python PC type, None for PETSc's own. Collective."""
     if pc_type == "bjacobi":
         return BlockCholesky(operator)
@@ -152,7 +159,6 @@ def preconditioner(pc_type: str, operator: Operator, config: SolverConfig, hss_t
     if pc_type == "hss":
         return factor_hss(operator, dataclasses.replace(config, kind="hss", tol=hss_tol))
     return None
-
 
 
 class KrylovSolver(PetscOwner):
@@ -168,11 +174,14 @@ class KrylovSolver(PetscOwner):
             pc_type = option(db, "pc_type", "getString", "none")
             hss_tol = option(db, "pc_hss_tol", "getReal", HSS_PC_TOL)
             if ksp_type not in _KSP_TYPES:
-                raise InputError(f"PETSc option -{PREFIX}ksp_type {ksp_type!r} is not a KSP type "
-                                 f"(distgn uses cg, minres or pipecg)")
+                raise InputError(
+                    f"PETSc option -{PREFIX}ksp_type {ksp_type!r} is not a KSP type "
+                    f"(distgn uses cg, minres or pipecg)"
+                )
             if pc_type not in PC_TYPES:
-                raise InputError(f"PETSc option -{PREFIX}pc_type {pc_type!r} is not one of "
-                                 f"{', '.join(PC_TYPES)}")
+                raise InputError(
+                    f"PETSc option -{PREFIX}pc_type {pc_type!r} is not one of {', '.join(PC_TYPES)}"
+                )
             if not hss_tol > 0:
                 raise InputError(f"PETSc option -{PREFIX}pc_hss_tol {hss_tol!r} must be positive")
             self.pc_factorization = preconditioner(pc_type, operator, config, hss_tol)
@@ -226,35 +235,52 @@ class KrylovSolver(PetscOwner):
                 x.set(0.0)
                 self.ksp.solve(b, x)
                 out[:, j] = x.array_r
-                runs.append((int(self.ksp.getConvergedReason()), self.ksp.getIterationNumber(),
-                             [float(r) for r in self.ksp.getConvergenceHistory()]))
+                runs.append(
+                    (
+                        int(self.ksp.getConvergedReason()),
+                        self.ksp.getIterationNumber(),
+                        [float(r) for r in self.ksp.getConvergenceHistory()],
+                    )
+                )
         seconds = self.operator.comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
         failed = [run for run in runs if run[0] < 0]
         reason, iterations, history = failed[0] if failed else max(runs, key=lambda run: run[1])
         residual = self.operator.matvec(out) - columns
-        norms = np.sqrt(self.operator.comm.allreduce(
-            np.array([np.sum(residual**2), np.sum(columns**2)])))
+        norms = np.sqrt(
+            self.operator.comm.allreduce(np.array([np.sum(residual**2), np.sum(columns**2)]))
+        )
         relative = float(norms[0] / norms[1]) if norms[1] > 0 else float(norms[0])
         rtol = self.ksp.getTolerances()[0]
         stagnated = not failed and relative > RESIDUAL_GAP * rtol
-        self.last = {"converged": not (failed or stagnated), "iterations": iterations,
-                     "converged_reason": _REASON_NAMES[reason], "residual_history": history,
-                     "columns": columns.shape[1], "true_relative_residual": relative,
-                     "seconds": seconds}
+        self.last = {
+            "converged": not (failed or stagnated),
+            "iterations": iterations,
+            "converged_reason": _REASON_NAMES[reason],
+            "residual_history": history,
+            "columns": columns.shape[1],
+            "true_relative_residual": relative,
+            "seconds": seconds,
+        }
         if failed or stagnated:
-            what = ("did not converge" if failed else
-                    f"stagnated: the recursively updated residual met rtol but the true residual "
-                    f"is above {RESIDUAL_GAP:g} rtol ({rtol:g})")
+            what = (
+                "did not converge"
+                if failed
+                else f"stagnated: the recursively updated residual met rtol but the true residual "
+                f"is above {RESIDUAL_GAP:g} rtol ({rtol:g})"
+            )
             raise NotConvergedError(
                 f"Krylov solve ({self.ksp_type}, pc {self.pc_type}) of {self.operator.name} "
                 f"{what}: {_REASON_NAMES[reason]} after {iterations} iterations, "
-                f"||b - M x|| / ||b|| = {relative:.2e}", out.reshape(rhs.shape))
+                f"||b - M x|| / ||b|| = {relative:.2e}",
+                out.reshape(rhs.shape),
+            )
         return out.reshape(rhs.shape)
 
     def logdet(self) -> float:
         """Not available from a Krylov solve: raises SolverError (use kind "dense" or "hss")."""
-        raise SolverError("solver.kind = \"krylov\" has no log-determinant; use solver.kind = "
-                          "\"dense\" or \"hss\"")
+        raise SolverError(
+            'solver.kind = "krylov" has no log-determinant; use solver.kind = "dense" or "hss"'
+        )
 
     def stats(self) -> dict:
         """Method, PC, norm, tolerances, setup time and the last solve's outcome. Collective."""
@@ -263,13 +289,20 @@ class KrylovSolver(PetscOwner):
         pc_stats = self.pc_factorization.stats() if self.pc_factorization is not None else {}
         factor_bytes = pc_stats.get("factor_bytes", 0)
         last = {key: value for key, value in self.last.items() if key != "seconds"}
-        return {"kind": "krylov", "seconds_factor": self.seconds_factor,
-                "seconds_solve": self.last.get("seconds", 0.0),
-                "factor_bytes": self.operator.comm.allreduce(factor_bytes, op=MPI.MAX),
-                "ksp_type": self.ksp_type, "pc_type": self.pc_type,
-                "norm_type": norm[int(self.ksp.getNormType())].lower(), "rtol": rtol,
-                "max_iter": max_it, "mat_type": self.mat.getType(), "pc_stats": pc_stats,
-                **last}
+        return {
+            "kind": "krylov",
+            "seconds_factor": self.seconds_factor,
+            "seconds_solve": self.last.get("seconds", 0.0),
+            "factor_bytes": self.operator.comm.allreduce(factor_bytes, op=MPI.MAX),
+            "ksp_type": self.ksp_type,
+            "pc_type": self.pc_type,
+            "norm_type": norm[int(self.ksp.getNormType())].lower(),
+            "rtol": rtol,
+            "max_iter": max_it,
+            "mat_type": self.mat.getType(),
+            "pc_stats": pc_stats,
+            **last,
+        }
 
 
 def factor(operator: Operator, config: SolverConfig) -> KrylovSolver:

@@ -85,8 +85,9 @@ def local_diagonal(operator: Operator) -> np.ndarray:
     start, stop = operator.local_range
     if operator.rows is not None:
         return operator.rows[np.arange(stop - start), np.arange(start, stop)].copy()
-    tiles = [np.arange(lo, min(lo + DIAGONAL_TILE, stop))
-             for lo in range(start, stop, DIAGONAL_TILE)]
+    tiles = [
+        np.arange(lo, min(lo + DIAGONAL_TILE, stop)) for lo in range(start, stop, DIAGONAL_TILE)
+    ]
     return np.concatenate([np.diag(operator.entries(I, I)) for I in tiles])
 
 
@@ -120,7 +121,6 @@ def operator_matrix(operator: Operator, matrix_free: bool) -> tuple[PETSc.Mat, n
     return mat, storage
 
 
-
 class FactorizationPC:
     """PC of type python applying ``factorization.solve`` (any distgn Factorization).
 
@@ -136,7 +136,6 @@ class FactorizationPC:
         y.array = self.factorization.solve(x.array_r)
 
 
-
 @contextmanager
 def solver_options(petsc_options: str, overrides: dict[str, str]) -> Iterator[PETSc.Options]:
     """The options database with ``petsc_options`` added where the command line is silent.
@@ -149,8 +148,9 @@ def solver_options(petsc_options: str, overrides: dict[str, str]) -> Iterator[PE
     try:
         db.insertString(petsc_options)
     except PETSc.Error as exc:
-        raise InputError(f"solver.petsc_options = {petsc_options!r}: "
-                         f"{petsc_message(exc)}") from None
+        raise InputError(
+            f"solver.petsc_options = {petsc_options!r}: {petsc_message(exc)}"
+        ) from None
     added = set(db.getAll()) - set(before)
     for key, value in before.items():  # the command line wins
         db.setValue(key, value)
@@ -212,4 +212,3 @@ class PetscOwner(Disposable):
             obj.destroy()
         self._petsc.clear()
         _LIVE.discard(self)
-

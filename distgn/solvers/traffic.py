@@ -69,8 +69,10 @@ class CountingComm(MPI.Intracomm):
 
     def since(self, snapshot: tuple[dict, dict], label: object) -> tuple[int, int]:
         """(bytes, messages) under ``label`` since ``snapshot``."""
-        return (self.bytes[label] - snapshot[0].get(label, 0),
-                self.messages[label] - snapshot[1].get(label, 0))
+        return (
+            self.bytes[label] - snapshot[0].get(label, 0),
+            self.messages[label] - snapshot[1].get(label, 0),
+        )
 
     def totals(self) -> tuple[int, int]:
         """(bytes, messages) sent by this rank under every label."""
@@ -90,8 +92,16 @@ class CountingComm(MPI.Intracomm):
         self._count(payload(buf))
         return self.inner.Isend(buf, dest, tag)
 
-    def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=MPI.ANY_SOURCE,  # noqa: D102
-                 recvtag=MPI.ANY_TAG, status=None):
+    def Sendrecv(
+        self,
+        sendbuf,
+        dest,
+        sendtag=0,
+        recvbuf=None,
+        source=MPI.ANY_SOURCE,  # noqa: D102
+        recvtag=MPI.ANY_TAG,
+        status=None,
+    ):
         self._count(payload(sendbuf))
         return self.inner.Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
 
@@ -148,6 +158,8 @@ def summary(comm: CountingComm) -> dict:
     rank) and ``comm_bytes_total`` (all ranks). Collective over the wrapped communicator."""
     nbytes, messages = comm.totals()
     inner = comm.inner
-    return {"comm_bytes_max": int(inner.allreduce(nbytes, op=MPI.MAX)),
-            "comm_messages_max": int(inner.allreduce(messages, op=MPI.MAX)),
-            "comm_bytes_total": int(inner.allreduce(nbytes, op=MPI.SUM))}
+    return {
+        "comm_bytes_max": int(inner.allreduce(nbytes, op=MPI.MAX)),
+        "comm_messages_max": int(inner.allreduce(messages, op=MPI.MAX)),
+        "comm_bytes_total": int(inner.allreduce(nbytes, op=MPI.SUM)),
+    }

@@ -64,8 +64,9 @@ def _extents(problem: Problem, network: Network) -> tuple[np.ndarray, np.ndarray
     return np.maximum(distance.max(axis=0), 0.0), np.maximum(-distance.min(axis=0), 0.0)
 
 
-def coincident_clusters(problem: Problem, network: Network, index: np.ndarray,
-                        tau_same: float, tau_opposite: float) -> tuple[np.ndarray, np.ndarray]:
+def coincident_clusters(
+    problem: Problem, network: Network, index: np.ndarray, tau_same: float, tau_opposite: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Clusters of (nearly) coincident hyperplanes among the neurons ``index``. Rank-local.
 
     Two neurons are linked when their normalised hyperplanes are within ``tau_same`` (same
@@ -122,8 +123,14 @@ def _generated(matrix: str, vector: np.ndarray, everywhere: bool) -> np.ndarray:
     return vector[None, :] / np.linalg.norm(vector)
 
 
-def independent_neurons(problem: Problem, network: Network, candidates: np.ndarray, matrix: str,
-                        priority: np.ndarray | None = None, rung: int = 0) -> np.ndarray:
+def independent_neurons(
+    problem: Problem,
+    network: Network,
+    candidates: np.ndarray,
+    matrix: str,
+    priority: np.ndarray | None = None,
+    rung: int = 0,
+) -> np.ndarray:
     """The neurons among ``candidates`` (mask) that keep ``matrix`` ("A" or "G") nonsingular.
 
     A neuron active on a part of the domain thinner than ``eps^(1/(THIN_POWER + rung))`` (relative

@@ -53,8 +53,9 @@ def _parabola_vertex(phi0: float, a: float, fa: float, b: float, fb: float) -> f
     return -(sa - curvature * a) / (2 * curvature)
 
 
-def line_search(phi: Callable[[float], float], phi0: float, slope0: float,
-                initial: float = 1.0) -> tuple[float, float, int]:
+def line_search(
+    phi: Callable[[float], float], phi0: float, slope0: float, initial: float = 1.0
+) -> tuple[float, float, int]:
     """Step length along a descent direction of ``phi`` (``phi(0) = phi0``, ``phi'(0) = slope0``).
 
     Parameters
@@ -92,8 +93,11 @@ def line_search(phi: Callable[[float], float], phi0: float, slope0: float,
         gamma, rejected = float(np.clip(trial, CUT_MIN * gamma, 0.5 * gamma)), gamma
     else:
         best = min(values, key=lambda g: (values[g], -g), default=0.0)
-        return (best, values[best], len(values)) if values.get(best, np.inf) < phi0 else (
-            0.0, phi0, len(values))
+        return (
+            (best, values[best], len(values))
+            if values.get(best, np.inf) < phi0
+            else (0.0, phi0, len(values))
+        )
     if np.isnan(rejected):
         refined = _quadratic_minimiser(phi0, slope0, gamma, f(gamma))
         refined = min(refined, MAX_GROWTH * gamma) if refined > EXTRAPOLATE * gamma else np.nan

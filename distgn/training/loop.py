@@ -90,8 +90,15 @@ class Recorder:
     ``max_seconds`` and ``checkpoint.seconds``).
     """
 
-    def __init__(self, ctx: Context, config: Config, history: dict[str, list], result: dict,
-                 output: str, resume: RunState | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        config: Config,
+        history: dict[str, list],
+        result: dict,
+        output: str,
+        resume: RunState | None = None,
+    ) -> None:
         self.ctx, self.config, self.cfg = ctx, config, config.train
         self.history = history
         self.result = result
@@ -103,7 +110,7 @@ class Recorder:
         self.iterations = 0
         self.clock = time.perf_counter()
         # The stopping window: the last patience + 1 losses (from the history on a restart).
-        self.losses = [float(v) for v in history.get("loss", [])][-self.cfg.patience - 1:]
+        self.losses = [float(v) for v in history.get("loss", [])][-self.cfg.patience - 1 :]
         self.initial_loss = float(history["loss"][0]) if history.get("loss") else math.nan
         self.network: Network | None = None
         self.removed: np.ndarray | None = None
@@ -116,26 +123,38 @@ class Recorder:
         """Seconds since the run started (rank 0's clock, broadcast). Collective."""
         return float(self.ctx.comm.bcast(time.perf_counter() - self.clock, root=0))
 
-    def __call__(self, network: Network, removed: np.ndarray, stats: Mapping[str, float],
-                 initial: bool = False, optimizer: Mapping[str, object] | None = None
-                 ) -> str | None:
+    def __call__(
+        self,
+        network: Network,
+        removed: np.ndarray,
+        stats: Mapping[str, float],
+        initial: bool = False,
+        optimizer: Mapping[str, object] | None = None,
+    ) -> str | None:
         """Record an iterate (``initial``: the starting one) and decide whether to stop."""
         self.network, self.removed = network, removed
-        self.state = {"loss": float(stats["loss"]), "l2_error": float(stats["l2_error"]),
-                      **(optimizer or {})}
+        self.state = {
+            "loss": float(stats["loss"]),
+            "l2_error": float(stats["l2_error"]),
+            **(optimizer or {}),
+        }
         loss = float(stats["loss"])
         elapsed = self.elapsed()
         if initial and not self.history.get("iteration"):
             self.initial_loss = loss
         self.iterations += 0 if initial else 1
-        row = {"iteration": self.base + self.iterations, "seconds": self.offset + elapsed,
-               "relative_l2_error": stats["l2_error"] / self.u_norm if self.u_norm else math.nan,
-               **stats}
+        row = {
+            "iteration": self.base + self.iterations,
+            "seconds": self.offset + elapsed,
+            "relative_l2_error": stats["l2_error"] / self.u_norm if self.u_norm else math.nan,
+            **stats,
+        }
         _append(self.history, row)
         self._log(row, elapsed, initial)
-        self.losses = (self.losses + [loss])[-self.cfg.patience - 1:]
-        reason = None if initial else self._stop(loss, float(stats.get("grad_norm", math.nan)),
-                                                 elapsed)
+        self.losses = (self.losses + [loss])[-self.cfg.patience - 1 :]
+        reason = (
+            None if initial else self._stop(loss, float(stats.get("grad_norm", math.nan)), elapsed)
+        )
         if reason is not None:
             return reason
         signum = signals.arrived(self.ctx.comm)
@@ -170,8 +189,10 @@ class Recorder:
         eta = ""
         if self.iterations > 0:
             per_iteration = elapsed / self.iterations
-            remaining = min((self.cfg.max_iter - self.base - self.iterations) * per_iteration,
-                            self.cfg.max_seconds - elapsed)
+            remaining = min(
+                (self.cfg.max_iter - self.base - self.iterations) * per_iteration,
+                self.cfg.max_seconds - elapsed,
+            )
             eta = f"  eta {max(remaining, 0.0):.1f}s"
         log.info(
             f"{self.cfg.method} it {int(row['iteration']):5d}  loss {row['loss']:.6e}  "
@@ -199,16 +220,31 @@ class Recorder:
             removed=int(np.count_nonzero(self.removed)),
             **extra,
         )
-        optimizer = {**self.state, "method": self.cfg.method,
-                     "iteration": self.base + self.iterations}
-        timings = {"seconds_total": self.offset + this_run, "seconds_this_run": this_run,
-                   "seconds_checkpoints": self.checkpoint_seconds}
+        optimizer = {
+            **self.state,
+            "method": self.cfg.method,
+            "iteration": self.base + self.iterations,
+        }
+        timings = {
+            "seconds_total": self.offset + this_run,
+            "seconds_this_run": this_run,
+            "seconds_checkpoints": self.checkpoint_seconds,
+        }
         checkpoint = kind == "checkpoint"
-        save_run(self.checkpoint if checkpoint else self.output, self.ctx.comm, self.config,
-                 kind, self.network, self.removed, self.history, optimizer, result, timings,
-                 keep=self.config.checkpoint.keep if checkpoint else 1)
-        self.checkpoint_seconds += self.ctx.comm.allreduce(time.perf_counter() - start,
-                                                           op=MPI.MAX)
+        save_run(
+            self.checkpoint if checkpoint else self.output,
+            self.ctx.comm,
+            self.config,
+            kind,
+            self.network,
+            self.removed,
+            self.history,
+            optimizer,
+            result,
+            timings,
+            keep=self.config.checkpoint.keep if checkpoint else 1,
+        )
+        self.checkpoint_seconds += self.ctx.comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
         return result
 
 
@@ -233,8 +269,13 @@ def _append(history: dict[str, list], row: Mapping[str, float]) -> None:
         column.append(float(row.get(key, math.nan)))
 
 
-def train(problem: Problem, config: Config, comm: MPI.Comm, restart: RunState | None = None,
-          output: str | None = None) -> dict:
+def train(
+    problem: Problem,
+    config: Config,
+    comm: MPI.Comm,
+    restart: RunState | None = None,
+    output: str | None = None,
+) -> dict:
     """Fit ``problem.target`` with the configured method; write checkpoints and the run file.
     Collective.
 
@@ -277,38 +318,58 @@ def train(problem: Problem, config: Config, comm: MPI.Comm, restart: RunState | 
         history = {k: list(np.asarray(v, dtype=float).ravel()) for k, v in restart.history.items()}
         resume = dict(restart.optimizer)
         if resume.get("method") != cfg.method:
-            log.warning(f"{cfg.method}: {restart.path} was written by {resume.get('method')}; "
-                        "continuing from its network with a fresh optimizer state")
-            resume = {k: v for k, v in resume.items()
-                      if k in ("iteration", "loss", "l2_error")}
-    result = {"method": cfg.method, "variant": cfg.variant if cfg.method == "sggn" else "",
-              "n": network.n, "dim": problem.domain.dim, "ranks": comm.size,
-              "solver": config.solver.kind, "target": problem.target.name}
+            log.warning(
+                f"{cfg.method}: {restart.path} was written by {resume.get('method')}; "
+                "continuing from its network with a fresh optimizer state"
+            )
+            resume = {k: v for k, v in resume.items() if k in ("iteration", "loss", "l2_error")}
+    result = {
+        "method": cfg.method,
+        "variant": cfg.variant if cfg.method == "sggn" else "",
+        "n": network.n,
+        "dim": problem.domain.dim,
+        "ranks": comm.size,
+        "solver": config.solver.kind,
+        "target": problem.target.name,
+    }
     recorder = Recorder(ctx, config, history, result, output, restart)
     if resume is None:
         state, start = sggn.start(ctx, network)
         deflated = 0 if start is None else start.deflated
-        log.info(f"{cfg.method}: n = {network.n}, {comm.size} rank(s), solver "
-                 f"{config.solver.kind}; start: loss {state.loss:.6e}, "
-                 f"{int(state.removed.sum())} dead, "
-                 + ("c given" if start is None else f"{deflated} deflated in the c-solve"))
-        stop = recorder(state.network, state.removed,
-                        {"loss": state.loss, "l2_error": state.l2_error, "step": 0.0,
-                         "active": int((~state.removed).sum()), "deflated": deflated,
-                         "solver_seconds": 0.0 if start is None else start.seconds},
-                        initial=True)
+        log.info(
+            f"{cfg.method}: n = {network.n}, {comm.size} rank(s), solver "
+            f"{config.solver.kind}; start: loss {state.loss:.6e}, "
+            f"{int(state.removed.sum())} dead, "
+            + ("c given" if start is None else f"{deflated} deflated in the c-solve")
+        )
+        stop = recorder(
+            state.network,
+            state.removed,
+            {
+                "loss": state.loss,
+                "l2_error": state.l2_error,
+                "step": 0.0,
+                "active": int((~state.removed).sum()),
+                "deflated": deflated,
+                "solver_seconds": 0.0 if start is None else start.seconds,
+            },
+            initial=True,
+        )
         result["initial_loss"] = state.loss
     else:
         # No sggn.start: its normalisation is not idempotent in 2D, and the saved iterate is
         # exactly where the interrupted run was.
-        state = sggn.State(network, restart.removed, float(resume["loss"]),
-                           float(resume["l2_error"]))
+        state = sggn.State(
+            network, restart.removed, float(resume["loss"]), float(resume["l2_error"])
+        )
         recorder.network, recorder.removed = state.network, state.removed
         recorder.state = resume
         result["initial_loss"] = float(restart.result.get("initial_loss", state.loss))
-        log.info(f"{cfg.method}: n = {network.n}, {comm.size} rank(s), solver "
-                 f"{config.solver.kind}; continuing {restart.path} after iteration "
-                 f"{recorder.base}: loss {state.loss:.6e}")
+        log.info(
+            f"{cfg.method}: n = {network.n}, {comm.size} rank(s), solver "
+            f"{config.solver.kind}; continuing {restart.path} after iteration "
+            f"{recorder.base}: loss {state.loss:.6e}"
+        )
         stop = "max_iter" if recorder.base >= cfg.max_iter else None
     try:
         if stop is not None or cfg.max_iter <= recorder.base:
@@ -321,12 +382,16 @@ def train(problem: Problem, config: Config, comm: MPI.Comm, restart: RunState | 
         log.warning(f"{cfg.method}: stopped, the linear solver failed: {exc}")
         reason = "solver_failed"
     final = recorder.save("result", {"stop_reason": reason})
-    log.info(f"{cfg.method}: stopped ({reason}): this run {final['iterations']} iterations in "
-             f"{final['seconds']:.2f} s; in all {final['total_iterations']} iterations, "
-             f"{final['total_seconds']:.2f} s; loss {final['loss']:.6e}, L2 error "
-             f"{final['l2_error']:.3e} (relative {final['relative_l2_error']:.3e}); "
-             f"wrote {output}")
+    log.info(
+        f"{cfg.method}: stopped ({reason}): this run {final['iterations']} iterations in "
+        f"{final['seconds']:.2f} s; in all {final['total_iterations']} iterations, "
+        f"{final['total_seconds']:.2f} s; loss {final['loss']:.6e}, L2 error "
+        f"{final['l2_error']:.3e} (relative {final['relative_l2_error']:.3e}); "
+        f"wrote {output}"
+    )
     if reason in SOLVER_FAILURES:
-        raise SolverError(f"training stopped ({reason}) after {final['iterations']} iterations; "
-                          f"the run file {output} holds the last iterate")
+        raise SolverError(
+            f"training stopped ({reason}) after {final['iterations']} iterations; "
+            f"the run file {output} holds the last iterate"
+        )
     return final

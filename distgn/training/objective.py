@@ -74,7 +74,7 @@ class Context:
 def owned_rows(comm: MPI.Comm, index: np.ndarray) -> np.ndarray:
     """This rank's contiguous share of ``index`` (for row-wise sums). Rank-local."""
     edges = np.linspace(0, index.size, comm.size + 1).round().astype(int)
-    return index[edges[comm.rank]:edges[comm.rank + 1]]
+    return index[edges[comm.rank] : edges[comm.rank + 1]]
 
 
 def allrows(comm: MPI.Comm, local: np.ndarray) -> np.ndarray:
@@ -99,6 +99,7 @@ def on_ranks(comm: MPI.Comm, count: int, work: Callable[[MPI.Comm], object]) -> 
     # PETSc starts collectively over MPI_COMM_WORLD when first imported (distgn.solvers): start
     # it on every rank before only some of them go on to a solver that imports it.
     from petsc4py import PETSc  # noqa: F401
+
     sub = comm.Split(0 if comm.rank < count else MPI.UNDEFINED, comm.rank)
     result = None
     if sub != MPI.COMM_NULL:
@@ -114,8 +115,13 @@ def on_ranks(comm: MPI.Comm, count: int, work: Callable[[MPI.Comm], object]) -> 
     return result
 
 
-def pair_rows(problem: Problem, network: Network, rows: np.ndarray, columns: np.ndarray,
-              which: tuple[str, ...]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+def pair_rows(
+    problem: Problem,
+    network: Network,
+    rows: np.ndarray,
+    columns: np.ndarray,
+    which: tuple[str, ...],
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Yield ``(rows chunk, pair integrals)`` of bounded size. Rank-local.
 
     Every row is computed (and contracted with numpy's plain ``einsum`` by the callers) the same
@@ -125,7 +131,7 @@ def pair_rows(problem: Problem, network: Network, rows: np.ndarray, columns: np.
     per_row = max(1, columns.size * (k * k if "G" in which else 1))
     step = max(1, CHUNK_ENTRIES // per_row)
     for lo in range(0, rows.size, step):
-        chunk = rows[lo:lo + step]
+        chunk = rows[lo : lo + step]
         yield chunk, pair_integrals(problem.domain, network.W, network.b, chunk, columns, which)
 
 
@@ -137,16 +143,26 @@ def evaluate_loss(ctx: Context, network: Network) -> tuple[float, float]:
     and the c-solve measure the loss exactly as the gradient does).
     """
     if ctx.dim == 1:
-        l2 = l2_error_1d(ctx.problem.domain.bounds, network.W, network.b, network.c, network.c0,
-                         ctx.problem.target)
+        l2 = l2_error_1d(
+            ctx.problem.domain.bounds,
+            network.W,
+            network.b,
+            network.c,
+            network.c0,
+            ctx.problem.target,
+        )
         return 0.5 * l2 * l2, l2
     grad = loss_and_gradient(ctx, network, network.c != 0)
     return grad.loss, grad.l2_error
 
 
-def network_moments(problem: Problem, network: Network, rows: np.ndarray,
-                    source: Network | None = None, diagonal: bool = False
-                    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def network_moments(
+    problem: Problem,
+    network: Network,
+    rows: np.ndarray,
+    source: Network | None = None,
+    diagonal: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``int v h_i xhat`` for neurons ``rows`` of ``network``, shape (|rows|, d+1). Rank-local.
 
     v is the function of ``source`` (default: ``network`` itself) without its output bias:
@@ -157,21 +173,21 @@ def network_moments(problem: Problem, network: Network, rows: np.ndarray,
     """
     source = network if source is None else source
     support = np.flatnonzero(source.c != 0)
-    both = Network(np.vstack([network.W, source.W[support]]),
-                   np.concatenate([network.b, source.b[support]]))
+    both = Network(
+        np.vstack([network.W, source.W[support]]), np.concatenate([network.b, source.b[support]])
+    )
     columns = network.n + np.arange(support.size)
     cr = source.c[support, None] * source.r[support]
     out = np.zeros((rows.size, problem.domain.dim + 1))
     squares = np.zeros(rows.size)
     offset = 0
     for chunk, part in pair_rows(problem, both, rows, columns, ("G",)):
-        out[offset:offset + chunk.size] = np.einsum("ijkl,jl->ik", part["G"], cr)
+        out[offset : offset + chunk.size] = np.einsum("ijkl,jl->ik", part["G"], cr)
         if diagonal and support.size:
             position = np.minimum(np.searchsorted(support, chunk), support.size - 1)
             own = np.flatnonzero(support[position] == chunk)
             r = network.r[chunk[own]]
-            squares[offset + own] = np.einsum("ik,ikl,il->i", r,
-                                              part["G"][own, position[own]], r)
+            squares[offset + own] = np.einsum("ik,ikl,il->i", r, part["G"][own, position[own]], r)
         offset += chunk.size
     return (out, squares) if diagonal else out
 
@@ -209,8 +225,9 @@ class Gradient:
         return float(np.sqrt(total))
 
 
-def loss_and_gradient(ctx: Context, network: Network, neurons: np.ndarray | None = None
-                      ) -> Gradient:
+def loss_and_gradient(
+    ctx: Context, network: Network, neurons: np.ndarray | None = None
+) -> Gradient:
     """The exact loss and gradient of J in (c, c0, W, b). Collective.
 
     Gradient rows are computed for ``neurons`` (a mask, default all; the others get zero rows),
@@ -230,16 +247,25 @@ def loss_and_gradient(ctx: Context, network: Network, neurons: np.ndarray | None
     r, c, c0 = network.r, network.c, network.c0 or 0.0
     vm, squares = network_moments(problem, network, rows, diagonal=True)
     um = target_moments(domain, problem.target, network.W, network.b, rows)
-    ones = (target_moments(domain, UNIT, network.W, network.b, rows)
-            if problem.output_bias or ctx.dim > 1 else np.zeros_like(um))
+    ones = (
+        target_moments(domain, UNIT, network.W, network.b, rows)
+        if problem.output_bias or ctx.dim > 1
+        else np.zeros_like(um)
+    )
     moments = np.zeros((network.n, domain.dim + 1))
     moments[index] = allrows(comm, vm + c0 * ones - um)
     cr, abs_cr = c[rows, None] * r[rows], np.abs(c[rows, None] * r[rows])
-    terms = np.stack([np.einsum("ik,ik->i", cr, vm), np.einsum("ik,ik->i", cr, um),
-                      np.einsum("ik,ik->i", cr, ones),
-                      np.abs(c[rows]) * np.sqrt(np.maximum(squares, 0.0)),
-                      np.einsum("ik,ik->i", abs_cr, np.abs(um)),
-                      np.einsum("ik,ik->i", abs_cr, np.abs(ones))], axis=1)
+    terms = np.stack(
+        [
+            np.einsum("ik,ik->i", cr, vm),
+            np.einsum("ik,ik->i", cr, um),
+            np.einsum("ik,ik->i", cr, ones),
+            np.abs(c[rows]) * np.sqrt(np.maximum(squares, 0.0)),
+            np.einsum("ik,ik->i", abs_cr, np.abs(um)),
+            np.einsum("ik,ik->i", abs_cr, np.abs(ones)),
+        ],
+        axis=1,
+    )
     cAc, cF, cs, c_phi, abs_cF, abs_cs = ordered_sum(comm, terms)
     if ctx.dim == 1:
         loss, l2 = evaluate_loss(ctx, network)
@@ -247,10 +273,17 @@ def loss_and_gradient(ctx: Context, network: Network, neurons: np.ndarray | None
         u_int, u_sq = ctx.target_norms
         measure = domain.measure
         e2 = cAc - 2 * cF + 2 * c0 * cs + c0 * c0 * measure - 2 * c0 * u_int + u_sq
-        magnitude = (c_phi * c_phi + 2 * abs_cF + 2 * abs(c0) * abs_cs + c0 * c0 * measure
-                     + 2 * abs(c0 * u_int) + u_sq)
+        magnitude = (
+            c_phi * c_phi
+            + 2 * abs_cF
+            + 2 * abs(c0) * abs_cs
+            + c0 * c0 * measure
+            + 2 * abs(c0 * u_int)
+            + u_sq
+        )
         e2 = float(max(e2, network.n * EPS * magnitude))
         loss, l2 = 0.5 * e2, float(np.sqrt(e2))
     g_c0 = float(cs + c0 * domain.measure - ctx.target_norms[0]) if problem.output_bias else None
-    return Gradient(loss, l2, moments, np.einsum("ik,ik->i", moments, r), g_c0,
-                    c[:, None] * moments)
+    return Gradient(
+        loss, l2, moments, np.einsum("ik,ik->i", moments, r), g_c0, c[:, None] * moments
+    )

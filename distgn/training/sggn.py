@@ -135,12 +135,22 @@ def residual_target(problem: Problem, reference: Network) -> Target:
     points = u.points
     if problem.domain.dim == 1:
         points = points + tuple(reference.breakpoints()[reference.c != 0])
-    return replace(u, name=f"{u.name} minus the reference fit", points=points,
-                   func=lambda x: u(x) - reference.evaluate(x), constant=False)
+    return replace(
+        u,
+        name=f"{u.name} minus the reference fit",
+        points=points,
+        func=lambda x: u(x) - reference.evaluate(x),
+        constant=False,
+    )
 
 
-def solve_output(ctx: Context, network: Network, live: np.ndarray,
-                 previous_loss: float | None = None, gradient: bool = False) -> OutputSolve:
+def solve_output(
+    ctx: Context,
+    network: Network,
+    live: np.ndarray,
+    previous_loss: float | None = None,
+    gradient: bool = False,
+) -> OutputSolve:
     """Least-squares c (and c0) for the live neurons of ``network``, with deflation. Collective.
 
     ``network.c`` is the previous c. Neurons set aside by ``independent_neurons(..., "A")`` keep
@@ -167,10 +177,13 @@ def solve_output(ctx: Context, network: Network, live: np.ndarray,
         attempts.append((DEFLATION_RUNGS, replace(ctx, solver=replace(ctx.solver, kind="hss"))))
     for rung, attempt in attempts:
         if rung == DEFLATION_RUNGS:
-            log.warning(f"sggn: the c-solve failed on every deflation rung ({error}); solving "
-                        "with the hss solver (shifted where not positive definite)")
-        solved = independent_neurons(problem, network, live, "A",
-                                     rung=min(rung, DEFLATION_RUNGS - 1))
+            log.warning(
+                f"sggn: the c-solve failed on every deflation rung ({error}); solving "
+                "with the hss solver (shifted where not positive definite)"
+            )
+        solved = independent_neurons(
+            problem, network, live, "A", rung=min(rung, DEFLATION_RUNGS - 1)
+        )
         index = np.flatnonzero(solved)
         frozen = live & ~solved & (network.c != 0)
         if problem.domain.dim == 1:
@@ -178,12 +191,14 @@ def solve_output(ctx: Context, network: Network, live: np.ndarray,
         else:
             reference, c0_ref = frozen, None
         ref = replace(network.subset(np.flatnonzero(reference)), c0=c0_ref)
-        sub = replace(problem, network=network.subset(index),
-                      target=residual_target(problem, ref))
+        sub = replace(problem, network=network.subset(index), target=residual_target(problem, ref))
         try:
             dc, dc0, berr, stats, seconds = ctx.solve(
-                index.size, lambda comm, sub=sub, ref=ref, attempt=attempt: _correction(
-                    attempt, sub, ref, comm))
+                index.size,
+                lambda comm, sub=sub, ref=ref, attempt=attempt: _correction(
+                    attempt, sub, ref, comm
+                ),
+            )
         except SolverError as exc:
             error = str(exc)
             continue
@@ -198,18 +213,27 @@ def solve_output(ctx: Context, network: Network, live: np.ndarray,
         loss, l2 = (grad.loss, grad.l2_error) if grad else evaluate_loss(ctx, result)
         deflated = int(np.count_nonzero(live & ~solved))
         if previous_loss is None or loss <= previous_loss:
-            return OutputSolve(result, loss, l2, berr, deflated, False, seconds, rung, stats,
-                               grad)
+            return OutputSolve(result, loss, l2, berr, deflated, False, seconds, rung, stats, grad)
         break
     fallback = np.inf if previous_loss is None else previous_loss
     grad = loss_and_gradient(ctx, network, live) if gradient else None
-    return OutputSolve(network, fallback, float(np.sqrt(2 * fallback)), np.nan,
-                       int(np.count_nonzero(live & ~solved)), True, 0.0, rung,
-                       {"error": error} if error else {}, grad)
+    return OutputSolve(
+        network,
+        fallback,
+        float(np.sqrt(2 * fallback)),
+        np.nan,
+        int(np.count_nonzero(live & ~solved)),
+        True,
+        0.0,
+        rung,
+        {"error": error} if error else {},
+        grad,
+    )
 
 
-def _correction(ctx: Context, sub: Problem, ref: Network, comm: MPI.Comm
-                ) -> tuple[np.ndarray, float | None, float, dict, float]:
+def _correction(
+    ctx: Context, sub: Problem, ref: Network, comm: MPI.Comm
+) -> tuple[np.ndarray, float | None, float, dict, float]:
     """``fit.solve_output_weights`` for ``sub`` (target ``u - v_ref``) on ``comm``: the
     correction of c in the user order of ``sub``, c0, backward error, solver statistics and
     seconds. Collective over ``comm``."""
@@ -220,8 +244,11 @@ def _correction(ctx: Context, sub: Problem, ref: Network, comm: MPI.Comm
     tree = blocks.tree
     if problem.domain.dim > 1 and ref.n:
         rows = np.arange(blocks.start, blocks.stop)
-        blocks = replace(blocks, moments=blocks.moments - network_moments(
-            problem, Network(blocks.W, blocks.b), rows, ref))
+        blocks = replace(
+            blocks,
+            moments=blocks.moments
+            - network_moments(problem, Network(blocks.W, blocks.b), rows, ref),
+        )
     start = time.perf_counter()
     out = solve_output_weights(sub, blocks, operator, ctx.solver)
     seconds = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
@@ -259,8 +286,14 @@ class Direction:
     seconds: float
 
 
-def gn_direction(ctx: Context, network: Network, live: np.ndarray, grad: Gradient,
-                 drop_tol: float, first_rung: int = 0) -> Direction:
+def gn_direction(
+    ctx: Context,
+    network: Network,
+    live: np.ndarray,
+    grad: Gradient,
+    drop_tol: float,
+    first_rung: int = 0,
+) -> Direction:
     """``p = -D^{-1} G^{-1} gtilde`` over the neurons that keep D G D nonsingular. Collective.
 
     ``y = -G^{-1} gtilde`` is the Gauss-Newton step in ``a_i = c_i r_i`` (v is linear in each
@@ -282,10 +315,13 @@ def gn_direction(ctx: Context, network: Network, live: np.ndarray, grad: Gradien
         if index.size:
             sub = replace(problem, network=network.subset(index))
 
-            def solve(solver: SolverConfig, sub: Problem = sub, index: np.ndarray = index
-                      ) -> tuple[np.ndarray, float]:
-                return ctx.solve(index.size, lambda comm: _layer_solve(
-                    ctx, sub, grad.moments[index], comm, solver))
+            def solve(
+                solver: SolverConfig, sub: Problem = sub, index: np.ndarray = index
+            ) -> tuple[np.ndarray, float]:
+                return ctx.solve(
+                    index.size,
+                    lambda comm: _layer_solve(ctx, sub, grad.moments[index], comm, solver),
+                )
 
             try:
                 y[index], seconds = solve(ctx.solver)
@@ -294,8 +330,10 @@ def gn_direction(ctx: Context, network: Network, live: np.ndarray, grad: Gradien
                     continue
                 if ctx.solver.kind == "hss":
                     raise
-                log.warning(f"sggn: the solve with G failed on every deflation rung ({exc}); "
-                            "solved with the hss solver (shifted where not positive definite)")
+                log.warning(
+                    f"sggn: the solve with G failed on every deflation rung ({exc}); "
+                    "solved with the hss solver (shifted where not positive definite)"
+                )
                 y[index], seconds = solve(replace(ctx.solver, kind="hss"))
                 rung = DEFLATION_RUNGS
         p = np.where(moved[:, None], y / np.where(moved, c, 1.0)[:, None], 0.0)
@@ -303,15 +341,16 @@ def gn_direction(ctx: Context, network: Network, live: np.ndarray, grad: Gradien
     raise AssertionError("unreachable")
 
 
-def _layer_solve(ctx: Context, sub: Problem, moments: np.ndarray, comm: MPI.Comm,
-                 solver: SolverConfig) -> tuple[np.ndarray, float]:
+def _layer_solve(
+    ctx: Context, sub: Problem, moments: np.ndarray, comm: MPI.Comm, solver: SolverConfig
+) -> tuple[np.ndarray, float]:
     """``y = -G^{-1} gtilde`` for the neurons of ``sub`` (their moments in ``sub``'s order) with
     ``solver``, and the seconds of the factorization and solve. Collective over ``comm``."""
     network = sub.network
     k = network.dim + 1
     operator, blocks = build(sub, ctx.solver, comm, "G")
     tree = blocks.tree
-    local = tree.perm[blocks.start:blocks.stop]
+    local = tree.perm[blocks.start : blocks.stop]
     start = time.perf_counter()
     with factor(operator, solver) as factorization:
         y = factorization.solve(-moments[local].ravel())
@@ -356,8 +395,9 @@ def start(ctx: Context, network: Network) -> tuple[State, OutputSolve | None]:
     return State(out.network, removed, out.loss, out.l2_error), out
 
 
-def iterate(ctx: Context, state: State, variant: str, drop_tol: float,
-            grad: Gradient | None = None) -> tuple[State | None, dict, Gradient | None]:
+def iterate(
+    ctx: Context, state: State, variant: str, drop_tol: float, grad: Gradient | None = None
+) -> tuple[State | None, dict, Gradient | None]:
     """One SgGN iteration: gradient, GN direction, line search, c-solve. Collective.
 
     ``grad`` is ``loss_and_gradient`` at ``state`` over its live neurons when already known (the
@@ -378,10 +418,16 @@ def iterate(ctx: Context, state: State, variant: str, drop_tol: float,
         slope0 = float(np.sum(grad.r * direction.p))
         gamma, value, evaluations, trial = _line_search(ctx, state, direction, variant, slope0)
         seconds += direction.seconds
-        stats = {"grad_norm": grad.norm(linear=False), "moved": int(direction.moved.sum()),
-                 "excluded": direction.excluded, "live": int(live.sum()), "step": gamma,
-                 "evaluations": evaluations["count"], "gn_rung": direction.rung,
-                 "model_decrease": -slope0 / state.loss if state.loss > 0 else 0.0}
+        stats = {
+            "grad_norm": grad.norm(linear=False),
+            "moved": int(direction.moved.sum()),
+            "excluded": direction.excluded,
+            "live": int(live.sum()),
+            "step": gamma,
+            "evaluations": evaluations["count"],
+            "gn_rung": direction.rung,
+            "model_decrease": -slope0 / state.loss if state.loss > 0 else 0.0,
+        }
         if gamma > 0.0 or direction.rung + 1 >= DEFLATION_RUNGS:
             break
         first_rung = direction.rung + 1
@@ -389,8 +435,9 @@ def iterate(ctx: Context, state: State, variant: str, drop_tol: float,
         # No Gauss-Newton step decreases the loss (the iterate sits on a kink of J, or G is too
         # ill-conditioned): the gradient direction, scaled so that gamma = 1 is the linear
         # extrapolation of J to 0, decides between a step and convergence.
-        steepest = replace(direction, p=-grad.r * state.loss / max(grad.norm(False) ** 2,
-                                                                   np.finfo(float).tiny))
+        steepest = replace(
+            direction, p=-grad.r * state.loss / max(grad.norm(False) ** 2, np.finfo(float).tiny)
+        )
         gamma, value, fallback, trial = _line_search(ctx, state, steepest, variant, -state.loss)
         evaluations = {key: evaluations[key] + fallback[key] for key in evaluations}
         stats.update(step=gamma, evaluations=evaluations["count"], gradient_step=1)
@@ -404,17 +451,25 @@ def iterate(ctx: Context, state: State, variant: str, drop_tol: float,
         log.warning(f"sggn: the c-solve failed ({out.stats['error']}); kept the previous c")
     moved = ~removed & ~state.removed
     change = np.abs(out.network.r[moved] - state.network.r[moved])
-    stats.update(parameter_change=float(np.max(change, initial=0.0))
-                 / (1.0 + float(np.max(np.abs(state.network.r[moved]), initial=0.0))))
-    stats.update(removed=int(removed.sum()), deflated=out.deflated, rejected=int(out.rejected),
-                 c_solve_failed=int(bool(out.stats.get("error"))), c_rung=out.rung,
-                 backward_error=out.backward_error,
-                 solver_seconds=seconds + evaluations["solver_seconds"])
+    stats.update(
+        parameter_change=float(np.max(change, initial=0.0))
+        / (1.0 + float(np.max(np.abs(state.network.r[moved]), initial=0.0)))
+    )
+    stats.update(
+        removed=int(removed.sum()),
+        deflated=out.deflated,
+        rejected=int(out.rejected),
+        c_solve_failed=int(bool(out.stats.get("error"))),
+        c_rung=out.rung,
+        backward_error=out.backward_error,
+        solver_seconds=seconds + evaluations["solver_seconds"],
+    )
     return State(out.network, removed, out.loss, out.l2_error), stats, out.gradient
 
 
-def _line_search(ctx: Context, state: State, direction: Direction, variant: str, slope0: float
-                 ) -> tuple[float, float, dict, tuple[Network, np.ndarray, OutputSolve | None]]:
+def _line_search(
+    ctx: Context, state: State, direction: Direction, variant: str, slope0: float
+) -> tuple[float, float, dict, tuple[Network, np.ndarray, OutputSolve | None]]:
     """Minimise the variant's loss along ``direction`` (``linesearch.line_search``). Collective.
 
     ``phi(0)`` is the state's loss: ``evaluate_loss`` at the state, the function the trial points
@@ -445,8 +500,14 @@ def _line_search(ctx: Context, state: State, direction: Direction, variant: str,
 
 # Consecutive failed c-solves after which a run stops (stop reason ``c_solve_failed``).
 C_SOLVE_FAILURES = 3
-def run(ctx: Context, state: State, cfg: TrainConfig,
-        record: Callable[[Network, np.ndarray, dict], str | None]) -> str:
+
+
+def run(
+    ctx: Context,
+    state: State,
+    cfg: TrainConfig,
+    record: Callable[[Network, np.ndarray, dict], str | None],
+) -> str:
     """Iterate from ``state`` until ``record`` (training.Recorder) or SgGN itself stops.
 
     SgGN's own stop reasons: ``tol`` (on every deflation rung and along the gradient, the line
@@ -469,9 +530,11 @@ def run(ctx: Context, state: State, cfg: TrainConfig,
             return "line_search" if stats["evaluations"] >= MAX_EVALUATIONS else "tol"
         failures = failures + 1 if stats["c_solve_failed"] else 0
         state = new
-        reason = record(state.network, state.removed,
-                        {**stats, "loss": state.loss, "l2_error": state.l2_error,
-                         "active": stats["moved"]})
+        reason = record(
+            state.network,
+            state.removed,
+            {**stats, "loss": state.loss, "l2_error": state.l2_error, "active": stats["moved"]},
+        )
         if reason is not None:
             return reason
         if failures >= C_SOLVE_FAILURES:

@@ -36,8 +36,10 @@ def compensated(operator: Operator, config: SolverConfig) -> bool:
     block rows are stored; interpolative skeletons otherwise (tight tolerances, matrix-free).
     """
     if config.compensation not in COMPENSATIONS:
-        raise InputError(f"config key solver.compensation = {config.compensation!r} is not one "
-                         f"of {', '.join(COMPENSATIONS)}")
+        raise InputError(
+            f"config key solver.compensation = {config.compensation!r} is not one "
+            f"of {', '.join(COMPENSATIONS)}"
+        )
     if config.compensation == "auto":
         return config.tol >= AUTO_SCHUR_TOL and operator.rows is not None
     return config.compensation == "schur"
@@ -48,5 +50,6 @@ def factor(operator: Operator, config: SolverConfig) -> HSSFactorization:
 
     Collective over ``operator.comm``.
     """
-    return factor_operator(operator, config.tol, config.sample_size, config.seed,
-                           compensated(operator, config))
+    return factor_operator(
+        operator, config.tol, config.sample_size, config.seed, compensated(operator, config)
+    )

@@ -129,8 +129,9 @@ class Scheme:
         Pivot threshold of the rank decisions (absolute for skeletons, relative for projections).
     """
 
-    def __init__(self, operator: Operator, sample: np.ndarray, omega: np.ndarray,
-                 threshold: float) -> None:
+    def __init__(
+        self, operator: Operator, sample: np.ndarray, omega: np.ndarray, threshold: float
+    ) -> None:
         self.operator = operator
         self.sample = sample
         self.omega = omega
@@ -168,8 +169,15 @@ class SkeletonScheme(Scheme):
     when the approximation is indefinite at that level.
     """
 
-    def __init__(self, operator: Operator, sample: np.ndarray, omega: np.ndarray,
-                 threshold: float, scale: float, floor: float) -> None:
+    def __init__(
+        self,
+        operator: Operator,
+        sample: np.ndarray,
+        omega: np.ndarray,
+        threshold: float,
+        scale: float,
+        floor: float,
+    ) -> None:
         super().__init__(operator, sample, omega, threshold)
         self.scale = scale
         self.floor = floor
@@ -187,8 +195,9 @@ class SkeletonScheme(Scheme):
         factor, T, schur = orthogonal_eliminate(D, U, self.scale, self.floor)
         return factor, Skeleton(I[J], T, sample[J], local[J], U.T @ omega, schur)
 
-    def merge(self, node: Node, left: Skeleton, right: Skeleton, root: bool = False
-              ) -> tuple[NodeFactor, Skeleton | None]:
+    def merge(
+        self, node: Node, left: Skeleton, right: Skeleton, root: bool = False
+    ) -> tuple[NodeFactor, Skeleton | None]:
         """Factor a parent from its children's skeletons (and the sibling coupling)."""
         B = self.block(left.index, right.index)
         D = coupled_block(left.transfer @ B @ right.transfer.T, left.diagonal, right.diagonal)
@@ -197,7 +206,7 @@ class SkeletonScheme(Scheme):
         local = np.vstack([left.local + B @ right.omega, right.local + B.T @ left.omega])
         sample = np.vstack([left.sample, right.sample])
         J, R = row_id(sample - local, self.threshold)
-        basis = np.vstack([left.transfer @ R[:left.rank], right.transfer @ R[left.rank:]])
+        basis = np.vstack([left.transfer @ R[: left.rank], right.transfer @ R[left.rank :]])
         factor, T, schur = orthogonal_eliminate(D, basis, self.scale, self.floor)
         index = np.concatenate([left.index, right.index])[J]
         omega = R.T @ np.vstack([left.omega, right.omega])
@@ -238,8 +247,9 @@ class ProjectionScheme(Scheme):
     pivot. Rank-local: the cross-rank couplings are assembled by ``distributed``.
     """
 
-    def __init__(self, operator: Operator, sample: np.ndarray, omega: np.ndarray,
-                 threshold: float) -> None:
+    def __init__(
+        self, operator: Operator, sample: np.ndarray, omega: np.ndarray, threshold: float
+    ) -> None:
         super().__init__(operator, sample, omega, threshold)
         self.maps: dict[int, np.ndarray] = {}
 
@@ -251,8 +261,14 @@ class ProjectionScheme(Scheme):
             return root_factor(D), None
         return self._reduce(node, D, self.sample[I - self.offset], self.omega[I - self.offset])
 
-    def merge(self, node: Node, left: Projection, right: Projection, root: bool = False,
-              coupling: np.ndarray | None = None) -> tuple[NodeFactor, Projection | None]:
+    def merge(
+        self,
+        node: Node,
+        left: Projection,
+        right: Projection,
+        root: bool = False,
+        coupling: np.ndarray | None = None,
+    ) -> tuple[NodeFactor, Projection | None]:
         """Factor a parent; ``coupling`` is given for nodes over several ranks."""
         if coupling is None:
             a, b = (self.operator.tree.nodes[c] for c in node.children)
@@ -260,11 +276,13 @@ class ProjectionScheme(Scheme):
         D = coupled_block(coupling)
         if root:
             return root_factor(D), None
-        return self._reduce(node, D, np.vstack([left.sample, right.sample]),
-                            np.vstack([left.omega, right.omega]))
+        return self._reduce(
+            node, D, np.vstack([left.sample, right.sample]), np.vstack([left.omega, right.omega])
+        )
 
-    def _reduce(self, node: Node, D: np.ndarray, sample: np.ndarray, omega: np.ndarray
-                ) -> tuple[NodeFactor, Projection]:
+    def _reduce(
+        self, node: Node, D: np.ndarray, sample: np.ndarray, omega: np.ndarray
+    ) -> tuple[NodeFactor, Projection]:
         L, logdet, shift = spd_sqrt(D)
         scaled = lower_solve(L, sample)
         Q = range_basis(scaled - L.T @ omega, self.threshold)
@@ -283,10 +301,10 @@ class ProjectionScheme(Scheme):
         parts = []
         if a in self.maps:
             Fa = self.maps.pop(a)
-            parts.append(Fa @ transform[:Fa.shape[1]])
+            parts.append(Fa @ transform[: Fa.shape[1]])
         if b in self.maps:
             Fb = self.maps.pop(b)
-            parts.append(Fb @ transform[transform.shape[0] - Fb.shape[1]:])
+            parts.append(Fb @ transform[transform.shape[0] - Fb.shape[1] :])
         self.maps[node.id] = np.vstack(parts)
 
     def partial_coupling(self, a: Node, b: Node, Fb: np.ndarray) -> np.ndarray:
@@ -295,7 +313,7 @@ class ProjectionScheme(Scheme):
         k = self.operator.block
         lo, hi = max(a.start * k, start), min(a.stop * k, stop)
         Fa = self.maps[a.id]
-        rows = self.operator.rows[lo - start:hi - start, b.start * k:b.stop * k]
+        rows = self.operator.rows[lo - start : hi - start, b.start * k : b.stop * k]
         return Fa.T @ (rows @ Fb)
 
 

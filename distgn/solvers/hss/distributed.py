@@ -67,8 +67,9 @@ class HSSFactorization(Disposable):
     Collective over ``operator.comm``. Use ``factor`` for the adaptive sketch width.
     """
 
-    def __init__(self, operator: Operator, tol: float, samples: int, seed: int,
-                 compensated: bool = False) -> None:
+    def __init__(
+        self, operator: Operator, tol: float, samples: int, seed: int, compensated: bool = False
+    ) -> None:
         start_time = time.perf_counter()
         operator = replace(operator, comm=counting(operator.comm))
         self.operator = operator
@@ -89,14 +90,15 @@ class HSSFactorization(Disposable):
         scheme: Scheme
         if compensated:
             if operator.rows is None:
-                raise InputError("solver.compensation = 'schur' needs stored block rows "
-                                 "(solver.matrix_free = false)")
+                raise InputError(
+                    "solver.compensation = 'schur' needs stored block rows "
+                    "(solver.matrix_free = false)"
+                )
             scheme = ProjectionScheme(operator, sample, omega, tol)
         else:
             # ||M Omega||_F / sqrt(k) estimates ||M||_F.
             with self.comm.labelled("sketch"):
-                norm = np.sqrt(self.comm.allreduce(float(np.sum(sample * sample)))
-                               / self.samples)
+                norm = np.sqrt(self.comm.allreduce(float(np.sum(sample * sample))) / self.samples)
             floor = max(ulv.FLOOR, 0.1 * tol)
             scheme = SkeletonScheme(operator, sample, omega, tol * norm, norm, floor)
         summaries: dict = {}
@@ -111,8 +113,9 @@ class HSSFactorization(Disposable):
             self.seconds = self.comm.allreduce(time.perf_counter() - start_time, op=MPI.MAX)
         self.seconds_solve = 0.0
 
-    def _factor_node(self, scheme: Scheme, node: Node, summaries: dict,
-                     coupling: np.ndarray | None = None) -> None:
+    def _factor_node(
+        self, scheme: Scheme, node: Node, summaries: dict, coupling: np.ndarray | None = None
+    ) -> None:
         """Factor one node owned (led) by this rank and keep its summary for the parent."""
         root = node.parent < 0
         if node.is_leaf:
@@ -152,8 +155,9 @@ class HSSFactorization(Disposable):
             if node.rank_lo <= rank < node.rank_hi:
                 scheme.extend_map(node, factor)
 
-    def _coupling(self, scheme: ProjectionScheme, node: Node, left: Node, right: Node
-                  ) -> np.ndarray | None:
+    def _coupling(
+        self, scheme: ProjectionScheme, node: Node, left: Node, right: Node
+    ) -> np.ndarray | None:
         """Exact ``C = F_a^T M(I_a, I_b) F_b`` on the node's leader. Collective.
 
         The ranks of the right child send their rows of ``F_b`` (|I_q| x r) to the ranks of the
@@ -177,12 +181,16 @@ class HSSFactorization(Disposable):
     def warn_shift(self) -> None:
         """One warning line (rank 0) when a diagonal shift exceeds the tolerance relative to its
         block's norm: the factorization is then not within ``tol`` of the matrix. Collective."""
-        relative = self.comm.allreduce(max((f.shift / f.norm for f in self.factors.values()
-                                            if f.norm > 0), default=0.0), op=MPI.MAX)
+        relative = self.comm.allreduce(
+            max((f.shift / f.norm for f in self.factors.values() if f.norm > 0), default=0.0),
+            op=MPI.MAX,
+        )
         if relative > self.tol and self.comm.rank == 0:
-            log.warning(f"hss: a diagonal shift of {relative:.1e} times its block's norm (above "
-                        f"the tolerance {self.tol:.0e}) made {self.operator.name} positive "
-                        f"definite; the factorization is that far from the matrix")
+            log.warning(
+                f"hss: a diagonal shift of {relative:.1e} times its block's norm (above "
+                f"the tolerance {self.tol:.0e}) made {self.operator.name} positive "
+                f"definite; the factorization is that far from the matrix"
+            )
 
     @property
     def max_rank(self) -> int:
@@ -212,7 +220,7 @@ class HSSFactorization(Disposable):
                 if right.rank_lo != rank:
                     kept[right.id] = self.comm.recv(source=right.rank_lo, tag=node.id)
             if node.is_leaf:
-                local = b[node.start * block - offset:node.stop * block - offset]
+                local = b[node.start * block - offset : node.stop * block - offset]
             else:
                 local = np.vstack([kept.pop(c) for c in node.children])
             kept[node.id], decoupled[node.id] = self.factors[node.id].forward(local)
@@ -228,11 +236,14 @@ class HSSFactorization(Disposable):
                 z = kept.pop(node.id)
             else:
                 parent = self.nodes[node.parent]
-                z = (self.comm.recv(source=parent.rank_lo, tag=node.id)
-                     if parent.rank_lo != rank else kept.pop(node.id))
+                z = (
+                    self.comm.recv(source=parent.rank_lo, tag=node.id)
+                    if parent.rank_lo != rank
+                    else kept.pop(node.id)
+                )
             y = self.factors[node.id].backward(decoupled.pop(node.id), z)
             if node.is_leaf:
-                x[node.start * block - offset:node.stop * block - offset] = y
+                x[node.start * block - offset : node.stop * block - offset] = y
                 continue
             left, right = (self.nodes[c] for c in node.children)
             r = self.split[node.id]
@@ -259,16 +270,20 @@ class HSSFactorization(Disposable):
             ranks[self.nodes[nid].level] = max(ranks[self.nodes[nid].level], r)
         comm.Allreduce(MPI.IN_PLACE, ranks, op=MPI.MAX)
         counts = np.zeros((2, depth + 3), dtype=np.int64)
-        for column, label in enumerate([("level", lv) for lv in range(depth)]
-                                       + ["sketch", "setup", "solve"]):
+        for column, label in enumerate(
+            [("level", lv) for lv in range(depth)] + ["sketch", "setup", "solve"]
+        ):
             counts[:, column] = self.comm.since(self.counted_since, label)
         comm.Allreduce(MPI.IN_PLACE, counts, op=MPI.SUM)
         factor_bytes = sum(f.nbytes for f in self.factors.values())
         shifted = sum(f.shift > 0 for f in self.factors.values())
-        shift = comm.allreduce(max((f.shift for f in self.factors.values()), default=0.0),
-                               op=MPI.MAX)
-        relative = comm.allreduce(max((f.shift / f.norm for f in self.factors.values()
-                                       if f.norm > 0), default=0.0), op=MPI.MAX)
+        shift = comm.allreduce(
+            max((f.shift for f in self.factors.values()), default=0.0), op=MPI.MAX
+        )
+        relative = comm.allreduce(
+            max((f.shift / f.norm for f in self.factors.values() if f.norm > 0), default=0.0),
+            op=MPI.MAX,
+        )
         return {
             "kind": "hss",
             "seconds_factor": self.seconds,
@@ -293,8 +308,9 @@ class HSSFactorization(Disposable):
         }
 
 
-def factor(operator: Operator, tol: float, samples: int = 0, seed: int = 1,
-           compensated: bool = False) -> HSSFactorization:
+def factor(
+    operator: Operator, tol: float, samples: int = 0, seed: int = 1, compensated: bool = False
+) -> HSSFactorization:
     """Factor ``operator``; with ``samples = 0`` the sketch grows until every rank fits. Collective.
 
     A node's rank within ``OVERSAMPLE`` of the sketch width means the sketch may have missed part

@@ -64,8 +64,8 @@ class OrthogonalFactor:
     def forward(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Upward solve step: (kept right-hand side for the parent, what the node keeps)."""
         c = self.G.T @ b
-        y = lower_solve(self.L11, c[:self.L11.shape[0]])
-        return c[self.L11.shape[0]:] - self.W @ y, y
+        y = lower_solve(self.L11, c[: self.L11.shape[0]])
+        return c[self.L11.shape[0] :] - self.W @ y, y
 
     def backward(self, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Downward solve step: the node's solution from its stash and the kept solution z."""
@@ -116,8 +116,9 @@ class ScaledFactor:
 NodeFactor = OrthogonalFactor | ScaledFactor
 
 
-def spd_sqrt(D: np.ndarray, scale: float | None = None, floor: float = FLOOR
-             ) -> tuple[np.ndarray, float, float]:
+def spd_sqrt(
+    D: np.ndarray, scale: float | None = None, floor: float = FLOOR
+) -> tuple[np.ndarray, float, float]:
     """Lower-triangular ``L`` with ``L L^T = D + shift I``, the shift 0 whenever possible.
 
     Cholesky is tried first. When it breaks down (D numerically indefinite, e.g. cond(D) > 1/eps)
@@ -173,8 +174,9 @@ def upper_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
     return sla.solve_triangular(L, b, lower=True, trans="T", check_finite=False)
 
 
-def orthogonal_eliminate(D: np.ndarray, basis: np.ndarray, scale: float, floor: float = FLOOR
-                         ) -> tuple[OrthogonalFactor, np.ndarray, np.ndarray]:
+def orthogonal_eliminate(
+    D: np.ndarray, basis: np.ndarray, scale: float, floor: float = FLOOR
+) -> tuple[OrthogonalFactor, np.ndarray, np.ndarray]:
     """Eliminate the directions orthogonal to ``basis`` (s x r) from a node with block D.
 
     ``scale`` (the norm of the whole matrix) and ``floor`` set the pivot floor of ``spd_sqrt``.
@@ -204,12 +206,14 @@ def orthogonal_eliminate(D: np.ndarray, basis: np.ndarray, scale: float, floor: 
     return factor, R[:r], 0.5 * (schur + schur.T)
 
 
-def root_factor(D: np.ndarray, scale: float | None = None, floor: float = FLOOR
-                ) -> OrthogonalFactor:
+def root_factor(
+    D: np.ndarray, scale: float | None = None, floor: float = FLOOR
+) -> OrthogonalFactor:
     """The root: everything is eliminated (no kept coordinates)."""
     L, logdet, shift = spd_sqrt(D, scale, floor)
-    return OrthogonalFactor(np.eye(D.shape[0]), L, np.zeros((0, D.shape[0])), logdet, shift,
-                            block_norm(D))
+    return OrthogonalFactor(
+        np.eye(D.shape[0]), L, np.zeros((0, D.shape[0])), logdet, shift, block_norm(D)
+    )
 
 
 def block_norm(D: np.ndarray) -> float:
@@ -217,8 +221,9 @@ def block_norm(D: np.ndarray) -> float:
     return float(np.max(np.abs(np.diag(D)))) if D.size else 0.0
 
 
-def coupled_block(C: np.ndarray, left: np.ndarray | None = None, right: np.ndarray | None = None
-                  ) -> np.ndarray:
+def coupled_block(
+    C: np.ndarray, left: np.ndarray | None = None, right: np.ndarray | None = None
+) -> np.ndarray:
     """A parent's block ``[[D_a, C], [C^T, D_b]]`` in its children's kept coordinates.
 
     The children's blocks default to identities (Cholesky-scaled children).
