@@ -17,6 +17,7 @@ few thousand, unlike assembly and the solvers, whose per-rank memory is O(n^2 / 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import replace
@@ -31,9 +32,9 @@ from distgn.assembly.exact1d import active_intervals
 from distgn.config import Config
 from distgn.errors import InputError
 from distgn.io import write_file
-from distgn.parallel import print0
+from distgn.parallel import log, print0
 from distgn.problem import build_problem
-from distgn.tree import ClusterTree, build_tree, neuron_order
+from distgn.tree import ClusterTree, network_tree
 
 
 def square_root_factor(bounds: np.ndarray, W: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
@@ -163,10 +164,15 @@ def run_study(
     for n in sizes:
         cfg = replace(config, network=replace(config.network, n=int(n)))
         problem = build_problem(cfg)
-        perm = neuron_order(
-            problem.domain, problem.network.W, problem.network.b, config.solver.ordering
+        net = problem.network
+        tree = network_tree(
+            problem.domain,
+            net.W,
+            net.b,
+            config.solver.ordering,
+            comm.size,
+            config.analyze.leaf_size,
         )
-        tree = build_tree(perm, comm.size, config.analyze.leaf_size)
         blocks = assemble_block_rows(problem, tree, comm.rank, MATRICES)
         bounds = problem.domain.bounds if problem.domain.dim == 1 else None
         cells = []
@@ -206,8 +212,13 @@ def run_study(
         comm,
         "condition numbers from: " + "; ".join(f"{m}: {results[f'method_{m}']}" for m in MATRICES),
     )
-    results["plots"] = [f"{plot_prefix(config, path)}.png"]
-    if comm.rank == 0:
+    # matplotlib is an optional dependency (the "plot" extra): without it the study has no plot.
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("analyze: matplotlib is not installed (pip install 'distgn[plot]'): no plot")
+        results["plots"] = []
+    else:
+        results["plots"] = [f"{plot_prefix(config, path)}.png"]
+    if comm.rank == 0 and results["plots"]:
         _plot_study(results["plots"][0], results, spectra)
 
     def fill(fh: h5py.File) -> None:
