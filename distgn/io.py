@@ -292,6 +292,16 @@ def write_network(group: h5py.Group, network: Network, removed: np.ndarray | Non
         group.create_dataset("removed", data=np.asarray(removed, dtype=np.int64))
 
 
+def read_network(group: h5py.Group) -> Network:
+    """The network stored by ``write_network`` (user order)."""
+    return Network(
+        np.asarray(group["W"]),
+        np.asarray(group["b"]),
+        np.asarray(group["c"]) if "c" in group else None,
+        float(np.asarray(group["c0"])) if "c0" in group else None,
+    )
+
+
 def write_attrs(group: h5py.Group, values: Mapping[str, object]) -> None:
     """Scalars and strings as attributes; dicts and lists as JSON text."""
     for key, value in values.items():
@@ -460,12 +470,7 @@ def read_run(path: str, what: str = "--restart file") -> RunState:
             )
         config = loads(str(fh.attrs["config"]), f"the config stored in {what} {path!r}")
         net = fh["network"]
-        network = Network(
-            np.asarray(net["W"]),
-            np.asarray(net["b"]),
-            np.asarray(net["c"]) if "c" in net else None,
-            float(np.asarray(net["c0"])) if "c0" in net else None,
-        )
+        network = read_network(net)
         removed = np.zeros(network.n, dtype=bool)
         removed[np.asarray(net["removed"], dtype=np.int64)] = True
         history = {k: np.asarray(v) for k, v in fh["history"].items()} if "history" in fh else {}
@@ -524,12 +529,7 @@ def load_state(path: str) -> tuple[Network, dict[str, np.ndarray], dict[str, obj
                 f"file {path!r} holds no network (written by 'distgn {fh.attrs.get('subcommand')}')"
             )
         net = fh["network"]
-        network = Network(
-            np.asarray(net["W"]),
-            np.asarray(net["b"]),
-            np.asarray(net["c"]) if "c" in net else None,
-            float(np.asarray(net["c0"])) if "c0" in net else None,
-        )
+        network = read_network(net)
         history = {k: np.asarray(v) for k, v in fh["history"].items()} if "history" in fh else {}
         result = {k: _plain(v) for k, v in fh["result"].attrs.items()} if "result" in fh else {}
     return network, history, result
