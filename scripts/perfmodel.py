@@ -172,10 +172,11 @@ class Recorder:
 
 def measure(comm: MPI.Comm, config_path: str, overrides: list[str]) -> dict:
     """One instrumented solve with A; per-level records of every rank. Collective."""
+    from distgn.hss import distributed
+
     from distgn.assembly import assemble_block_rows
     from distgn.config import load_config
     from distgn.fastmv import matrix_free_operator
-    from distgn.hss import distributed
     from distgn.operator import operator_from_block_rows
     from distgn.problem import build_problem
     from distgn.tree import build_tree, neuron_order
