@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -11,9 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from mpi4py import MPI
 
 SOURCE_TREE = Path(__file__).resolve().parents[1]
+
+# Property tests keep no example database and write their caches outside the source tree.
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="distgn-hypothesis-")
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+settings.register_profile("distgn", database=None)
+settings.load_profile("distgn")
 
 
 @pytest.fixture(scope="session", autouse=True)
