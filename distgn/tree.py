@@ -10,6 +10,7 @@ Rank-local: nothing here calls MPI.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -81,9 +82,18 @@ class ClusterTree:
         inv[self.perm] = np.arange(self.perm.size)
         return inv
 
+    @cached_property
+    def _rank_roots(self) -> dict[int, Node]:
+        """Root of every rank's subtree (one pass over the nodes, then O(1) per look-up)."""
+        roots: dict[int, Node] = {}
+        for nd in self.nodes:
+            if nd.is_local and nd.rank_lo not in roots:
+                roots[nd.rank_lo] = nd
+        return roots
+
     def rank_root(self, rank: int) -> Node:
         """Root of the subtree owned by ``rank`` alone."""
-        return next(nd for nd in self.nodes if nd.is_local and nd.rank_lo == rank)
+        return self._rank_roots[rank]
 
     def rank_range(self, rank: int) -> tuple[int, int]:
         """Tree-order range ``[start, stop)`` of the block rows owned by ``rank``."""
