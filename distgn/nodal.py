@@ -281,7 +281,10 @@ class NodalSystem:
         mass = span.basis.mass
         self.mass = mass.tocsr()
         self.band = int(max(abs(o) for o in mass.todia().offsets)) if mass.nnz else 0
-        self.diagonals = [mass.diagonal(d) for d in range(self.band + 1)]
+        # band_values[d, k] = Ms[k, k + d] (zero-padded at the end)
+        self.band_values = np.zeros((self.band + 1, mass.shape[0]))
+        for d in range(self.band + 1):
+            self.band_values[d, : mass.shape[0] - d] = mass.diagonal(d)
         self._local: dict[tuple[int, int], sp.csr_matrix] = {}
         N = span.null
         self.mass_null = self.mass @ N  # Q = Ms N
@@ -321,18 +324,22 @@ class NodalSystem:
         return span.from_augmented(a)
 
     def entries(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
-        """Exact entries ``K[I][:, J]``. Rank-local; O(|I| |J| + nnz) per call."""
+        """Exact entries ``K[I][:, J]``; with leading dimensions, a stack of such blocks
+        (I (..., a), J (..., b) -> (..., a, b)). Rank-local; O(|I| |J| + nnz) per block."""
         N, Q = self.span.null, self.mass_null
-        out = np.zeros((I.size, J.size))
-        offset = J[None, :] - I[:, None]
-        low = np.minimum(I[:, None], J[None, :])
-        for d in range(-self.band, self.band + 1):
-            hit = offset == d
-            out[hit] = self.diagonals[abs(d)][low[hit]]
+        rows, cols = I[..., :, None], J[..., None, :]
+        out = np.zeros(np.broadcast_shapes(rows.shape, cols.shape))
+        offset = cols - rows
+        hit = np.nonzero(np.abs(offset) <= self.band)
+        d = np.abs(offset[hit])
+        low = np.minimum(
+            np.broadcast_to(rows, out.shape)[hit], np.broadcast_to(cols, out.shape)[hit]
+        )
+        out[hit] = self.band_values[d, low]
         if N.shape[1]:
-            NI, NJ = N[I], N[J]
-            out -= NI @ Q[J].T + Q[I] @ NJ.T
-            out += NI @ self.null_gram @ NJ.T
+            NI, NJt = N[I], np.swapaxes(N[J], -1, -2)
+            out -= NI @ np.swapaxes(Q[J], -1, -2) + Q[I] @ NJt
+            out += NI @ self.null_gram @ NJt
         return out
 
     def local_rows(self, lo: int, hi: int) -> np.ndarray:

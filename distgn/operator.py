@@ -114,14 +114,19 @@ class Operator:
         return self.tree.rank_offsets() * self.block
 
     def entries(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
-        """Exact entries ``M[I][:, J]`` at global tree-order scalar indices. Rank-local.
+        """Exact entries ``M[I][:, J]`` at global tree-order scalar indices; for stacked I
+        (B, a) and J (B, b), the stack of blocks (B, a, b). Rank-local.
 
         Only the neurons involved enter the exact integrals, so the cost is
-        O(|I| |J| + |I| + |J|), independent of n.
+        O(|I| |J| + |I| + |J|) per block, independent of n.
         """
         I, J = np.asarray(I, dtype=np.int64), np.asarray(J, dtype=np.int64)
         if self.system is not None:
             return self.system.entries(I, J)
+        if I.ndim > 1:
+            return np.stack([self.entries(i, j) for i, j in zip(I, J, strict=True)]).reshape(
+                I.shape + J.shape[-1:]
+            )
         k = self.block
         neurons, inverse = np.unique(np.concatenate([I, J]) // k, return_inverse=True)
         li, lj = inverse[: I.size], inverse[I.size :]

@@ -17,15 +17,21 @@ coupling ``B = M(J_a, J_b)`` (exact entries) acting on their reduced sketches
 Cholesky factor of its diagonal block and keeps an orthonormal range of the scaled sketch; the
 couplings are exact products with the stored rows, so the approximation is SPD at any tolerance.
 
-Rank-local, except ``sketch`` (collective).
+``SkeletonScheme`` works a tree level at a time: the nodes of a level with equal shapes form a
+``Group`` whose blocks are stacked and eliminated by batched kernels (``ulv``), in chunks of
+``CHUNK`` nodes; only the interpolative decomposition (a pivoted QR of the k x s sample) is a LAPACK
+call per node. Rank-local, except ``sketch`` (collective).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import scipy.linalg as sla
+import scipy.linalg.lapack as lapack
 
 from distgn.operator import Operator, local_gaussian
 from distgn.solvers.hss.ulv import (
@@ -33,6 +39,7 @@ from distgn.solvers.hss.ulv import (
     ScaledFactor,
     block_norm,
     coupled_block,
+    coupled_block_batch,
     lower_solve,
     orthogonal_eliminate,
     root_factor,
@@ -40,6 +47,8 @@ from distgn.solvers.hss.ulv import (
     upper_solve,
 )
 from distgn.tree import Node
+
+CHUNK = 2048  # nodes per batched call: bounds the stacked temporaries (64 x 64 blocks: ~35 MB)
 
 
 @dataclass
@@ -69,10 +78,59 @@ class Skeleton:
     omega: np.ndarray
     diagonal: np.ndarray
 
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "index",
+        "transfer",
+        "sample",
+        "local",
+        "omega",
+        "diagonal",
+    )
+
     @property
     def rank(self) -> int:
         """Number of skeleton rows."""
         return int(self.index.size)
+
+
+@dataclass
+class Group:
+    """Nodes of one tree level factored together, with what their parents need.
+
+    Attributes
+    ----------
+    ids : ndarray of int
+        Node ids.
+    factor : NodeFactor
+        The nodes' factors (a batch over ``ids``; ``ScaledFactor``: one node).
+    split : int
+        Parents: the left child's rank (its kept coordinates come first); leaves: 0.
+    level : int
+        Tree level of the nodes.
+    summaries : list
+        Per node, what its parent needs (``Skeleton`` or ``Projection``); empty at the root.
+    """
+
+    ids: np.ndarray
+    factor: NodeFactor
+    split: int
+    level: int
+    summaries: list = field(default_factory=list)
+
+    @property
+    def rank(self) -> int:
+        """Kept coordinates per node (0 at the root)."""
+        return self.summaries[0].rank if self.summaries else 0
+
+
+def batches(nodes: Sequence[Node], shape: Sequence) -> Iterator[np.ndarray]:
+    """Positions of ``nodes`` grouped by equal ``shape`` entries, in chunks of at most CHUNK."""
+    keys: dict = {}
+    for i, key in enumerate(shape):
+        keys.setdefault(key, []).append(i)
+    for members in keys.values():
+        for lo in range(0, len(members), CHUNK):
+            yield np.array(members[lo : lo + CHUNK], dtype=np.int64)
 
 
 def gaussian_sketch(operator: Operator, width: int, seed: int) -> np.ndarray:
@@ -104,14 +162,15 @@ def row_id(Z: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     s = Z.shape[0]
     if s == 0 or Z.shape[1] == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((s, 0))
-    R, piv = sla.qr(Z.T, mode="r", pivoting=True, check_finite=False)
-    diag = np.abs(np.diag(R))
+    R, jpvt, _, _, _ = lapack.dgeqp3(Z.T)
+    piv = jpvt.astype(np.int64) - 1
+    diag = np.abs(np.diagonal(R))
     r = int(np.count_nonzero(diag > threshold))
     U = np.zeros((s, r))
     U[piv[:r], np.arange(r)] = 1.0
     if 0 < r < s:
-        U[piv[r:]] = sla.solve_triangular(R[:r, :r], R[:r, r:], check_finite=False).T
-    return piv[:r].astype(np.int64), U
+        U[piv[r:]] = lapack.dtrtrs(R[:r, :r], R[:r, r:])[0].T
+    return piv[:r], U
 
 
 class Scheme:
@@ -136,15 +195,17 @@ class Scheme:
         self.sample = sample
         self.omega = omega
         self.threshold = threshold
-        self.offset = operator.local_range[0]
+        self.local_range = operator.local_range
+        self.offset = self.local_range[0]
 
     def block(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
-        """``M(I, J)``: from the stored rows when this rank has them, else exact entries (of the
-        involved indices only: O(|I| |J|) whatever n)."""
+        """``M(I, J)``, or a stack of blocks for stacked I (B, a) and J (B, b): from the stored
+        rows when this rank has them, else exact entries (of the involved indices only:
+        O(|I| |J|) whatever n)."""
         rows = self.operator.rows
-        start, stop = self.operator.local_range
+        start, stop = self.local_range
         if rows is not None and I.size and I.min() >= start and I.max() < stop:
-            return rows[np.ix_(I - start, J)]
+            return rows[I[..., :, None] - start, J[..., None, :]]
         return self.operator.entries(I, J)
 
     def diagonal_block(self, node: Node) -> np.ndarray:
@@ -182,35 +243,112 @@ class SkeletonScheme(Scheme):
         self.scale = scale
         self.floor = floor
 
-    def leaf(self, node: Node, root: bool = False) -> tuple[NodeFactor, Skeleton | None]:
-        """Factor a leaf from its exact diagonal block and its sketch."""
-        I = self.scalars(node)
-        D = self.diagonal_block(node)
-        if root:
-            return root_factor(D, self.scale, self.floor), None
-        omega = self.omega[I - self.offset]
-        local = D @ omega
-        sample = self.sample[I - self.offset]
-        J, U = row_id(sample - local, self.threshold)
-        factor, T, schur = orthogonal_eliminate(D, U, self.scale, self.floor)
-        return factor, Skeleton(I[J], T, sample[J], local[J], U.T @ omega, schur)
+    def leaves(self, nodes: Sequence[Node], root: bool = False) -> list[Group]:
+        """Factor leaves of one level from their exact diagonal blocks and their sketch."""
+        k = self.operator.block
+        groups = []
+        for sel in batches(nodes, [nd.size for nd in nodes]):
+            same = [nodes[i] for i in sel]
+            I = np.array([nd.start * k for nd in same])[:, None] + np.arange(same[0].size * k)
+            D = self.block(I, I)
+            if root:
+                return [self._root(same[0], D[0])]
+            omega, sample = self.omega[I - self.offset], self.sample[I - self.offset]
+            local = D @ omega
+            groups += self._eliminate(same, D, I, sample, local, omega)
+        return groups
 
-    def merge(
-        self, node: Node, left: Skeleton, right: Skeleton, root: bool = False
-    ) -> tuple[NodeFactor, Skeleton | None]:
-        """Factor a parent from its children's skeletons (and the sibling coupling)."""
-        B = self.block(left.index, right.index)
-        D = coupled_block(left.transfer @ B @ right.transfer.T, left.diagonal, right.diagonal)
-        if root:
-            return root_factor(D, self.scale, self.floor), None
-        local = np.vstack([left.local + B @ right.omega, right.local + B.T @ left.omega])
-        sample = np.vstack([left.sample, right.sample])
-        J, R = row_id(sample - local, self.threshold)
-        basis = np.vstack([left.transfer @ R[: left.rank], right.transfer @ R[left.rank :]])
-        factor, T, schur = orthogonal_eliminate(D, basis, self.scale, self.floor)
-        index = np.concatenate([left.index, right.index])[J]
-        omega = R.T @ np.vstack([left.omega, right.omega])
-        return factor, Skeleton(index, T, sample[J], local[J], omega, schur)
+    def parents(
+        self,
+        nodes: Sequence[Node],
+        lefts: Sequence[Skeleton],
+        rights: Sequence[Skeleton],
+        root: bool = False,
+    ) -> list[Group]:
+        """Factor parents of one level from their children's skeletons (and the sibling
+        couplings)."""
+        groups = []
+        for sel in batches(nodes, [(a.rank, b.rank) for a, b in zip(lefts, rights, strict=True)]):
+            same = [nodes[i] for i in sel]
+            left = {f: np.stack([getattr(lefts[i], f) for i in sel]) for f in Skeleton.FIELDS}
+            right = {f: np.stack([getattr(rights[i], f) for i in sel]) for f in Skeleton.FIELDS}
+            B = self.block(left["index"], right["index"])
+            Bt = np.swapaxes(B, 1, 2)
+            Ta, Tb = left["transfer"], right["transfer"]
+            D = coupled_block_batch(
+                Ta @ B @ np.swapaxes(Tb, 1, 2), left["diagonal"], right["diagonal"]
+            )
+            if root:
+                return [self._root(same[0], D[0], Ta.shape[1])]
+            local = np.concatenate(
+                [left["local"] + B @ right["omega"], right["local"] + Bt @ left["omega"]], axis=1
+            )
+            groups += self._eliminate(
+                same,
+                D,
+                np.concatenate([left["index"], right["index"]], axis=1),
+                np.concatenate([left["sample"], right["sample"]], axis=1),
+                local,
+                np.concatenate([left["omega"], right["omega"]], axis=1),
+                (Ta, Tb),
+            )
+        return groups
+
+    def _root(self, node: Node, D: np.ndarray, split: int = 0) -> Group:
+        """The root: a dense factorization of its whole block (``split``: its left child's
+        rank)."""
+        factor = root_factor(D, self.scale, self.floor)
+        return Group(np.array([node.id]), factor, split, node.level)
+
+    def _eliminate(
+        self,
+        nodes: Sequence[Node],
+        D: np.ndarray,
+        index: np.ndarray,
+        sample: np.ndarray,
+        local: np.ndarray,
+        omega: np.ndarray,
+        transfers: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> list[Group]:
+        """Interpolative decompositions of the nodes' block-row samples ``sample - local``, then
+        the batched elimination of the nodes with equal skeleton ranks.
+
+        ``index``, ``sample``, ``local``, ``omega``: stacked (B, s, ...) over the nodes' rows
+        (leaves: their indices; parents: the children's skeletons). ``transfers``: the children's
+        transfers (parents), which turn an interpolation R into the nested basis
+        ``diag(T_a, T_b) R``.
+        """
+        decompositions = [row_id(z, self.threshold) for z in sample - local]
+        groups = []
+        for sel in batches(nodes, [J.size for J, _ in decompositions]):
+            J = np.stack([decompositions[i][0] for i in sel])
+            R = np.stack([decompositions[i][1] for i in sel])
+            basis = R
+            split = 0
+            if transfers is not None:
+                Ta, Tb = transfers[0][sel], transfers[1][sel]
+                split = Ta.shape[1]
+                basis = np.concatenate([Ta @ R[:, :split], Tb @ R[:, split:]], axis=1)
+            factor, T, schur = orthogonal_eliminate(D[sel], basis, self.scale, self.floor)
+            rows = J[:, :, None]
+            skeleton_index = np.take_along_axis(index[sel], J, axis=1)
+            skeleton_sample = np.take_along_axis(sample[sel], rows, axis=1)
+            skeleton_local = np.take_along_axis(local[sel], rows, axis=1)
+            reduced = np.swapaxes(R, 1, 2) @ omega[sel]
+            summaries = [
+                Skeleton(
+                    skeleton_index[i],
+                    T[i],
+                    skeleton_sample[i],
+                    skeleton_local[i],
+                    reduced[i],
+                    schur[i],
+                )
+                for i in range(sel.size)
+            ]
+            ids = np.array([nodes[i].id for i in sel])
+            groups.append(Group(ids, factor, split, nodes[sel[0]].level, summaries))
+        return groups
 
 
 @dataclass

@@ -12,6 +12,11 @@ broadcasts the node's small factor back to the group. Bytes sent are logged per 
 rows and n x n data never move. The solve sweeps the same tree: vectors of length r go up to the
 leaders and back down.
 
+With interpolative skeletons a rank's subtree is factored and swept a level at a time, the nodes of
+a level with equal shapes together (``compress.Group``: stacked blocks, batched kernels), so the
+Python work per level does not grow with the number of nodes; nodes above the ranks and the
+compensated scheme's nodes are groups of one.
+
 Collective: constructing ``HSSFactorization``, ``solve``, ``logdet`` and ``stats``.
 """
 
@@ -30,6 +35,7 @@ from distgn.parallel import log
 from distgn.solvers.base import Disposable
 from distgn.solvers.hss import ulv
 from distgn.solvers.hss.compress import (
+    Group,
     ProjectionScheme,
     Scheme,
     SkeletonScheme,
@@ -80,9 +86,8 @@ class HSSFactorization(Disposable):
         tree = operator.tree
         rank = self.comm.rank
         self.nodes = tree.nodes
-        self.factors: dict[int, ulv.NodeFactor] = {}
-        self.split: dict[int, int] = {}
-        self.ranks: dict[int, int] = {}
+        self.groups: list[Group] = []  # this rank's factored nodes, children before parents
+        self.singles: dict[int, Group] = {}  # nodes factored one at a time, by id
         omega = gaussian_sketch(operator, self.samples, seed)
         with self.comm.labelled("sketch"):
             sample = sketch(operator, omega)
@@ -102,9 +107,12 @@ class HSSFactorization(Disposable):
             floor = max(ulv.FLOOR, 0.1 * tol)
             scheme = SkeletonScheme(operator, sample, omega, tol * norm, norm, floor)
         summaries: dict = {}
-        for node in reversed(self.nodes):
-            if node.is_local and node.rank_lo == rank:
-                self._factor_node(scheme, node, summaries)
+        if isinstance(scheme, SkeletonScheme):
+            self._factor_subtree(scheme, tree.rank_root(rank), summaries)
+        else:
+            for node in reversed(self.nodes):
+                if node.is_local and node.rank_lo == rank:
+                    self._factor_node(scheme, node, summaries)
         for node in reversed(self.nodes):
             if not node.is_local and node.children:
                 with self.comm.labelled(("level", node.level)):
@@ -113,22 +121,53 @@ class HSSFactorization(Disposable):
             self.seconds = self.comm.allreduce(time.perf_counter() - start_time, op=MPI.MAX)
         self.seconds_solve = 0.0
 
+    def _add(self, group: Group, summaries: dict) -> None:
+        """Keep a factored group and its nodes' summaries for their parents."""
+        self.groups.append(group)
+        if group.summaries:  # none at the root
+            summaries.update(zip(group.ids.tolist(), group.summaries, strict=True))
+
+    def _factor_subtree(self, scheme: SkeletonScheme, top: Node, summaries: dict) -> None:
+        """Factor this rank's subtree (root ``top``) level by level, bottom-up."""
+        levels: dict[int, list[Node]] = {}
+        stack = [top]
+        while stack:
+            node = stack.pop()
+            levels.setdefault(node.level, []).append(node)
+            stack.extend(self.nodes[c] for c in node.children)
+        for level in sorted(levels, reverse=True):
+            root = top.parent < 0 and level == top.level
+            leaves = [nd for nd in levels[level] if nd.is_leaf]
+            parents = [nd for nd in levels[level] if not nd.is_leaf]
+            groups = scheme.leaves(leaves, root) if leaves else []
+            if parents:
+                lefts = [summaries.pop(nd.children[0]) for nd in parents]
+                rights = [summaries.pop(nd.children[1]) for nd in parents]
+                groups += scheme.parents(parents, lefts, rights, root)
+            for group in groups:
+                self._add(group, summaries)
+
     def _factor_node(
         self, scheme: Scheme, node: Node, summaries: dict, coupling: np.ndarray | None = None
     ) -> None:
         """Factor one node owned (led) by this rank and keep its summary for the parent."""
         root = node.parent < 0
-        if node.is_leaf:
-            factor, summary = scheme.leaf(node, root)
-        else:
+        if isinstance(scheme, SkeletonScheme):  # a node above the ranks
             left, right = (summaries.pop(c) for c in node.children)
-            self.split[node.id] = left.rank
-            extra = {} if coupling is None else {"coupling": coupling}
-            factor, summary = scheme.merge(node, left, right, root, **extra)
-        self.factors[node.id] = factor
-        if summary is not None:
-            summaries[node.id] = summary
-            self.ranks[node.id] = summary.rank
+            (group,) = scheme.parents([node], [left], [right], root)
+        else:
+            split = 0
+            if node.is_leaf:
+                factor, summary = scheme.leaf(node, root)
+            else:
+                left, right = (summaries.pop(c) for c in node.children)
+                split = left.rank
+                extra = {} if coupling is None else {"coupling": coupling}
+                factor, summary = scheme.merge(node, left, right, root, **extra)
+            summaries_ = [] if summary is None else [summary]
+            group = Group(np.array([node.id]), factor, split, node.level, summaries_)
+        self.singles[node.id] = group
+        self._add(group, summaries)
 
     def _send(self, obj: object, dest: int, tag: int) -> None:
         """Send a pickled object (counted by the communicator under the current label)."""
@@ -151,7 +190,8 @@ class HSSFactorization(Disposable):
             summaries[right.id] = self._recv(right.rank_lo, node.id)
             self._factor_node(scheme, node, summaries, coupling)
         if isinstance(scheme, ProjectionScheme) and node.parent >= 0:
-            factor = self.comm.bcast(self.factors.get(node.id), root=node.rank_lo)
+            single = self.singles.get(node.id)
+            factor = self.comm.bcast(single and single.factor, root=node.rank_lo)
             if node.rank_lo <= rank < node.rank_hi:
                 scheme.extend_map(node, factor)
 
@@ -181,10 +221,7 @@ class HSSFactorization(Disposable):
     def warn_shift(self) -> None:
         """One warning line (rank 0) when a diagonal shift exceeds the tolerance relative to its
         block's norm: the factorization is then not within ``tol`` of the matrix. Collective."""
-        relative = self.comm.allreduce(
-            max((f.shift / f.norm for f in self.factors.values() if f.norm > 0), default=0.0),
-            op=MPI.MAX,
-        )
+        relative = self.comm.allreduce(self._relative_shift(), op=MPI.MAX)
         if relative > self.tol and self.comm.rank == 0:
             log.warning(
                 f"hss: a diagonal shift of {relative:.1e} times its block's norm (above "
@@ -192,72 +229,95 @@ class HSSFactorization(Disposable):
                 f"definite; the factorization is that far from the matrix"
             )
 
+    def _relative_shift(self) -> float:
+        """Largest diagonal shift relative to its block's norm on this rank's nodes."""
+        largest = 0.0
+        for group in self.groups:
+            shift, norm = np.atleast_1d(group.factor.shift), np.atleast_1d(group.factor.norm)
+            hit = norm > 0
+            if hit.any():
+                largest = max(largest, float(np.max(shift[hit] / norm[hit])))
+        return largest
+
     @property
     def max_rank(self) -> int:
         """Largest skeleton rank on this rank's nodes."""
-        return max(self.ranks.values(), default=0)
+        return max((g.rank for g in self.groups), default=0)
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """Solution rows of this rank for right-hand-side rows (m,) or (m, k). Collective."""
         with self.comm.labelled("solve"):
             return self._solve(rhs)
 
+    def _leaf_rows(self, group: Group) -> np.ndarray:
+        """This rank's rows of a group of leaves (of equal size), stacked (B, s)."""
+        block = self.operator.block
+        first = self.nodes[int(group.ids[0])]
+        starts = np.array([self.nodes[i].start for i in group.ids.tolist()])
+        offset = self.operator.local_range[0]
+        return (starts * block - offset)[:, None] + np.arange(first.size * block)
+
     def _solve(self, rhs: np.ndarray) -> np.ndarray:
         start_time = time.perf_counter()
         rhs = np.asarray(rhs, dtype=float)
         b = rhs.reshape(rhs.shape[0], -1)
         rank = self.comm.rank
-        offset = self.operator.local_range[0]
-        block = self.operator.block
         kept: dict[int, np.ndarray] = {}
-        decoupled: dict[int, np.ndarray] = {}
-        x = np.empty_like(b)
-        for node in reversed(self.nodes):
-            if node.rank_lo != rank:
-                continue
-            if not node.is_local and node.children:
-                right = self.nodes[node.children[1]]
-                if right.rank_lo != rank:
-                    kept[right.id] = self.comm.recv(source=right.rank_lo, tag=node.id)
-            if node.is_leaf:
-                local = b[node.start * block - offset : node.stop * block - offset]
+        stash = []
+
+        def child_part(node: Node, child: int) -> np.ndarray:
+            leader = self.nodes[child].rank_lo
+            if leader != rank:
+                return self.comm.recv(source=leader, tag=node.id)
+            return kept.pop(child)
+
+        for group in self.groups:
+            nodes = [self.nodes[i] for i in group.ids.tolist()]
+            if nodes[0].is_leaf:
+                local = b[self._leaf_rows(group)]
             else:
-                local = np.vstack([kept.pop(c) for c in node.children])
-            kept[node.id], decoupled[node.id] = self.factors[node.id].forward(local)
-            if node.parent < 0:
-                continue
-            parent = self.nodes[node.parent]
-            if parent.rank_lo != rank:
-                self.comm.send(kept.pop(node.id), dest=parent.rank_lo, tag=parent.id)
-        for node in self.nodes:
-            if node.rank_lo != rank:
-                continue
-            if node.parent < 0:
-                z = kept.pop(node.id)
-            else:
-                parent = self.nodes[node.parent]
-                z = (
-                    self.comm.recv(source=parent.rank_lo, tag=node.id)
-                    if parent.rank_lo != rank
-                    else kept.pop(node.id)
+                local = np.stack(
+                    [np.vstack([child_part(nd, c) for c in nd.children]) for nd in nodes]
                 )
-            y = self.factors[node.id].backward(decoupled.pop(node.id), z)
-            if node.is_leaf:
-                x[node.start * block - offset : node.stop * block - offset] = y
+            up, down = group.factor.forward(local)
+            stash.append(down)
+            for node, part in zip(nodes, up, strict=True):
+                parent = self.nodes[node.parent] if node.parent >= 0 else node
+                if parent.rank_lo != rank:
+                    self.comm.send(part, dest=parent.rank_lo, tag=parent.id)
+                else:
+                    kept[node.id] = part
+
+        def own_part(node: Node) -> np.ndarray:
+            leader = self.nodes[node.parent].rank_lo if node.parent >= 0 else rank
+            if leader != rank:
+                return self.comm.recv(source=leader, tag=node.id)
+            return kept.pop(node.id)
+
+        x = np.empty_like(b)
+        for group, down in zip(reversed(self.groups), reversed(stash), strict=True):
+            nodes = [self.nodes[i] for i in group.ids.tolist()]
+            y = group.factor.backward(down, np.stack([own_part(nd) for nd in nodes]))
+            if nodes[0].is_leaf:
+                x[self._leaf_rows(group)] = y
                 continue
-            left, right = (self.nodes[c] for c in node.children)
-            r = self.split[node.id]
-            kept[left.id] = y[:r]
-            if right.rank_lo != rank:
-                self.comm.send(y[r:], dest=right.rank_lo, tag=right.id)
-            else:
-                kept[right.id] = y[r:]
+            r = group.split
+            for node, part in zip(nodes, y, strict=True):
+                left, right = node.children
+                kept[left] = part[:r]
+                leader = self.nodes[right].rank_lo
+                if leader != rank:
+                    self.comm.send(part[r:], dest=leader, tag=right)
+                else:
+                    kept[right] = part[r:]
         self.seconds_solve = time.perf_counter() - start_time
         return x.reshape(rhs.shape)
 
     def logdet(self) -> float:
         """``log det`` of the approximate (SPD) matrix ``F F^T``. Collective."""
-        return float(self.comm.inner.allreduce(sum(f.logdet for f in self.factors.values())))
+        return float(
+            self.comm.inner.allreduce(sum(float(np.sum(g.factor.logdet)) for g in self.groups))
+        )
 
     def stats(self) -> dict:
         """Ranks, memory, shifts, bytes and messages sent (per tree level above the ranks'
@@ -266,8 +326,8 @@ class HSSFactorization(Disposable):
         comm = self.comm.inner
         depth = max(nd.level for nd in self.nodes) + 1
         ranks = np.zeros(depth, dtype=np.int64)
-        for nid, r in self.ranks.items():
-            ranks[self.nodes[nid].level] = max(ranks[self.nodes[nid].level], r)
+        for group in self.groups:
+            ranks[group.level] = max(ranks[group.level], group.rank)
         comm.Allreduce(MPI.IN_PLACE, ranks, op=MPI.MAX)
         counts = np.zeros((2, depth + 3), dtype=np.int64)
         for column, label in enumerate(
@@ -275,15 +335,13 @@ class HSSFactorization(Disposable):
         ):
             counts[:, column] = self.comm.since(self.counted_since, label)
         comm.Allreduce(MPI.IN_PLACE, counts, op=MPI.SUM)
-        factor_bytes = sum(f.nbytes for f in self.factors.values())
-        shifted = sum(f.shift > 0 for f in self.factors.values())
+        factor_bytes = sum(g.factor.nbytes for g in self.groups)
+        shifts = [np.atleast_1d(g.factor.shift) for g in self.groups]
+        shifted = sum(int(np.count_nonzero(s > 0)) for s in shifts)
         shift = comm.allreduce(
-            max((f.shift for f in self.factors.values()), default=0.0), op=MPI.MAX
+            max((float(s.max()) for s in shifts if s.size), default=0.0), op=MPI.MAX
         )
-        relative = comm.allreduce(
-            max((f.shift / f.norm for f in self.factors.values() if f.norm > 0), default=0.0),
-            op=MPI.MAX,
-        )
+        relative = comm.allreduce(self._relative_shift(), op=MPI.MAX)
         return {
             "kind": "hss",
             "seconds_factor": self.seconds,
