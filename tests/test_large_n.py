@@ -9,6 +9,7 @@ import pytest
 from mpi4py import MPI
 
 import distgn.assembly as assembly
+import distgn.fit
 from distgn.cli import main
 from distgn.config import load_config
 from distgn.domain import interval
@@ -116,3 +117,29 @@ def test_solve_json_reports_the_bytes_sent(comm, shared_tmp, capsys):
         if comm.size > 1:
             # O(n) words move once (the final gather), not per product.
             assert 0 < result["comm_bytes_max"] < 64 * 4096
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+def test_krylov_honours_rtol_on_the_nodal_system_and_flags_a_limiting_one(comm, monkeypatch):
+    """``solver.rtol`` is used as given on the 1D nodal system; the bound on the solve's part of
+    the fit error is reported and holds, and a tolerance loose enough to limit the fit is flagged
+    by one warning on rank 0."""
+    warnings: list[str] = []
+    monkeypatch.setattr(distgn.fit.log, "warning", warnings.append)
+    base = [
+        "network.n=4096",
+        'target.name="sine"',
+        'solver.kind="krylov"',
+        "solver.matrix_free=true",
+    ]
+    loose = fit(comm, [*base, "solver.rtol=1e-4"])
+    assert len(warnings) == (comm.rank == 0)
+    assert all("solver.rtol = 0.0001" in w for w in warnings)
+    tight = fit(comm, [*base, "solver.rtol=1e-13"])
+    assert len(warnings) == (comm.rank == 0)  # no new warning
+    assert (loose.stats["rtol"], tight.stats["rtol"]) == (1e-4, 1e-13)
+    bounds = loose.stats["solver_error_bound"] + tight.stats["solver_error_bound"]
+    assert abs(loose.l2_error - tight.l2_error) <= bounds
+    assert loose.stats["solver_error_bound"] > loose.l2_error
+    assert tight.stats["solver_error_bound"] < 1e-3 * tight.l2_error
