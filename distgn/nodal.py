@@ -30,7 +30,6 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 from mpi4py import MPI
 
 from distgn.assembly.exact1d import quadrature_nodes
@@ -289,18 +288,26 @@ class NodalSystem:
         N = span.null
         self.mass_null = self.mass @ N  # Q = Ms N
         self.null_gram = N.T @ self.mass_null + np.eye(N.shape[1])  # N^T Ms N + I
-        self.mass_lu = spla.splu(mass.tocsc(), permc_spec="NATURAL")
-        inv_null = self.mass_lu.solve(N) if N.shape[1] else np.zeros((self.size, 0))
+        # Banded Cholesky of Ms (SPD, bandwidth 1 or 0): O(n), LAPACK dpbtrf.
+        upper = np.zeros((self.band + 1, self.size))
+        for d in range(self.band + 1):
+            upper[self.band - d, d:] = self.band_values[d, : self.size - d]
+        self.mass_cholesky = sla.cholesky_banded(upper, check_finite=False)
+        inv_null = self.mass_solve(N) if N.shape[1] else np.zeros((self.size, 0))
         self.inverse_null = inv_null
         self.inverse_gram = sla.cho_factor(N.T @ inv_null) if N.shape[1] else None
         raw = span.basis.to_coefficients.T @ span.null_coefficients  # Lam
-        self.constraint_solve = self.mass_lu.solve(raw) if raw.shape[1] else raw
+        self.constraint_solve = self.mass_solve(raw) if raw.shape[1] else raw
         self.constraint_gram = raw.T @ self.constraint_solve
 
     @property
     def size(self) -> int:
         """Order of K."""
         return self.span.size
+
+    def mass_solve(self, x: np.ndarray) -> np.ndarray:
+        """``Ms^{-1} x`` for full vectors x (V,) or (V, k). Rank-local, O(n)."""
+        return sla.cho_solve_banded((self.mass_cholesky, False), x, check_finite=False)
 
     def coefficients(self, values: np.ndarray) -> np.ndarray:
         """Neuron coefficients (n [+1], k) of the function with scaled values (V, k) in the span.
@@ -383,7 +390,7 @@ class NodalSystem:
         inverse ``G = Ms^{-1} - Ms^{-1} N (N^T Ms^{-1} N)^{-1} N^T Ms^{-1}``. Rank-local, O(n)."""
         N = self.span.null
         px = self.span.project(f)
-        a = self.mass_lu.solve(px)
+        a = self.mass_solve(px)
         if self.inverse_gram is not None:
             a -= self.inverse_null @ sla.cho_solve(self.inverse_gram, self.inverse_null.T @ px)
             a = self.span.project(a)
