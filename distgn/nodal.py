@@ -266,6 +266,99 @@ class NeuronSpan:
         return x.reshape(-1, k)
 
 
+class BandedRows:
+    """``Ms^{-1}`` for a block-row-distributed SPD matrix of bandwidth 0 or 1 (partitioned solve).
+
+    Rank p holds rows ``[lo_p, hi_p)``; with ``D_p`` its diagonal block and ``e_p`` the coupling
+    ``Ms[hi_p - 1, hi_p]`` to the next nonempty block, ``x_p = g_p - e_{p-1} x^last_{p-1} s_p -
+    e_p x^first_{p+1} t_p`` where ``g_p = D_p^{-1} r_p`` and the spikes ``s_p, t_p`` are the first
+    and last columns of ``D_p^{-1}``. Taking the first and last entries gives a reduced system of
+    2 unknowns per rank, banded (2 sub- and 2 superdiagonals), that every rank solves after one
+    Allgather of the boundary entries of ``g``; its matrix is gathered once at construction. Each
+    ``D_p`` is factored by LAPACK's banded Cholesky. Construction and ``solve`` are collective;
+    O(n/P) work and memory per rank, O(P) in the reduced system (docs/large-n.md).
+    """
+
+    def __init__(self, band_values: np.ndarray, comm: MPI.Comm, offsets: np.ndarray) -> None:
+        self.comm = comm
+        lo, hi = int(offsets[comm.rank]), int(offsets[comm.rank + 1])
+        band = band_values.shape[0] - 1
+        if band > 1:
+            raise SolverError(f"the partitioned solve handles bandwidth 0 or 1, not {band}")
+        self.band = band
+        self.rows = hi - lo
+        nonempty = np.flatnonzero(np.diff(offsets) > 0)
+        self.position = int(np.searchsorted(nonempty, comm.rank))
+        self.active = nonempty
+        self.diagonal = band_values[0, lo:hi].copy()
+        self.reduced: np.ndarray | None = None
+        if band == 0:
+            return
+        mine = np.zeros(4)
+        if self.rows:
+            upper = np.zeros((2, self.rows))
+            upper[1] = band_values[0, lo:hi]
+            upper[0, 1:] = band_values[1, lo : hi - 1]
+            self.cholesky = sla.cholesky_banded(upper, check_finite=False)
+            unit = np.zeros((self.rows, 2))
+            unit[0, 0], unit[-1, 1] = 1.0, 1.0
+            spikes = self._local_solve(unit)  # columns s_p (first), t_p (last)
+            last = self.position == nonempty.size - 1
+            self.coupling_below = float(band_values[1, lo - 1]) if self.position > 0 else 0.0
+            self.coupling_above = 0.0 if last else float(band_values[1, hi - 1])
+            self.spikes = spikes
+            # This rank's rows of the reduced system: coefficients of x^last_{p-1} and
+            # x^first_{p+1} in the equations of its first and last entries.
+            mine = np.array(
+                [
+                    self.coupling_below * spikes[0, 0],
+                    self.coupling_above * spikes[0, 1],
+                    self.coupling_below * spikes[-1, 0],
+                    self.coupling_above * spikes[-1, 1],
+                ]
+            )
+        every = np.zeros((comm.size, 4))
+        comm.Allgather(mine, every)
+        every = every[nonempty]
+        Q = nonempty.size
+        # Unknowns ordered (first_0, last_0, first_1, last_1, ...): the equation of first_p
+        # touches last_{p-1} (offset -1) and first_{p+1} (+2); that of last_p, last_{p-1} (-2)
+        # and first_{p+1} (+1). solve_banded's storage: ab[2 + i - j, j] = M[i, j].
+        ab = np.zeros((5, 2 * Q))
+        ab[2] = 1.0
+        p = np.arange(Q)
+        first, lastrow = 2 * p, 2 * p + 1
+        ab[2 + 1, first[1:] - 1] = every[1:, 0]  # M[first_p, last_{p-1}]
+        ab[2 - 2, first[:-1] + 2] = every[:-1, 1]  # M[first_p, first_{p+1}]
+        ab[2 + 2, lastrow[1:] - 2] = every[1:, 2]  # M[last_p, last_{p-1}]
+        ab[2 - 1, lastrow[:-1] + 1] = every[:-1, 3]  # M[last_p, first_{p+1}]
+        self.reduced = ab
+
+    def _local_solve(self, r: np.ndarray) -> np.ndarray:
+        return sla.cho_solve_banded((self.cholesky, False), r, check_finite=False)
+
+    def solve(self, r: np.ndarray) -> np.ndarray:
+        """``Ms^{-1} r`` on this rank's rows for block-row-distributed r (m, k). Collective."""
+        k = r.shape[1]
+        if self.reduced is None:
+            return r / self.diagonal[:, None]
+        g = self._local_solve(r) if self.rows else np.zeros((0, k))
+        ends = np.concatenate([g[0], g[-1]]) if self.rows else np.zeros(2 * k)
+        every = np.zeros((self.comm.size, 2 * k))
+        self.comm.Allgather(ends, every)
+        if not self.rows:
+            return g
+        rhs = every[self.active].reshape(-1, k)  # rows first_0, last_0, first_1, ...
+        x = sla.solve_banded((2, 2), self.reduced, rhs, check_finite=False)
+        q = self.position
+        result = g
+        if q > 0:
+            result = result - self.coupling_below * np.outer(self.spikes[:, 0], x[2 * q - 1])
+        if q < self.active.size - 1:
+            result = result - self.coupling_above * np.outer(self.spikes[:, 1], x[2 * q + 2])
+        return result
+
+
 class NodalSystem:
     """The least-squares system of a 1D neuron span in scaled value coordinates (module doc).
 
@@ -285,6 +378,7 @@ class NodalSystem:
         for d in range(self.band + 1):
             self.band_values[d, : mass.shape[0] - d] = mass.diagonal(d)
         self._local: dict[tuple[int, int], sp.csr_matrix] = {}
+        self._banded: tuple[tuple[int, int, int], BandedRows] | None = None
         N = span.null
         self.mass_null = self.mass @ N  # Q = Ms N
         self.null_gram = N.T @ self.mass_null + np.eye(N.shape[1])  # N^T Ms N + I
@@ -395,6 +489,29 @@ class NodalSystem:
             a -= self.inverse_null @ sla.cho_solve(self.inverse_gram, self.inverse_null.T @ px)
             a = self.span.project(a)
         return a + N @ (N.T @ f)
+
+    def solve_rows(self, f: np.ndarray, comm: MPI.Comm, offsets: np.ndarray) -> np.ndarray:
+        """``K^{-1} f`` on this rank's rows for block-row-distributed f (m, k). Collective.
+
+        The same formula as ``solve`` with ``Ms^{-1}`` applied by ``BandedRows`` (a partitioned
+        solve: O(n/P) work per rank and 2 k numbers per rank gathered) and the products with N
+        reduced over the ranks (``3 |N| k`` numbers). No rank handles a full vector.
+        """
+        lo, hi = int(offsets[comm.rank]), int(offsets[comm.rank + 1])
+        key = (comm.py2f(), lo, hi)
+        if self._banded is None or self._banded[0] != key:
+            self._banded = (key, BandedRows(self.band_values, comm, offsets))
+        banded = self._banded[1]
+        N = self.span.null[lo:hi]
+        Nf = comm.allreduce(N.T @ f)
+        px = f - N @ Nf
+        a = banded.solve(px)
+        if self.inverse_gram is not None:
+            inverse_null = self.inverse_null[lo:hi]
+            weights = comm.allreduce(inverse_null.T @ px)
+            a -= inverse_null @ sla.cho_solve(self.inverse_gram, weights)
+            a -= N @ comm.allreduce(N.T @ a)
+        return a + N @ Nf
 
     # --- quadrature with the target (A: P1 values at the nodes) -----------------------------
 

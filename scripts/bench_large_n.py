@@ -72,6 +72,7 @@ def command(n: int, ranks: int, kind: str, python: str) -> list[str]:
         "solve",
         CONFIG,
         "--json",
+        "--force",
     ]
     for item in sets:
         argv += ["--set", item]

@@ -15,6 +15,7 @@ from distgn.config import load_config
 from distgn.domain import interval
 from distgn.fit import solve_output_weights
 from distgn.network import duplicate_pairs, initial_network
+from distgn.nodal import NeuronSpan, NodalSystem
 from distgn.operator import build
 from distgn.problem import build_problem
 
@@ -143,3 +144,27 @@ def test_krylov_honours_rtol_on_the_nodal_system_and_flags_a_limiting_one(comm, 
     assert abs(loose.l2_error - tight.l2_error) <= bounds
     assert loose.stats["solver_error_bound"] > loose.l2_error
     assert tight.stats["solver_error_bound"] < 1e-3 * tight.l2_error
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("name", "bias"), [("A", False), ("A", True), ("H", False), ("G", False)])
+@pytest.mark.parametrize("layout", ["even", "uneven"])
+def test_partitioned_nodal_solve_equals_the_replicated_inverse(comm, name, bias, layout):
+    rng = np.random.default_rng(7)
+    n = 300
+    w = rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 2.0, n)
+    b = -w * rng.uniform(0.0, 1.0, n)
+    system = NodalSystem(NeuronSpan(name, 0.0, 1.0, w, b, bias))
+    V, P = system.size, comm.size
+    if layout == "even":
+        offsets = np.linspace(0, V, P + 1).astype(int)
+    else:  # rank 0 holds one row, the last rank none (when P > 1)
+        offsets = np.concatenate([[0], np.linspace(1, V, max(P - 1, 1)).astype(int), [V]])[: P + 1]
+        offsets[-1] = V
+    f = rng.standard_normal((V, 3))
+    lo, hi = offsets[comm.rank], offsets[comm.rank + 1]
+    x = system.solve_rows(f[lo:hi], comm, offsets)
+    K = system.entries(np.arange(V), np.arange(V))
+    reference = np.linalg.solve(K, f)
+    assert np.max(np.abs(x - reference[lo:hi])) <= 1e-10 * np.max(np.abs(reference))

@@ -44,8 +44,10 @@ class HatSolver(Disposable):
     set with a nonsingular matrix, any orientations. Rounding grows with the spread of cell lengths
     (nearly coinciding breakpoints) and with mixed orientations; see benchmarks/krylov.md.
 
-    Every rank holds the whole O(n) transform; ``solve`` gathers the right-hand side (O(N) words),
-    as a matvec does. Construction is rank-local and replicated; ``solve`` is collective.
+    Every rank holds the whole O(n) transform. On the value-coordinate system ``solve`` is a
+    partitioned banded solve on each rank's rows (``NodalSystem.solve_rows``); in the neuron basis
+    it gathers the right-hand side (O(N) words), as a matvec there does. Construction is
+    rank-local and replicated; ``solve`` is collective.
     """
 
     def __init__(self, operator: Operator) -> None:
@@ -71,7 +73,17 @@ class HatSolver(Disposable):
         return self.span.coefficients(self.system.solve(values))
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
-        """Solution rows of this rank for local right-hand-side rows (m,) or (m, k). Collective."""
+        """Solution rows of this rank for local right-hand-side rows (m,) or (m, k). Collective.
+
+        On the value-coordinate system the solve is distributed (``NodalSystem.solve_rows``: O(n/P)
+        work, a few numbers per rank sent); in the neuron basis the right-hand side is gathered.
+        """
+        if self.span is None:
+            columns = rhs.reshape(rhs.shape[0], -1)
+            operator = self.operator
+            return self.system.solve_rows(columns, operator.comm, operator.offsets()).reshape(
+                rhs.shape
+            )
         full = self.operator.gather(rhs)
         start, stop = self.operator.local_range
         return self.apply(full.reshape(full.shape[0], -1))[start:stop].reshape(rhs.shape)
