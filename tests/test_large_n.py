@@ -167,4 +167,5 @@ def test_partitioned_nodal_solve_equals_the_replicated_inverse(comm, name, bias,
     x = system.solve_rows(f[lo:hi], comm, offsets)
     K = system.entries(np.arange(V), np.arange(V))
     reference = np.linalg.solve(K, f)
-    assert np.max(np.abs(x - reference[lo:hi])) <= 1e-10 * np.max(np.abs(reference))
+    assert x.shape == (hi - lo, 3)
+    assert np.all(np.abs(x - reference[lo:hi]) <= 1e-10 * np.max(np.abs(reference)))
