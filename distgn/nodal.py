@@ -390,9 +390,15 @@ class NodalSystem:
         inv_null = self.mass_solve(N) if N.shape[1] else np.zeros((self.size, 0))
         self.inverse_null = inv_null
         self.inverse_gram = sla.cho_factor(N.T @ inv_null) if N.shape[1] else None
-        raw = span.basis.to_coefficients.T @ span.null_coefficients  # Lam
-        self.constraint_solve = self.mass_solve(raw) if raw.shape[1] else raw
-        self.constraint_gram = raw.T @ self.constraint_solve
+        # Lam = T^T N_aug whitened by the Cholesky factor (Ms = U^T U): Y = U^{-T} Lam = Q R. The
+        # correction in ``coefficients`` is U^{-1} Q R^{-T} d: cond(R) is the square root of
+        # cond(Lam^T Ms^{-1} Lam), which a small cell can push past 1/eps.
+        raw = span.basis.to_coefficients.T @ span.null_coefficients
+        if raw.shape[1]:
+            white = self._triangular_solve(np.asarray(raw), "T")
+            self.constraint_q, self.constraint_r = np.linalg.qr(white)
+        else:
+            self.constraint_q, self.constraint_r = raw, np.zeros((0, 0))
 
     @property
     def size(self) -> int:
@@ -403,6 +409,14 @@ class NodalSystem:
         """``Ms^{-1} x`` for full vectors x (V,) or (V, k). Rank-local, O(n)."""
         return sla.cho_solve_banded((self.mass_cholesky, False), x, check_finite=False)
 
+    def _triangular_solve(self, x: np.ndarray, trans: str) -> np.ndarray:
+        """``U^{-1} x`` (trans "N") or ``U^{-T} x`` (trans "T") for x (V, k), ``Ms = U^T U``.
+        Rank-local, O(n k) (LAPACK tbtrs)."""
+        y, info = sla.lapack.dtbtrs(self.mass_cholesky, x, uplo="U", trans=trans)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"banded triangular solve failed (info {info})")
+        return y
+
     def coefficients(self, values: np.ndarray) -> np.ndarray:
         """Neuron coefficients (n [+1], k) of the function with scaled values (V, k) in the span.
 
@@ -412,16 +426,17 @@ class NodalSystem:
         on the whole domain. So a is corrected by ``T delta`` with the smallest change of the
         function (mass-weighted, concentrated on the smallest cells) that restores the
         constraints exactly: ``delta = -Ms^{-1} Lam (Lam^T Ms^{-1} Lam)^{-1} N_aug^T a`` with
-        ``Lam = T^T N_aug``. Rank-local, O(n).
+        ``Lam = T^T N_aug``, computed as ``-U^{-1} Q R^{-T} N_aug^T a`` from the QR factors of
+        the whitened ``U^{-T} Lam`` (a least-squares solve with R^T, so that nearly coincident
+        breakpoints cannot make it singular). Rank-local, O(n).
         """
         span = self.span
         a = span.augmented(values)
         raw = span.null_coefficients
         if raw.shape[1]:
             defect = raw.T @ a
-            a = a - span.augmented(
-                self.constraint_solve @ np.linalg.solve(self.constraint_gram, defect)
-            )
+            weights = sla.lstsq(self.constraint_r.T, defect, check_finite=False)[0]
+            a = a - span.augmented(self._triangular_solve(self.constraint_q @ weights, "N"))
         return span.from_augmented(a)
 
     def entries(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
