@@ -169,3 +169,22 @@ def test_partitioned_nodal_solve_equals_the_replicated_inverse(comm, name, bias,
     reference = np.linalg.solve(K, f)
     assert x.shape == (hi - lo, 3)
     assert np.all(np.abs(x - reference[lo:hi]) <= 1e-10 * np.max(np.abs(reference)))
+
+
+@pytest.mark.parametrize("gap", [1e-9, 1e-11, 1e-12])
+def test_nearly_coincident_breakpoints_keep_the_span_constraints_solvable(gap):
+    # Two kinks `gap` apart make a cell so small that the constraint Gram Lam^T Ms^{-1} Lam
+    # passes 1/eps (it was singular for some of these seeds); the values of a function in the
+    # span must still give back that function.
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        kinks = np.sort(rng.uniform(0.0, 1.0, 16))
+        kinks[9] = kinks[8] + gap
+        w = rng.choice([-1.0, 1.0], 16) * rng.uniform(0.5, 2.0, 16)
+        b = -w * kinks
+        c = rng.standard_normal(16)
+        span = NeuronSpan("A", 0.0, 1.0, w, b)
+        relu = np.maximum(np.outer(span.basis.z, w) + b, 0.0)  # at the mesh nodes
+        got = NodalSystem(span).coefficients((span.basis.scale * (relu @ c))[:, None])[:, 0]
+        error = np.max(np.abs(relu @ (got - c)))
+        assert error <= 1e-13 * np.max(np.abs(relu @ c)), (seed, error)
