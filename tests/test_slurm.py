@@ -332,24 +332,21 @@ def test_chain_cancels_pending_links_once_finished(cluster, workdir):
         assert len(fh["history/loss"]) == 4  # the start and 3 iterations
 
 
-# About 60 s on 2 ranks here: SIGUSR1 comes at the first time-limit check (SLURM checks every
-# 30 s) once at most 50 s of the 1-minute limit are left, i.e. 10-40 s into a link.
+# About 70 s of training on 2 ranks here (n = 2048 costs ~0.4 s per SgGN iteration), longer than
+# any link can run before its signal: SIGUSR1 comes at the first time-limit check (SLURM checks
+# every 30 s) once at most 50 s of the 1-minute limit are left, i.e. 10-40 s into a link.
 PREEMPT = [
     "--set",
-    "network.n=256",
+    "network.n=2048",
     "--set",
-    "train.max_iter=200",
+    "train.max_iter=180",
     "--set",
     "train.tol=0.0",
     "--set",
-    "train.checkpoint_every=5",
+    "checkpoint.every=5",
 ]
 
 
-@pytest.mark.skip(
-    reason="the faster SgGN finishes the chained run before the time limit's signal; the run "
-    "must be lengthened before this test can show a signalled link again"
-)
 @pytest.mark.timeout(3600)
 def test_signalled_link_checkpoints_and_next_link_finishes_identically(cluster, workdir):
     reference = submit(
