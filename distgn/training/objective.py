@@ -208,31 +208,24 @@ def _network_moments_1d(
     sums of the neurons facing right, backward sums of those facing left: no cancellation of a
     neuron against itself). Per cell ``int v`` and ``int x v`` in midpoint coordinates; a row's
     moments are the backward (``w > 0``, support ``[k, R]``) or forward (``w < 0``, ``[L, k]``) sums
-    of its cells' integrals; ``w = 0`` is the constant ``relu(b)``. ``int phi_i^2`` in closed form.
+    of its cells' integrals (w != 0, as everywhere in 1D). ``int phi_i^2`` in closed form.
     Rank-local; every row is the same whatever the share it is computed in.
     """
     L, R = bounds
     support = np.flatnonzero(source.c != 0)
     ws, bs, cs = source.W[support, 0], source.b[support], source.c[support]
     w, b = network.W[rows, 0], network.b[rows]
-
-    def kinks(w: np.ndarray, b: np.ndarray) -> np.ndarray:
-        # clipped to [L, R]; w = 0 has none (its position is unused)
-        safe = np.where(w != 0, w, 1.0)
-        return np.clip(np.where(w != 0, -b / safe, L), L, R)
-
-    ks, k = kinks(ws, bs), kinks(w, b)
+    ks, k = np.clip(-bs / ws, L, R), np.clip(-b / w, L, R)
     z = np.unique(np.concatenate([[L, R], ks, k]))
     cells = z.size - 1
     ps, p = np.searchsorted(z, ks), np.searchsorted(z, k)
     linear = np.zeros((cells + 1, 2))  # (slope, intercept) of v per cell, one spare row
-    right, left, flat = ws > 0, ws < 0, (ws == 0) & (bs > 0)
+    right = ws > 0
     up, down = np.zeros_like(linear), np.zeros_like(linear)
     np.add.at(up, ps[right], np.column_stack([cs * ws, cs * bs])[right])
-    np.add.at(down, ps[left], np.column_stack([cs * ws, cs * bs])[left])
+    np.add.at(down, ps[~right], np.column_stack([cs * ws, cs * bs])[~right])
     linear += np.cumsum(up, axis=0)
     linear[:-1] += np.cumsum(down[::-1], axis=0)[::-1][1:]
-    linear[:, 1] += np.sum(cs[flat] * bs[flat])
     slope, intercept = linear[:-1, 0], linear[:-1, 1]
     h, mid = np.diff(z), 0.5 * (z[1:] + z[:-1])
     value = slope * mid + intercept
@@ -240,14 +233,8 @@ def _network_moments_1d(
     before = np.vstack([np.zeros((1, 2)), np.cumsum(cell, axis=0)])  # cells 0 .. p-1
     after = np.vstack([np.cumsum(cell[::-1], axis=0)[::-1], np.zeros((1, 2))])  # cells p ..
     out = np.where((w > 0)[:, None], after[p], before[p])
-    out[w == 0] = np.where((b[w == 0] > 0)[:, None], before[cells], 0.0)
     lo, hi = np.where(w > 0, k, L), np.where(w > 0, R, k)
-    safe = np.where(w != 0, w, 1.0)
-    squares = np.where(
-        w != 0,
-        ((safe * hi + b) ** 3 - (safe * lo + b) ** 3) / (3 * safe),
-        np.maximum(b, 0.0) ** 2 * (R - L),
-    )
+    squares = ((w * hi + b) ** 3 - (w * lo + b) ** 3) / (3 * w)
     return out, np.where(network.c[rows] != 0, squares, 0.0)
 
 
