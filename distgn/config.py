@@ -87,6 +87,7 @@ class SolverConfig:
     seed: int = 1
     compensation: str = "auto"
     basis: str = "auto"
+    regularization: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "network.seed": (0, False, None, False),
     "solver.tol": (0.0, True, 1.0, True),
     "solver.rtol": (0.0, True, 1.0, True),
+    "solver.regularization": (0.0, False, 1.0, True),
     "solver.leaf_size": (1, False, None, False),
     "solver.max_iter": (1, False, None, False),
     "solver.sample_size": (0, False, None, False),

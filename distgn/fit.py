@@ -8,8 +8,10 @@ differencing, and the fit error is the quadrature of ``(v - u)^2`` from the noda
 
 Otherwise (2D and up, or ``solver.basis = "relu"``): normal equations
 ``[[A, s], [s^T, |Omega|]] [c; c0] = [F; int u]`` with ``s_i = int phi_i``, the bias eliminated by
-block elimination on two solves with A (``A x1 = F``, ``A x2 = s``). The fit error is computed by
-Gauss rules between breakpoints in 1D, and in 2D from the exact matrices,
+block elimination on two solves with A (``A x1 = F``, ``A x2 = s``); with
+``solver.regularization`` = delta > 0, A is replaced by ``A + delta diag(A)``
+(docs/regularization.md). The fit error is computed by Gauss rules between breakpoints in 1D, and
+in 2D from the exact matrices,
 ``e^2 = ||u||^2 - 2 c^T F + c^T A c`` (+ bias terms): this cancels, so it is reported with its
 rounding level (``fit_l2_error_floor``), and where ``e^2`` is below that level the floor is reported
 as an upper bound instead of clipping to zero.
@@ -24,8 +26,8 @@ import numpy as np
 
 from distgn.assembly import BlockRows, exact1d, target_integrals
 from distgn.config import SolverConfig
-from distgn.errors import ConvergenceError
-from distgn.operator import Operator, local_gaussian, nodal_operator, uses_nodal
+from distgn.errors import ConvergenceError, InputError
+from distgn.operator import Operator, local_gaussian, nodal_operator, regularised, uses_nodal
 from distgn.parallel import log
 from distgn.problem import Problem
 from distgn.solvers import backward_error, factor
@@ -68,16 +70,18 @@ def solve_output_weights(
     blocks: BlockRows,
     operator: Operator,
     config: SolverConfig,
-    norm: float | None = None,
     forward_error: bool = False,
 ) -> OutputWeights:
     """Solve the least-squares problem for c (and c0) with the configured solver. Collective.
 
-    ``norm`` (an estimate of ||A||) is used by the neuron-basis path only. With
-    ``forward_error`` the neuron-basis path also estimates the relative forward error of c,
-    ``cond(A) * backward error`` with ``||A^{-1}||`` from ``FORWARD_ITERATIONS`` power steps with
-    the factorization (statistics ``cond_estimate``, ``forward_error_estimate``), and warns (one
-    line, rank 0) when it exceeds the requested tolerance (``solver.rtol`` for krylov, else
+    The neuron-basis path solves ``(A + delta diag(A)) c = F`` with the ridge delta =
+    ``solver.regularization`` (0: none; docs/regularization.md; statistics ``regularization`` and
+    ``regularization_term`` = ``sqrt(delta sum_i A_ii c_i^2)``, the penalty in the units of the fit
+    error); backward error and condition estimate are those of the shifted matrix, the fit error
+    is that of c. With ``forward_error`` it also estimates the relative forward error of c,
+    ``cond * backward error`` with ``||A^{-1}||`` from ``FORWARD_ITERATIONS`` power steps with the
+    factorization (statistics ``cond_estimate``, ``forward_error_estimate``), and warns (one line,
+    rank 0) when it exceeds the requested tolerance (``solver.rtol`` for krylov, else
     ``solver.tol``).
     """
     if uses_nodal(problem, config, operator.name):
@@ -85,19 +89,25 @@ def solve_output_weights(
     comm = operator.comm
     F = blocks.F
     rhs = np.column_stack([F, blocks.mass]) if problem.output_bias else F
-    with factor(operator, config) as solver:
-        x = solver.solve(rhs)
-        stats = solver.stats()
-        inverse = inverse_norm_estimate(operator, solver) if forward_error else None
     u_int, u_sq = target_integrals(problem.domain, problem.target)
     c0 = None
-    if problem.output_bias:
-        sx = comm.allreduce(blocks.mass @ x)
-        c0 = float((u_int - sx[0]) / (problem.domain.measure - sx[1]))
-        x = x[:, 0] - c0 * x[:, 1]
-    if norm is None:
-        norm = operator.norm_estimate()
-    berr = backward_error(operator, x, F - (c0 or 0.0) * blocks.mass, norm)
+    with regularised(operator, config.regularization) as shifted, factor(shifted, config) as solver:
+        x = solver.solve(rhs)
+        stats = solver.stats()
+        inverse = inverse_norm_estimate(shifted, solver) if forward_error else None
+        if problem.output_bias:
+            sx = comm.allreduce(blocks.mass @ x)
+            c0 = float((u_int - sx[0]) / (problem.domain.measure - sx[1]))
+            x = x[:, 0] - c0 * x[:, 1]
+        norm = shifted.norm_estimate()
+        berr = backward_error(shifted, x, F - (c0 or 0.0) * blocks.mass, norm)
+        if config.regularization:
+            penalty = comm.allreduce(float(x @ (shifted.shift * x)))
+            stats = {
+                **stats,
+                "regularization": config.regularization,
+                "regularization_term": float(np.sqrt(penalty)),
+            }
     if inverse is not None:
         cond = norm * inverse
         requested = config.rtol if config.kind == "krylov" else config.tol
@@ -164,6 +174,11 @@ def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> 
     is at most a few, so a tighter ``solver.rtol`` costs a few iterations; the best fit falls like
     n^-2 for smooth targets, ~1e-12 at n = 2^20).
     """
+    if config.regularization:
+        raise InputError(
+            f"config key solver.regularization = {config.regularization:g} applies to the neuron "
+            'basis only (2D and up, or solver.basis = "relu"); the 1D value coordinates need none'
+        )
     nodal = nodal_operator(operator, config, problem.output_bias)
     system = nodal.system
     rhs = system.right_hand_side(problem.target, nodal.comm, nodal.offsets())

@@ -11,13 +11,16 @@ rank). Indices are scalar: for G (block = d+1) index ``k`` is derivative ``k % b
 returns the assembled block rows (right-hand sides always, matrix rows unless matrix-free) next to
 the operator. ``nodal_operator`` turns a 1D operator of A into the well-conditioned least-squares
 system in value coordinates (distgn.nodal, docs/large-n.md), which every 1D solve with A uses
-unless ``solver.basis = "relu"``. Construction is rank-local; ``matvec`` and ``norm_estimate`` are
+unless ``solver.basis = "relu"``. ``regularised`` gives the ridge-shifted matrix
+``M + delta diag(M)`` of the neuron-basis least-squares solve (``solver.regularization``,
+docs/regularization.md). Construction is rank-local; ``matvec`` and ``norm_estimate`` are
 collective.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,6 +36,7 @@ from distgn.problem import Problem
 from distgn.tree import ClusterTree, build_tree, network_tree
 
 TILE_ENTRIES = 1 << 22
+DIAGONAL_TILE = 256
 ROW_BLOCK = 1024
 BASES = ("auto", "relu")
 
@@ -76,6 +80,11 @@ class Operator:
     system : NodalSystem or None
         For the 1D least-squares system in value coordinates (``nodal_operator``): its exact
         entries and distributed product; the tree then orders value coordinates, not neurons.
+    regularization : float
+        delta >= 0: the matrix is ``M + delta diag(M)`` (``regularised``). Stored rows already
+        carry the shift; ``entries`` and the matrix-free products add it.
+    shift : ndarray or None
+        ``delta diag(M)`` on this rank's rows (for the 1D fast product), else None.
     """
 
     name: str
@@ -87,6 +96,8 @@ class Operator:
     rows: np.ndarray | None = None
     fast_matvec: Callable[[np.ndarray], np.ndarray] | None = None
     system: NodalSystem | None = None
+    regularization: float = 0.0
+    shift: np.ndarray | None = None
 
     @property
     def block(self) -> int:
@@ -124,9 +135,16 @@ class Operator:
         if self.system is not None:
             return self.system.entries(I, J)
         if I.ndim > 1:
-            return np.stack([self.entries(i, j) for i, j in zip(I, J, strict=True)]).reshape(
-                I.shape + J.shape[-1:]
-            )
+            out = np.stack([self._exact(i, j) for i, j in zip(I, J, strict=True)])
+            out = out.reshape(I.shape + J.shape[-1:])
+        else:
+            out = self._exact(I, J)
+        if self.regularization:
+            out = out * np.where(I[..., :, None] == J[..., None, :], 1.0 + self.regularization, 1.0)
+        return out
+
+    def _exact(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
+        """Exact entries ``M[I][:, J]`` of the unshifted neuron-basis matrix (1D index arrays)."""
         k = self.block
         neurons, inverse = np.unique(np.concatenate([I, J]) // k, return_inverse=True)
         li, lj = inverse[: I.size], inverse[I.size :]
@@ -169,7 +187,10 @@ class Operator:
         if self.rows is not None:
             return self.rows @ x
         if self.fast_matvec is not None:
-            return self.fast_matvec(x)[start:stop]
+            y = self.fast_matvec(x)[start:stop]
+            if self.shift is not None:
+                y = y + self.shift.reshape((-1,) + (1,) * (y.ndim - 1)) * x_local
+            return y
         rows = np.arange(start, stop)
         y = np.zeros((stop - start,) + x.shape[1:])
         step = max(self.block, TILE_ENTRIES // max(1, stop - start) // self.block * self.block)
@@ -177,6 +198,17 @@ class Operator:
             cols = np.arange(lo, min(lo + step, self.size))
             y += self.entries(rows, cols) @ x[cols]
         return y
+
+    def diagonal(self) -> np.ndarray:
+        """Diagonal entries of this rank's rows (from the rows, else exact entries by tiles).
+        Rank-local."""
+        start, stop = self.local_range
+        if self.rows is not None:
+            return self.rows[np.arange(stop - start), np.arange(start, stop)].copy()
+        tiles = [
+            np.arange(lo, min(lo + DIAGONAL_TILE, stop)) for lo in range(start, stop, DIAGONAL_TILE)
+        ]
+        return np.concatenate([np.diag(self.entries(I, I)) for I in tiles] + [np.zeros(0)])
 
     def norm_estimate(self, iterations: int = 30, seed: int = 0) -> float:
         """2-norm estimate by power iteration (a lower bound within a few percent). Collective."""
@@ -189,6 +221,35 @@ class Operator:
             x = self.matvec(x)
             value = np.sqrt(self.comm.allreduce(float(x @ x)))
         return float(value)
+
+
+@contextmanager
+def regularised(operator: Operator, delta: float) -> Iterator[Operator]:
+    """The ridge-shifted operator ``M + delta diag(M)`` for the duration of the block. Rank-local.
+
+    Scaling the diagonal by ``1 + delta`` is invariant under the scaling of each neuron: for A the
+    penalty ``delta sum_i A_ii c_i^2`` is the sum of the squared L2 norms of the neurons'
+    contributions ``c_i phi_i`` (docs/regularization.md). Stored rows are shifted in place and
+    their diagonal is restored exactly on exit (no copy); ``delta = 0`` yields ``operator``.
+    """
+    if delta == 0.0:
+        yield operator
+        return
+    if operator.system is not None:
+        raise ValueError("regularised: the value-coordinate system has no ridge shift")
+    diagonal = operator.diagonal()
+    shifted = replace(operator, regularization=delta, shift=delta * diagonal)
+    if operator.rows is None:
+        yield shifted
+        return
+    start, stop = operator.local_range
+    index = (np.arange(stop - start), np.arange(start, stop))
+    rows = operator.rows
+    rows[index] = diagonal * (1.0 + delta)
+    try:
+        yield shifted
+    finally:
+        rows[index] = diagonal
 
 
 def operator_from_block_rows(

@@ -47,6 +47,14 @@ CASES = [
     (["train", "CFG", "--set", "checkpoint.keep=0"], "checkpoint.keep = 0 must be >= 1"),
     (["train", "CFG", "--set", "checkpoint.seconds=-5"], "checkpoint.seconds = -5.0 must be"),
     (["solve", "CFG", "--set", "solver.leaf_size=0"], "solver.leaf_size = 0 must be >= 1"),
+    (
+        ["solve", "CFG", "--set", "solver.regularization=-1e-6"],
+        "solver.regularization = -1e-06 must be in [0.0, 1.0)",
+    ),
+    (
+        ["solve", "CFG", "--set", "solver.regularization=1e-6"],
+        "solver.regularization = 1e-06 applies to the neuron basis only",
+    ),
     (["analyze", "CFG", "--set", "analyze.sizes=[]"], "analyze.sizes = [] must not be empty"),
     (
         ["analyze", "CFG", "--set", "analyze.tolerances=[0.0]"],

@@ -33,7 +33,6 @@ from distgn.solvers.base import Disposable, Factorization
 from distgn.solvers.traffic import plain
 
 PREFIX = "distgn_"
-DIAGONAL_TILE = 256
 
 
 @contextmanager
@@ -77,18 +76,7 @@ class OperatorShell:
 
     def getDiagonal(self, mat: PETSc.Mat, d: PETSc.Vec) -> None:  # petsc4py spells it so
         """The diagonal of this rank's rows."""
-        d.array = local_diagonal(self.operator)
-
-
-def local_diagonal(operator: Operator) -> np.ndarray:
-    """Diagonal entries of this rank's rows (from the rows, else exact entries by tiles). Local."""
-    start, stop = operator.local_range
-    if operator.rows is not None:
-        return operator.rows[np.arange(stop - start), np.arange(start, stop)].copy()
-    tiles = [
-        np.arange(lo, min(lo + DIAGONAL_TILE, stop)) for lo in range(start, stop, DIAGONAL_TILE)
-    ]
-    return np.concatenate([np.diag(operator.entries(I, I)) for I in tiles])
+        d.array = self.operator.diagonal()
 
 
 def local_block(operator: Operator) -> np.ndarray:
