@@ -20,9 +20,11 @@ as an upper bound instead of clipping to zero.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
+from mpi4py import MPI
 
 from distgn.assembly import BlockRows, exact1d, target_integrals
 from distgn.config import SolverConfig
@@ -172,16 +174,19 @@ def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> 
     ``solver_error_bound``); when that bound exceeds the fit error itself, the tolerance may be
     what limits the fit, and rank 0 logs a one-line warning (the nodal system's condition number
     is at most a few, so a tighter ``solver.rtol`` costs a few iterations; the best fit falls like
-    n^-2 for smooth targets, ~1e-12 at n = 2^20).
+    n^-2 for smooth targets, ~1e-12 at n = 2^20). Statistic ``seconds_assemble_nodal``: the
+    construction of the system (its stored rows unless matrix-free) and of its right-hand side.
     """
     if config.regularization:
         raise InputError(
             f"config key solver.regularization = {config.regularization:g} applies to the neuron "
             'basis only (2D and up, or solver.basis = "relu"); the 1D value coordinates need none'
         )
+    start = time.perf_counter()
     nodal = nodal_operator(operator, config, problem.output_bias)
     system = nodal.system
     rhs = system.right_hand_side(problem.target, nodal.comm, nodal.offsets())
+    seconds = nodal.comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
     with factor(nodal, config) as solver:
         x = solver.solve(rhs)
         stats = solver.stats()
@@ -197,6 +202,7 @@ def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> 
     stats = {
         **stats,
         "basis": "nodal",
+        "seconds_assemble_nodal": seconds,
         "nodal_size": nodal.size,
         "nodal_constraints": int(system.span.null.shape[1]),
     }

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 
 import h5py
 import numpy as np
 import pytest
+from mpi4py import MPI
 
 from distgn import cli
 from distgn.cli import main
@@ -26,6 +28,7 @@ def test_analyze_reproduces_growth_exponents(comm, shared_tmp, capsys):
         ["analyze", "--sizes", "128,256,512", "--set", "analyze.leaf_size=32", "-o", out, "--json"]
     )
     assert status == 0
+    largest = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, MPI.MAX)
     if comm.rank == 0:
         result = last_json(capsys.readouterr().out)
         assert result["exponent_A"] == pytest.approx(4.0, abs=0.1)
@@ -36,10 +39,24 @@ def test_analyze_reproduces_growth_exponents(comm, shared_tmp, capsys):
         # 1D one orientation: HSS block rows of A, H, G have ranks 4, 2, 4 at every level.
         for name, rank in [("A", 4), ("H", 2), ("G", 4)]:
             assert max(max(r) for r in result[f"hss_ranks_{name}"]["1e-12"]) == rank
+        # the largest rank's peak when the result was made: below the peak now, not far below
+        assert largest / 2 <= result["peak_memory_bytes"] <= largest
         assert result["plots"] == [str(shared_tmp / "study.png")]  # next to the output
         assert os.path.exists(result["plots"][0])
         with h5py.File(out, "r") as fh:
             np.testing.assert_allclose(fh["cond_A"][...], result["cond_A"])
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+def test_train_json_reports_the_peak_memory_of_the_largest_rank(comm, shared_tmp, capsys):
+    sets = ["network.n=8", "train.max_iter=2", 'solver.kind="dense"']
+    argv = ["train", "-o", str(shared_tmp / "run.h5"), "--json"]
+    assert main(argv + [a for item in sets for a in ("--set", item)]) == 0
+    largest = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, MPI.MAX)
+    if comm.rank == 0:
+        # the largest rank's peak when the result was made: below the peak now, not far below
+        assert largest / 2 <= last_json(capsys.readouterr().out)["peak_memory_bytes"] <= largest
 
 
 def test_inspect_shows_the_group_tree_with_attributes(tmp_path, capsys):

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The measurements and fits of benchmarks/perfmodel (see docs/performance-model.md).
-#   benchmarks/perfmodel/measure.sh            # measure (about 10 minutes on 2 cores), then fit
+#   benchmarks/perfmodel/measure.sh            # measure (about 12 minutes on 2 cores), then fit
 #   benchmarks/perfmodel/measure.sh fit        # fit again from the stored measurements
 set -eu
 R=$(cd "$(dirname "$0")/../.." && pwd)
@@ -11,6 +11,7 @@ if [ "${1:-}" != fit ]; then
   M="mpiexec --oversubscribe"
   MEASURE="$PY $R/scripts/perfmodel.py measure"
   mkdir -p "$OUT/measurements"
+  rm -f "$OUT"/measurements/*.json
   cd "$OUT/measurements"
   mpiexec -n 2 $PY $R/scripts/perfmodel.py calibrate -o cal.json
   for P in 1 2 4; do
@@ -21,11 +22,11 @@ if [ "${1:-}" != fit ]; then
   $M -n 1 $MEASURE $R/examples/solve-1d.toml --set network.n=16384 -o 1d-16384-P1.json
   $M -n 1 $MEASURE $R/examples/solve-2d.toml --set network.n=2048 -o 2d-2048-P1.json
   for P in 1 2 4; do
-    $M -n $P $MEASURE $R/examples/solve-1d.toml --set network.n=65536 \
-      --set solver.matrix_free=true -o mf-65536-P$P.json
+    $M -n $P $MEASURE $R/examples/solve-1d.toml --set network.n=1048576 \
+      --set solver.matrix_free=true -o mf-1048576-P$P.json
   done
-  $M -n 1 $MEASURE $R/examples/solve-1d.toml --set network.n=32768 \
-    --set solver.matrix_free=true -o mf-32768-P1.json
+  $M -n 1 $MEASURE $R/examples/solve-1d.toml --set network.n=262144 \
+    --set solver.matrix_free=true -o mf-262144-P1.json
 fi
 cd "$R"
 MEAS=benchmarks/perfmodel/measurements

@@ -10,7 +10,8 @@ L="mpiexec --oversubscribe -n {ranks}"
 O=benchmarks/scaling
 $S strong examples/solve-1d.toml --ranks 1,2,4 --set network.n=16384 --launch "$L" -o $O/strong_1d
 $S weak examples/solve-1d.toml --ranks 1,2,4 --n0 4096 --per-rank n2 --launch "$L" -o $O/weak_1d_stored
-$S weak examples/solve-1d.toml --ranks 1,2,4 --n0 8192 --per-rank n --set solver.matrix_free=true --launch "$L" -o $O/weak_1d_matrix_free
+$S strong examples/solve-1d.toml --ranks 1,2,4 --set network.n=1048576 --set solver.matrix_free=true --launch "$L" -o $O/strong_1d_matrix_free
+$S weak examples/solve-1d.toml --ranks 1,2,4 --n0 262144 --per-rank n --set solver.matrix_free=true --launch "$L" -o $O/weak_1d_matrix_free
 $S conditioning examples/demo.toml --sizes 64,128,256,512,1024 --ranks 2 --launch "$L" -o $O/conditioning
 $S solvers examples/demo.toml --sizes 512,1024,2048,4096 --solvers hss,dense,krylov --ranks 2 --launch "$L" -o $O/solvers_1d
 $S sggn examples/demo.toml --sizes 16,32,64 --ranks 2 --launch "$L" -o $O/sggn
