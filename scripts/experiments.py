@@ -597,6 +597,7 @@ def command_profile(args: argparse.Namespace) -> None:
     import cProfile
     import inspect
     import pstats
+    import subprocess
 
     import distgn
 
@@ -654,9 +655,14 @@ def command_profile(args: argparse.Namespace) -> None:
             for label, (suffix, name) in PROFILE_FUNCTIONS.items()
         }
         where = Path(inspect.getfile(distgn)).parent.parent
+        commit = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         lines.append(
-            f"| {args.label} (`{where.name}`) | {n} | {count} | {per_iteration:.3f} | "
-            f"{evaluations:.1f} | "
+            f"| {args.label} (`{commit or 'unknown commit'}`) | {n} | {count} | "
+            f"{per_iteration:.3f} | {evaluations:.1f} | "
             + " | ".join(f"{cumulative[label]:.3f}" for label in PROFILE_FUNCTIONS)
             + " |"
         )
