@@ -354,8 +354,9 @@ def cmd_analyze(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> i
             raise InputError(f"--sizes {args.sizes!r} must be comma-separated integers") from None
     if comm.rank == 0:
         log.debug("plots: %s.png", plot_prefix(config, path))
-    result = run_study(config, sizes, comm, path, io.stamp(config, "analyze", comm))
-    result["peak_memory_bytes"] = _memory(comm)
+    counted = CountingComm(comm)  # every byte the study sends is counted (--json)
+    result = run_study(config, sizes, counted, path, io.stamp(config, "analyze", comm))
+    result.update(summary(counted), peak_memory_bytes=_memory(comm))
     _emit(comm, args, result)
     return 0
 
@@ -453,10 +454,11 @@ def cmd_train(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int
     path, checkpoint, restart = precheck(comm, work)
     config = _config(args)
     problem = build_problem(config)
+    counted = CountingComm(comm)  # every byte the run sends is counted (--json)
     with signals.deferred():
-        result = train(problem, config, comm, restart, output=path)
+        result = train(problem, config, counted, restart, output=path)
     result["checkpoint"] = checkpoint
-    result["peak_memory_bytes"] = _memory(comm)
+    result.update(summary(counted), peak_memory_bytes=_memory(comm))
     _emit(comm, args, result)
     return 0
 

@@ -7,9 +7,10 @@ Each job's output holds distgn's JSON result as its last JSON line and, for swee
 ``# sweep: key=value ...`` (slurm/sweep.sbatch). Writes ``PREFIX.csv``, ``PREFIX.json`` (all
 rows, every key) and ``PREFIX.md`` (a Markdown table). Every row has the per-rank memory
 (``peak_memory_bytes``, the largest rank's peak resident set) and the bytes sent between ranks
-(``bytes_sent``: sum over tree levels of ``bytes_sent_per_level``); where distgn's JSON does not
-report one, the table says ``missing``. Jobs without a JSON result (failed, cancelled) are listed
-on stderr and left out; the exit status is 1 if there were any.
+(``bytes_sent_per_rank``: what the busiest rank handed to MPI over the whole command, distgn's
+``comm_bytes_max``; ``bytes_sent``: sum over the hss tree levels of ``bytes_sent_per_level``);
+where distgn's JSON does not report one, the table says ``missing``. Jobs without a JSON result
+(failed, cancelled) are listed on stderr and left out; the exit status is 1 if there were any.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ FIRST = [
     "stop_reason",
     "max_rank",
     "peak_memory_bytes",
+    "bytes_sent_per_rank",
     "bytes_sent",
 ]
 
@@ -60,10 +62,18 @@ def read_job(path: Path) -> dict | None:
                 continue
     if result is None:
         return None
-    row = {**params, **result, "job_output": path.name}
-    if "bytes_sent_per_level" in result:
-        row["bytes_sent"] = int(sum(result["bytes_sent_per_level"]))
-    for key in ("peak_memory_bytes", "bytes_sent"):
+    return with_traffic({**params, **result, "job_output": path.name})
+
+
+def with_traffic(row: dict) -> dict:
+    """Add ``bytes_sent`` (the hss factorization's tree levels, all ranks) and
+    ``bytes_sent_per_rank`` (everything the busiest rank handed to MPI), and mark per-rank memory /
+    bytes ``missing`` where not reported."""
+    if "bytes_sent_per_level" in row:
+        row["bytes_sent"] = int(sum(row["bytes_sent_per_level"]))
+    if "comm_bytes_max" in row:
+        row["bytes_sent_per_rank"] = row["comm_bytes_max"]
+    for key in ("peak_memory_bytes", "bytes_sent_per_rank", "bytes_sent"):
         row.setdefault(key, MISSING)
     return row
 

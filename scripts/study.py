@@ -3,8 +3,10 @@
 Each study runs ``distgn`` once per point (locally through ``--launch``, default
 ``mpiexec -n {ranks}``), or reads the job outputs of the SLURM submitters (``--from DIR``: the
 ``*.out`` files of slurm/scaling.sh or slurm/sweep.sh). Every table has the largest rank's peak
-memory (``peak_memory_bytes``) and the bytes sent between ranks (``bytes_sent``, the sum of
-``bytes_sent_per_level``) where distgn reports them, else ``missing``.
+memory (``peak_memory_bytes``), the bytes the busiest rank handed to MPI over the whole command
+(``bytes_sent_per_rank``, distgn's ``comm_bytes_max``) and the bytes of the hss factorization's
+tree levels (``bytes_sent``, the sum of ``bytes_sent_per_level``) where distgn reports them, else
+``missing``.
 
     python scripts/study.py strong examples/solve-1d.toml --ranks 1,2,4 --set network.n=16384 \\
         -o benchmarks/scaling/strong_1d
@@ -36,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import matplotlib  # noqa: E402
-from collect import MISSING, collect, write_tables  # noqa: E402
+from collect import collect, with_traffic, write_tables  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -75,15 +77,6 @@ def run_distgn(
     result = json.loads(lines[-1])
     result["status"] = 0
     return result
-
-
-def with_traffic(row: dict) -> dict:
-    """Add ``bytes_sent`` and mark per-rank memory / bytes sent ``missing`` where not reported."""
-    if "bytes_sent_per_level" in row:
-        row["bytes_sent"] = int(sum(row["bytes_sent_per_level"]))
-    for key in ("peak_memory_bytes", "bytes_sent"):
-        row.setdefault(key, MISSING)
-    return row
 
 
 def slope(x: list[float], y: list[float]) -> float:
@@ -192,8 +185,10 @@ def cmd_conditioning(args: argparse.Namespace, workdir: Path) -> None:
         }
         for i, n in enumerate(result["n"])
     ]
-    # one analyze run covers every n: its peak memory is that of the largest n
+    # one analyze run covers every n: its peak memory is that of the largest n, its bytes those
+    # of the whole run
     rows[-1]["peak_memory_bytes"] = result["peak_memory_bytes"]
+    rows[-1]["comm_bytes_max"] = result["comm_bytes_max"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     fits = {}
     for m in "AHG":

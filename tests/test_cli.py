@@ -49,14 +49,18 @@ def test_analyze_reproduces_growth_exponents(comm, shared_tmp, capsys):
 
 @pytest.mark.mpi
 @pytest.mark.timeout(120)
-def test_train_json_reports_the_peak_memory_of_the_largest_rank(comm, shared_tmp, capsys):
+def test_train_json_reports_peak_memory_and_bytes_sent(comm, shared_tmp, capsys):
     sets = ["network.n=8", "train.max_iter=2", 'solver.kind="dense"']
     argv = ["train", "-o", str(shared_tmp / "run.h5"), "--json"]
     assert main(argv + [a for item in sets for a in ("--set", item)]) == 0
     largest = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, MPI.MAX)
     if comm.rank == 0:
+        result = last_json(capsys.readouterr().out)
         # the largest rank's peak when the result was made: below the peak now, not far below
-        assert largest / 2 <= last_json(capsys.readouterr().out)["peak_memory_bytes"] <= largest
+        assert largest / 2 <= result["peak_memory_bytes"] <= largest
+        # bytes handed to MPI by the run, counted at the communicator
+        assert 0 < result["comm_bytes_max"] <= result["comm_bytes_total"]
+        assert result["comm_bytes_total"] <= comm.size * result["comm_bytes_max"]
 
 
 def test_inspect_shows_the_group_tree_with_attributes(tmp_path, capsys):

@@ -230,6 +230,7 @@ def test_sweep_array_and_collector(cluster, workdir):
         assert row["peak_memory_bytes"] > 0
     assert all(isinstance(r["bytes_sent"], int) for r in rows if r["solver"] == "hss")
     assert all(r["bytes_sent"] == "missing" for r in rows if r["solver"] == "dense")
+    assert all(isinstance(r["bytes_sent_per_rank"], int) for r in rows)  # every solver
     assert len(list((workdir / "res").glob("sweep-*.h5"))) == 4
     header = (workdir / "table.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["network.n", "solver.kind"] and "peak_memory_bytes" in header
