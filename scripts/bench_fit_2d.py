@@ -34,7 +34,7 @@ from distgn.problem import build_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_large_n import ROOT, command, run, write_block  # noqa: E402
+from bench_large_n import ROOT, command, load_rows, run, save_rows, write_block  # noqa: E402
 
 EXAMPLES = ("solve-2d", "train-2d")
 RIDGE = 1e-8
@@ -120,9 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     python = str(ROOT / ".venv/bin/python")
     out = ROOT / args.out
-    rows: list[dict] = []
-    if args.update and out.with_suffix(".json").exists():
-        rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    rows = load_rows(out, args.update)
     for example in args.examples.split(","):
         for n in (2 ** int(s) for s in args.sizes.split(",")):
             best, lam_min, lam_max = best_fit(example, n)
@@ -143,9 +141,7 @@ def main() -> None:
                     ),
                     flush=True,
                 )
-                out.with_suffix(".json").write_text(
-                    json.dumps({"argv": sys.argv, "rows": rows}, indent=1)
-                )
+                save_rows(out, rows)
     examples = sorted({r["example"] for r in rows})
     write_block(
         out.with_suffix(".md"),
