@@ -115,6 +115,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_decay: float = 1.0
     drop_tol: float = 1e-4
+    reseat: bool = True
     deterministic: bool = True
     log_every: int = 1
 

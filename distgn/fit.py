@@ -219,18 +219,20 @@ def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> 
     return OutputWeights(coefficients[:n], c0, l2, berr, stats)
 
 
-def l2_error_1d(
+def cell_errors_1d(
     bounds: np.ndarray,
     W: np.ndarray,
     b: np.ndarray,
     c: np.ndarray,
     c0: float | None,
     target: Target,
-) -> float:
-    """``sqrt(int (v - u)^2)`` on an interval by Gauss rules between all breakpoints.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cells between all breakpoints (and the target's features) and the cumulative squared
+    error ``int_{nodes[0]}^{nodes[k]} (v - u)^2`` by Gauss rules per cell: ``(nodes (K + 1,),
+    cumulative (K + 1,))``.
 
     v is piecewise linear with kinks at the breakpoints: its slope and value on each cell come from
-    prefix sums over sorted breakpoints, so the cost is O(n log n + cells x points).
+    prefix sums over sorted breakpoints, so the cost is O(n log n + cells x points). Rank-local.
     """
     w = W[:, 0]
     t = -b / w
@@ -259,5 +261,18 @@ def l2_error_1d(
         cell = np.clip(np.searchsorted(nodes, x[:, 0]) - 1, 0, mids.size - 1)
         return (slope[cell] * x[:, 0] + icept[cell] - target(x)) ** 2
 
-    total = exact1d.cumulative_moments(nodes, residual_squared, 1)[-1, 0]
+    return nodes, exact1d.cumulative_moments(nodes, residual_squared, 1)[:, 0]
+
+
+def l2_error_1d(
+    bounds: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray,
+    c0: float | None,
+    target: Target,
+) -> float:
+    """``sqrt(int (v - u)^2)`` on an interval, from ``cell_errors_1d`` (a sum of nonnegative
+    terms). Rank-local."""
+    total = cell_errors_1d(bounds, W, b, c, c0, target)[1][-1]
     return float(np.sqrt(max(total, 0.0)))

@@ -11,7 +11,7 @@ history and (SgGN) the networks before and after in ``benchmarks/training/result
     python scripts/experiments.py report
     python scripts/experiments.py pair     # the jump-pair resolution table
     python scripts/experiments.py profile --n 512 1024   # 2D SgGN iteration profile (disk)
-    python scripts/experiments.py diagnose   # SgGN error versus n for two drop_tol (docs/sggn.md)
+    python scripts/experiments.py diagnose   # SgGN error versus n, three settings (docs/sggn.md)
     python scripts/experiments.py merge --dim 2 FILE   # runs of a job run with --store FILE
 
 Budgets (``budget``): SgGN runs to convergence or its caps; every baseline then gets SgGN's wall
@@ -460,7 +460,13 @@ def command_pair(args: argparse.Namespace) -> None:
 
 
 DIAGNOSIS_TARGETS = ("step", "tanh_layer", "power", "sine")
-DIAGNOSIS_DROP_TOLS = (1e-10, 1e-4)
+# Settings compared by ``diagnose`` (label: config overrides): the GN step over all neurons (the
+# old default), without the neurons of small |c_i|, and with reseating of wasted neurons (default).
+DIAGNOSIS_SETTINGS = {
+    "drop_tol 1e-10": ["train.drop_tol=1e-10", "train.reseat=false"],
+    "drop_tol 1e-4": ["train.drop_tol=1e-4", "train.reseat=false"],
+    "drop_tol 1e-4, reseat": ["train.drop_tol=1e-4", "train.reseat=true"],
+}
 
 
 def diagnosis_report(runs: dict) -> None:
@@ -476,14 +482,14 @@ def diagnosis_report(runs: dict) -> None:
         "SgGN, 1D, uniform start, dense solver, at most 300 iterations: relative L2 error "
         "(stop reason), mean step length, loss evaluations per iteration.",
         "",
-        "| target | n | " + " | ".join(f"drop_tol {drop:g}" for drop in DIAGNOSIS_DROP_TOLS) + " |",
-        "|---|---|" + "---|" * len(DIAGNOSIS_DROP_TOLS),
+        "| target | n | " + " | ".join(DIAGNOSIS_SETTINGS) + " |",
+        "|---|---|" + "---|" * len(DIAGNOSIS_SETTINGS),
     ]
     for target in DIAGNOSIS_TARGETS:
         for n in SIZES[1]:
             cells = []
-            for drop in DIAGNOSIS_DROP_TOLS:
-                run = runs.get(f"{target}/{n}/{drop:g}")
+            for setting in DIAGNOSIS_SETTINGS:
+                run = runs.get(f"{target}/{n}/{setting}")
                 cells.append(
                     "-"
                     if run is None
@@ -495,10 +501,10 @@ def diagnosis_report(runs: dict) -> None:
     (OUT / "diagnosis.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for target, colour in zip(DIAGNOSIS_TARGETS, ("C0", "C1", "C2", "C3"), strict=True):
-        for drop, style in zip(DIAGNOSIS_DROP_TOLS, ("--", "-"), strict=True):
-            sizes = [n for n in SIZES[1] if f"{target}/{n}/{drop:g}" in runs]
-            picked = [runs[f"{target}/{n}/{drop:g}"] for n in sizes]
-            label = f"{target}, drop_tol {drop:g}"
+        for setting, style in zip(DIAGNOSIS_SETTINGS, (":", "--", "-"), strict=True):
+            sizes = [n for n in SIZES[1] if f"{target}/{n}/{setting}" in runs]
+            picked = [runs[f"{target}/{n}/{setting}"] for n in sizes]
+            label = f"{target}, {setting}"
             axes[0].loglog(
                 sizes,
                 [r["result"]["relative_l2_error"] for r in picked],
@@ -529,8 +535,7 @@ def diagnosis_report(runs: dict) -> None:
 
 
 def command_diagnose(args: argparse.Namespace) -> None:
-    """SgGN's final error versus n on the 1D reference set with the GN step over all neurons
-    (``drop_tol = 1e-10``, the old default) and without the neurons of small ``|c_i|``: runs
+    """SgGN's final error versus n on the 1D reference set in the ``DIAGNOSIS_SETTINGS``: runs
     (300 iterations at most, one rank, dense solver) into ``benchmarks/training/diagnosis.json``,
     the figure ``diagnosis.png`` (error, mean step, evaluations per iteration versus n)."""
     comm = MPI.COMM_SELF
@@ -538,10 +543,10 @@ def command_diagnose(args: argparse.Namespace) -> None:
     runs = json.loads(store.read_text()) if store.exists() else {}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    for drop in DIAGNOSIS_DROP_TOLS:
+    for setting, overrides in DIAGNOSIS_SETTINGS.items():
         for target in DIAGNOSIS_TARGETS:
             for n in SIZES[1]:
-                name = f"{target}/{n}/{drop:g}"
+                name = f"{target}/{n}/{setting}"
                 if name in runs:
                     continue
                 path = work / "diagnose.h5"
@@ -555,10 +560,10 @@ def command_diagnose(args: argparse.Namespace) -> None:
                         "solver.kind=dense",
                         f"output.path={path}",
                         "train.max_iter=300",
-                        f"train.drop_tol={drop}",
                         "train.log_every=1000",
                         "train.checkpoint_every=0",
-                    ],
+                    ]
+                    + overrides,
                 )
                 try:
                     result = train(build_problem(config), config, comm)
@@ -588,11 +593,12 @@ PROFILE_FUNCTIONS = {  # (file, function) of the steps timed by ``profile``
 def command_profile(args: argparse.Namespace) -> None:
     """Seconds per SgGN iteration on the 2D disk target (one rank), and where they go.
 
-    Runs ``train`` under cProfile for ``--iterations`` iterations at each n and appends one row
-    per n to ``benchmarks/training/profile.md`` under the label ``--label``: wall seconds per
-    iteration (from the history, after the start), objective evaluations per iteration in the
-    line search, and the cumulative seconds per iteration of the main steps (they nest: the line
-    search and the c-solve include target moments and pair integrals).
+    Runs ``train`` for ``--iterations`` iterations at each n, once as is and once under cProfile,
+    and appends one row per n to ``benchmarks/training/profile.md`` under the label ``--label``:
+    wall seconds per iteration (from the history of the first run, after the start), objective
+    evaluations per iteration in the line search, and the cumulative seconds per iteration of the
+    main steps in the profiled run (they nest: the line search and the c-solve include target
+    moments and pair integrals; the profiler's overhead is in them).
     """
     import cProfile
     import inspect
@@ -612,7 +618,7 @@ def command_profile(args: argparse.Namespace) -> None:
             "",
             "SgGN on the 2D disk target, unit square, uniform start, dense solver, one rank: "
             "seconds per iteration (wall) and cumulative seconds per iteration in the main steps "
-            "(cProfile; they nest).",
+            "(cProfile; they nest). Wall time from a run without the profiler.",
             "",
             "| code | n | iterations | s / iteration | evaluations / iteration | "
             + " | ".join(PROFILE_FUNCTIONS)
@@ -636,14 +642,16 @@ def command_profile(args: argparse.Namespace) -> None:
             ],
         )
         problem = build_problem(config)
-        profiler = cProfile.Profile()
-        profiler.enable()
+        # Wall time from a run without the profiler (cProfile adds ~30% here), then the profile.
         result = train(problem, config, comm)
-        profiler.disable()
         _, history, _ = load_state(str(Path(args.work) / "profile.h5"))
         count = max(int(result["iterations"]), 1)
         per_iteration = (history["seconds"][-1] - history["seconds"][0]) / count
         evaluations = np.nansum(history.get("evaluations", [np.nan])) / count
+        profiler = cProfile.Profile()
+        profiler.enable()
+        train(problem, config, comm)
+        profiler.disable()
         stats = pstats.Stats(profiler).stats
         cumulative = {
             label: sum(
@@ -691,7 +699,7 @@ def main() -> None:
     p.add_argument("files", nargs="+")
     sub.add_parser("report", help="tables and figures from the results files")
     sub.add_parser("pair", help="resolution of a jump by a ReLU pair versus its width")
-    p = sub.add_parser("diagnose", help="SgGN error versus n for two drop_tol values")
+    p = sub.add_parser("diagnose", help="SgGN error versus n in three settings")
     p.add_argument("--work", default="/tmp/distgn-experiments")
     p = sub.add_parser("profile", help="2D SgGN iteration profile on the disk target")
     p.add_argument("--n", nargs="+", type=int, default=[512, 1024])

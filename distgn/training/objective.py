@@ -209,14 +209,18 @@ def _network_moments_1d(
     neuron against itself). Per cell ``int v`` and ``int x v`` in midpoint coordinates; a row's
     moments are the backward (``w > 0``, support ``[k, R]``) or forward (``w < 0``, ``[L, k]``) sums
     of its cells' integrals (w != 0, as everywhere in 1D). ``int phi_i^2`` in closed form.
-    Rank-local; every row is the same whatever the share it is computed in.
+    Rank-local; every row is the same whatever the share it is computed in (the cells are those of
+    all of ``network``'s breakpoints).
     """
     L, R = bounds
     support = np.flatnonzero(source.c != 0)
     ws, bs, cs = source.W[support, 0], source.b[support], source.c[support]
     w, b = network.W[rows, 0], network.b[rows]
     ks, k = np.clip(-bs / ws, L, R), np.clip(-b / w, L, R)
-    z = np.unique(np.concatenate([[L, R], ks, k]))
+    # The cells of all breakpoints (not only those of ``rows``): the sums below then run over the
+    # same cells whatever the share of rows, so a row's bits do not depend on the number of ranks.
+    every = np.clip(-network.b / network.W[:, 0], L, R)
+    z = np.unique(np.concatenate([[L, R], ks, every]))
     cells = z.size - 1
     ps, p = np.searchsorted(z, ks), np.searchsorted(z, k)
     linear = np.zeros((cells + 1, 2))  # (slope, intercept) of v per cell, one spare row

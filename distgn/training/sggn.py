@@ -44,6 +44,11 @@ W, b (possible when A is singular to working precision) is rejected and the prev
 loss never increases; deflations, rejections and rungs are counted in the history. This keeps the
 c-solve correct when neurons coalesce around a jump (coefficients ~ 1/delta).
 
+Reseating (1D, ``[train] reseat``): after an iteration that lowered the loss by less than
+``RESEAT_STALL``, the wasted neurons (dead, dependent on the others, or left out of the step for
+their small ``|c_i|``) are moved to the cells where the fit is worst (distgn.training.reseat) and
+c is solved for; the move is kept only if the loss falls (``reseat``).
+
 Functions taking a ``Context`` are collective over ``ctx.comm`` (every rank holds the whole
 network; distgn.training.objective makes the ranks agree bit for bit).
 """
@@ -80,6 +85,7 @@ from distgn.training.objective import (
     loss_and_gradient,
     network_moments,
 )
+from distgn.training.reseat import reseated, wasted_neurons
 
 VARIANTS = ("alternating", "varpro")
 
@@ -498,6 +504,29 @@ def _line_search(
     return gamma, value, counts, (*moved_network(gamma), solves.get(gamma))
 
 
+def reseat(ctx: Context, state: State, drop_tol: float) -> tuple[State, Gradient | None, int]:
+    """Move the wasted neurons (``reseat.wasted_neurons``: dead, or dependent on the others) to
+    the cells where the fit is worst and solve for c (1D). Collective.
+
+    Kept only when the c-solve's loss is below the state's; returns the new state, its gradient
+    (None when nothing was moved) and the number of neurons moved.
+    """
+    network = state.network
+    if ctx.dim != 1:
+        return state, None, 0
+    wasted = wasted_neurons(ctx.problem, network, state.removed, drop_tol)
+    if not wasted.any():
+        return state, None, 0
+    trial, moved = reseated(ctx.problem, network, wasted)
+    removed = state.removed & ~moved
+    out = solve_output(ctx, trial, ~removed, state.loss, gradient=True)
+    if out.rejected or not out.loss < state.loss:
+        return state, None, 0
+    return State(out.network, removed, out.loss, out.l2_error), out.gradient, int(moved.sum())
+
+
+# Reseating is tried after an iteration that lowered the loss by less than this fraction.
+RESEAT_STALL = 0.01
 # Consecutive failed c-solves after which a run stops (stop reason ``c_solve_failed``).
 C_SOLVE_FAILURES = 3
 
@@ -529,7 +558,11 @@ def run(
                 return "no_movable_neurons"
             return "line_search" if stats["evaluations"] >= MAX_EVALUATIONS else "tol"
         failures = failures + 1 if stats["c_solve_failed"] else 0
+        stalled = new.loss > (1.0 - RESEAT_STALL) * state.loss
         state = new
+        if cfg.reseat and stalled:
+            state, regrad, stats["reseated"] = reseat(ctx, state, cfg.drop_tol)
+            grad = regrad or grad
         reason = record(
             state.network,
             state.removed,

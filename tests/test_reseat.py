@@ -1,0 +1,126 @@
+"""Reseating of wasted neurons in 1D SgGN: per-cell fit errors against adaptive quadrature,
+where wasted neurons go, and that a reseat only ever lowers the loss.
+
+Serial tests (a run with reseating on 1 .. 4 ranks is in test_training_determinism.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+from scipy.integrate import quad
+
+from distgn.config import load_config
+from distgn.domain import interval
+from distgn.fit import cell_errors_1d, l2_error_1d
+from distgn.network import Network
+from distgn.problem import Problem
+from distgn.targets import make_target
+from distgn.training import sggn
+from distgn.training.objective import Context, evaluate_loss
+from distgn.training.reseat import RESEAT_SHARE, reseated, wasted_neurons
+
+
+def problem_with(t: np.ndarray, w: np.ndarray, target: str = "sine") -> Problem:
+    domain = interval(0.0, 1.0)
+    return Problem(domain, make_target(target, domain), Network(w[:, None], -w * t))
+
+
+def context(problem: Problem) -> Context:
+    return Context(problem, MPI.COMM_SELF, load_config(None, ["solver.kind=dense"]).solver)
+
+
+def test_cell_errors_equal_adaptive_quadrature(rng):
+    t = np.sort(rng.uniform(0.05, 0.95, 7))
+    w = np.where(rng.uniform(size=7) < 0.5, -1.0, 1.0)
+    problem = problem_with(t, w)
+    network = Network(problem.network.W, problem.network.b, rng.standard_normal(7), 0.4)
+    nodes, cumulative = cell_errors_1d(
+        problem.domain.bounds, network.W, network.b, network.c, network.c0, problem.target
+    )
+    errors = np.diff(cumulative)
+    assert np.all(errors >= 0)
+
+    def squared(x: float) -> float:
+        point = np.array([[x]])
+        return float((network.evaluate(point)[0] - problem.target(point)[0]) ** 2)
+
+    reference = [
+        quad(squared, a, b, epsabs=0, epsrel=1e-13)[0]
+        for a, b in zip(nodes[:-1], nodes[1:], strict=True)
+    ]
+    np.testing.assert_allclose(errors, reference, rtol=1e-10, atol=1e-16)
+    total = l2_error_1d(
+        problem.domain.bounds, network.W, network.b, network.c, network.c0, problem.target
+    )
+    assert total**2 == pytest.approx(sum(reference), rel=1e-10)
+
+
+def test_wasted_neurons_are_dead_dependent_or_negligible():
+    # Neurons: a mesh, two active on the whole interval (they span the affine functions), one
+    # beyond the right end facing right (dead), an opposite pair at the same breakpoint (it only
+    # adds an affine function; the generator of lowest |c| is the one dropped), and a neuron whose
+    # coefficient is negligible.
+    t = np.array([0.1, 0.3, 0.5, -0.5, 1.7, 1.5, 0.6, 0.6, 0.2])
+    w = np.array([1.0, 1.0, 1.0, 1.0, -1.0, 1.0, 1.0, -1.0, 1.0])
+    problem = problem_with(t, w)
+    c = np.array([1.0, -2.0, 1.5, 1.2, -1.0, 0.0, 0.7, 0.9, 1e-9])
+    network = Network(problem.network.W, problem.network.b, c)
+    removed = np.zeros(t.size, dtype=bool)
+    removed[5] = True
+    wasted = wasted_neurons(problem, network, removed, drop_tol=1e-4)
+    assert wasted[5] and wasted[8]
+    assert wasted[6] and not wasted[7]  # the one of lower |c| in the pair
+    assert not wasted[:5].any()
+
+
+@pytest.mark.parametrize("n", [6, 40])
+def test_reseated_neurons_go_to_the_worst_cells(n, rng):
+    # A step target fitted by a mesh away from the jump: the worst cells are near the jump. At
+    # most n / RESEAT_SHARE neurons move, those of smallest |c| first.
+    t = np.concatenate([rng.uniform(0.05, 0.3, n // 2), rng.uniform(0.7, 0.95, n - n // 2)])
+    w = np.where(rng.uniform(size=n) < 0.5, -1.0, 1.0)
+    problem = problem_with(t, w, "step")
+    c = rng.uniform(0.5, 1.0, n)
+    c[:4] = [0.2, 0.0, 0.1, 0.3]
+    network = Network(problem.network.W, problem.network.b, c)
+    wasted = np.zeros(n, dtype=bool)
+    wasted[:4] = True
+    count = max(1, n // RESEAT_SHARE)
+    moved_network, moved = reseated(problem, network, wasted)
+    nodes, cumulative = cell_errors_1d(
+        problem.domain.bounds, network.W, network.b, network.c, None, problem.target
+    )
+    worst = np.argsort(-np.diff(cumulative))[:count]
+    expected = np.sort(0.5 * (nodes[worst] + nodes[worst + 1]))
+    assert np.flatnonzero(moved).tolist() == sorted([1, 2, 0, 3][:count])
+    np.testing.assert_allclose(np.sort(moved_network.breakpoints()[moved]), expected, rtol=1e-15)
+    np.testing.assert_array_equal(moved_network.W[:, 0], w)  # orientations kept
+    np.testing.assert_array_equal(moved_network.c[moved], 0.0)
+    untouched = ~moved
+    np.testing.assert_array_equal(moved_network.b[untouched], network.b[untouched])
+
+
+def test_reseat_revives_a_dead_neuron_and_lowers_the_loss():
+    t = np.array([0.2, 0.4, 0.6, 0.8, 1.7])
+    problem = problem_with(t, np.ones(t.size), "tanh_layer")
+    ctx = context(problem)
+    state, _ = sggn.start(ctx, problem.network)
+    assert state.removed.tolist() == [False] * 4 + [True]
+    new, gradient, count = sggn.reseat(ctx, state, drop_tol=1e-4)
+    assert count == 1 and not new.removed.any()
+    assert 0.0 < new.network.breakpoints()[4] < 1.0
+    assert new.loss < state.loss
+    # The state's loss is the loss of its network, and the gradient comes with it.
+    assert new.loss == pytest.approx(evaluate_loss(ctx, new.network)[0], rel=1e-12)
+    assert gradient is not None and gradient.loss == pytest.approx(new.loss, rel=1e-12)
+
+
+def test_reseat_keeps_a_state_with_nothing_wasted():
+    t = np.array([0.2, 0.4, 0.6, 0.8])
+    problem = problem_with(t, np.ones(t.size), "sine")
+    ctx = context(problem)
+    state, _ = sggn.start(ctx, problem.network)
+    new, gradient, count = sggn.reseat(ctx, state, drop_tol=1e-4)
+    assert (new, gradient, count) == (state, None, 0)
