@@ -539,9 +539,11 @@ def run(
 ) -> str:
     """Iterate from ``state`` until ``record`` (training.Recorder) or SgGN itself stops.
 
-    SgGN's own stop reasons: ``tol`` (on every deflation rung and along the gradient, the line
-    search went down to steps whose predicted decrease is under the rounding level of J without
-    a decrease: a numerically stationary point), ``line_search`` (it gave up after
+    With ``cfg.reseat`` an iteration that lowered the loss by less than ``RESEAT_STALL`` is
+    followed by ``reseat`` (history column ``reseated``: neurons moved). SgGN's own stop
+    reasons: ``tol`` (on every deflation rung and along the gradient, the line search went down
+    to steps whose predicted decrease is under the rounding level of J without a decrease: a
+    numerically stationary point), ``line_search`` (it gave up after
     ``linesearch.MAX_EVALUATIONS`` evaluations instead), ``gn_solve_failed``, ``c_solve_failed``
     (``C_SOLVE_FAILURES`` consecutive failed c-solves), ``no_movable_neurons``.
     Returns the stop reason. Collective.
@@ -560,6 +562,7 @@ def run(
         failures = failures + 1 if stats["c_solve_failed"] else 0
         stalled = new.loss > (1.0 - RESEAT_STALL) * state.loss
         state = new
+        stats["reseated"] = 0
         if cfg.reseat and stalled:
             state, regrad, stats["reseated"] = reseat(ctx, state, cfg.drop_tol)
             grad = regrad or grad
