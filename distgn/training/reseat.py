@@ -1,9 +1,12 @@
-"""Reseating of wasted neurons in 1D SgGN: a dead neuron, or one that the c-solve sets aside as
-linearly dependent on the others (a coincident pair of opposite orientations spans an affine
-function, which other neurons already give), is moved to the middle of the cell where the fit is
-worst; the move is kept only when the c-solve there lowers the loss (docs/sggn.md, "Reseating").
+"""Reseating of wasted neurons in SgGN (docs/sggn.md, "Reseating").
 
-Rank-local except ``reseat`` (collective over the context's communicator).
+A neuron is wasted when it is dead, when the c-solve sets it aside as linearly dependent on the
+others (a coincident pair of opposite orientations only adds an affine function, which other
+neurons already give) or when its coefficient is too small for the Gauss-Newton step
+(``|c_i| <= drop_tol max|c|``). ``reseated`` moves such neurons: in 1D to the middles of the cells
+where ``int (v - u)^2`` is largest; in 2D and up to the candidate lines on which a new neuron
+correlates best with the residual (``insertion_scores``, exact integrals). sggn.reseat keeps the
+move only if the c-solve there lowers the loss. Everything here is rank-local.
 """
 
 from __future__ import annotations
@@ -12,13 +15,19 @@ from dataclasses import replace
 
 import numpy as np
 
+from distgn.assembly import pair_integrals, target_moments
 from distgn.fit import cell_errors_1d
 from distgn.network import Network
 from distgn.problem import Problem
-from distgn.training.deflation import independent_neurons
+from distgn.training.deflation import dead_neurons, independent_neurons
+from distgn.training.objective import UNIT, network_moments
 
 # At most n / RESEAT_SHARE neurons (at least one) are moved at a time, smallest |c_i| first.
 RESEAT_SHARE = 16
+# 2D and up: candidate lines through the centres of a CANDIDATE_GRID^d grid over the bounding
+# box, at CANDIDATE_ANGLES angles, both orientations.
+CANDIDATE_GRID = 8
+CANDIDATE_ANGLES = 8
 
 
 def wasted_neurons(
@@ -32,24 +41,92 @@ def wasted_neurons(
     return removed | (live & small) | (live & ~independent_neurons(problem, network, live, "A"))
 
 
-def reseated(problem: Problem, network: Network, wasted: np.ndarray) -> tuple[Network, np.ndarray]:
-    """``network`` with wasted neurons moved to the middles of the cells of largest error (one
-    per cell, largest first; at most ``n / RESEAT_SHARE`` of them, smallest ``|c_i|`` first;
-    ``c_i = 0``, orientation kept) and the mask of those moved. Rank-local."""
+def _places_1d(problem: Problem, network: Network, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``count`` new (w, b) in 1D: breakpoints at the middles of the cells (between the
+    breakpoints and the target's features) of largest ``int (v - u)^2``, largest first; w = 1
+    (the caller keeps a moved neuron's orientation)."""
     nodes, cumulative = cell_errors_1d(
         problem.domain.bounds, network.W, network.b, network.c, network.c0, problem.target
     )
     errors = np.diff(cumulative)
+    cells = np.argsort(-errors, kind="stable")[:count]
+    cells = cells[errors[cells] > 0]
+    points = 0.5 * (nodes[cells] + nodes[cells + 1])
+    return np.ones((points.size, 1)), -points
+
+
+def candidate_lines(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate neurons in 2D and up: unit normals at ``CANDIDATE_ANGLES`` angles (both
+    orientations; in d > 2 the coordinate planes' angles) through the centres of a
+    ``CANDIDATE_GRID``-per-side grid over the bounding box, those crossing the domain."""
+    domain = problem.domain
+    lo, hi = domain.bounds[:, 0], domain.bounds[:, 1]
+    side = (np.arange(CANDIDATE_GRID) + 0.5) / CANDIDATE_GRID
+    axes = [lo[k] + (hi[k] - lo[k]) * side for k in range(domain.dim)]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, domain.dim)
+    theta = np.pi * np.arange(CANDIDATE_ANGLES) / CANDIDATE_ANGLES
+    normals = np.zeros((2 * theta.size, domain.dim))
+    normals[: theta.size, :2] = np.column_stack([np.cos(theta), np.sin(theta)])
+    normals[theta.size :] = -normals[: theta.size]
+    W = np.repeat(normals[None], points.shape[0], axis=0).reshape(-1, domain.dim)
+    b = -np.einsum("ij,ij->i", W, np.repeat(points, normals.shape[0], axis=0))
+    alive = ~dead_neurons(problem, Network(W, b))
+    return W[alive], b[alive]
+
+
+def insertion_scores(
+    problem: Problem, network: Network, W: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    """For candidate neurons (W, b): ``<v - u, phi>^2 / ||phi||^2``, the decrease of the loss when
+    the candidate is added with its best coefficient and is orthogonal to the neurons (a lower
+    bound otherwise). Exact integrals (``network_moments``, ``target_moments``, pair integrals).
+    Rank-local."""
+    candidates = Network(W, b)
+    rows = np.arange(W.shape[0])
+    moments = network_moments(problem, candidates, rows, source=network)
+    moments = moments - target_moments(problem.domain, problem.target, W, b, rows)
+    if network.c0:
+        moments = moments + network.c0 * target_moments(problem.domain, UNIT, W, b, rows)
+    r = np.column_stack([W, b])
+    products = np.einsum("ik,ik->i", moments, r)
+    squares = np.array(
+        [pair_integrals(problem.domain, W, b, [i], [i], ("A",))["A"][0, 0] for i in rows]
+    )
+    return np.where(squares > 0, products**2 / np.where(squares > 0, squares, 1.0), 0.0)
+
+
+def _places(problem: Problem, network: Network, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``count`` new (w, b) in 2D and up: the ``candidate_lines`` of best
+    ``insertion_scores`` (the best orientation and angle per grid point, best points first)."""
+    W, b = candidate_lines(problem)
+    scores = insertion_scores(problem, network, W, b)
+    per_point = 2 * CANDIDATE_ANGLES
+    point = np.arange(W.shape[0]) // per_point  # candidates of a grid point are adjacent
+    by_score = np.argsort(-scores, kind="stable")
+    _, first = np.unique(point[by_score], return_index=True)
+    order = by_score[np.sort(first)][:count]
+    order = order[scores[order] > 0]
+    return W[order], b[order]
+
+
+def reseated(problem: Problem, network: Network, wasted: np.ndarray) -> tuple[Network, np.ndarray]:
+    """``network`` with wasted neurons (at most ``n / RESEAT_SHARE``, smallest ``|c_i|`` first)
+    moved to new places, ``c_i = 0``, and the mask of those moved. Rank-local.
+
+    1D: the middles of the cells of largest error, one per cell, the orientation kept.
+    2D and up: the candidate lines of best insertion score, one per grid point.
+    """
     index = np.flatnonzero(wasted)
     index = index[np.argsort(np.abs(network.c[index]), kind="stable")]
     index = index[: max(1, network.n // RESEAT_SHARE)]
-    cells = np.argsort(-errors, kind="stable")[: index.size]
-    cells = cells[errors[cells] > 0]
-    index = index[: cells.size]
-    points = 0.5 * (nodes[cells] + nodes[cells + 1])
-    w = np.where(network.W[index, 0] < 0, -1.0, 1.0)
+    place = _places_1d if problem.domain.dim == 1 else _places
+    W_new, b_new = place(problem, network, index.size)
+    index = index[: b_new.size]
     W, b, c = network.W.copy(), network.b.copy(), network.c.copy()
-    W[index, 0], b[index], c[index] = w, -w * points, 0.0
+    if problem.domain.dim == 1:
+        orientation = np.where(network.W[index, 0] < 0, -1.0, 1.0)
+        W_new, b_new = W_new * orientation[:, None], b_new * orientation
+    W[index], b[index], c[index] = W_new, b_new, 0.0
     moved = np.zeros(network.n, dtype=bool)
     moved[index] = True
     return replace(network, W=W, b=b, c=c), moved

@@ -44,10 +44,10 @@ W, b (possible when A is singular to working precision) is rejected and the prev
 loss never increases; deflations, rejections and rungs are counted in the history. This keeps the
 c-solve correct when neurons coalesce around a jump (coefficients ~ 1/delta).
 
-Reseating (1D, ``[train] reseat``): after an iteration that lowered the loss by less than
+Reseating (``[train] reseat``): after an iteration that lowered the loss by less than
 ``RESEAT_STALL``, the wasted neurons (dead, dependent on the others, or left out of the step for
-their small ``|c_i|``) are moved to the cells where the fit is worst (distgn.training.reseat) and
-c is solved for; the move is kept only if the loss falls (``reseat``).
+their small ``|c_i|``) are moved to where the fit is worst (distgn.training.reseat) and c is
+solved for; the move is kept only if the loss falls (``reseat``).
 
 Functions taking a ``Context`` are collective over ``ctx.comm`` (every rank holds the whole
 network; distgn.training.objective makes the ranks agree bit for bit).
@@ -505,15 +505,13 @@ def _line_search(
 
 
 def reseat(ctx: Context, state: State, drop_tol: float) -> tuple[State, Gradient | None, int]:
-    """Move the wasted neurons (``reseat.wasted_neurons``: dead, or dependent on the others) to
-    the cells where the fit is worst and solve for c (1D). Collective.
+    """Move the wasted neurons (``reseat.wasted_neurons``: dead, dependent on the others, or of
+    negligible c) to where the fit is worst (``reseat.reseated``) and solve for c. Collective.
 
     Kept only when the c-solve's loss is below the state's; returns the new state, its gradient
     (None when nothing was moved) and the number of neurons moved.
     """
     network = state.network
-    if ctx.dim != 1:
-        return state, None, 0
     wasted = wasted_neurons(ctx.problem, network, state.removed, drop_tol)
     if not wasted.any():
         return state, None, 0
