@@ -257,6 +257,17 @@ def test_pair_integrals_exact(name):
     assert got["H"][0, 0] == pytest.approx(domain.measure, rel=1e-15)  # active everywhere
 
 
+@pytest.mark.parametrize("name", ["square", "pentagon"])
+def test_relu_squares_exact(name):
+    # int relu(w.x + b)^2 per neuron against exact rational arithmetic (the diagonal of A).
+    domain = DOMAINS[name]
+    W, b = random_neurons(8, seed=2, domain=domain)
+    ref = np.diag(pair_reference(domain.vertices, W, b)["A"])
+    got = polygon.relu_squares(domain.vertices, W, b)
+    assert max_relative_error(got, ref) <= 1e-13
+    assert got[1] == 0.0  # inactive neuron
+
+
 def test_pair_integrals_degenerate_lines():
     """Lines through vertices, along edges, parallel and coincident, tiny and huge scales, a
     sliver of width 1e-13."""

@@ -22,6 +22,8 @@ from distgn.training import sggn
 from distgn.training.deflation import dead_neurons
 from distgn.training.objective import Context, evaluate_loss, loss_and_gradient
 from distgn.training.reseat import (
+    CANDIDATE_ANGLES,
+    CANDIDATE_GRID,
     RESEAT_SHARE,
     candidate_lines,
     insertion_scores,
@@ -145,7 +147,9 @@ def test_insertion_score_is_the_loss_decrease_of_the_best_coefficient(rng):
     problem = Problem(domain, make_target("smooth", domain), network, True)
     ctx = context(problem)
     loss = evaluate_loss(ctx, network)[0]
-    lines_W, lines_b = candidate_lines(problem)
+    lines_W, lines_b, point = candidate_lines(problem)
+    assert lines_W.shape == (CANDIDATE_GRID**2 * 2 * CANDIDATE_ANGLES, 2)
+    assert np.bincount(point).tolist() == [2 * CANDIDATE_ANGLES] * CANDIDATE_GRID**2
     assert not dead_neurons(problem, Network(lines_W, lines_b)).any()
     picked = rng.choice(lines_W.shape[0], 3, replace=False)
     scores = insertion_scores(problem, network, lines_W[picked], lines_b[picked])

@@ -172,6 +172,18 @@ def neuron_polygons(
     return P, phi, np.maximum(count, 1)
 
 
+def relu_squares(vertices: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``int relu(w_i.x + b_i)^2`` over the polygon for every neuron, shape (n,): the diagonal of
+    A without the pair clipping. Fan triangles ``(P_0, P_k, P_k+1)`` of ``P_i`` and the triangle
+    rule with the vertex values of ``phi_i`` (all >= 0: no cancellation). Rank-local."""
+    P, phi, _ = neuron_polygons(vertices, np.asarray(W, dtype=float), np.asarray(b, dtype=float))
+    U, V = P[:, 1:-1] - P[:, :1], P[:, 2:] - P[:, :1]
+    area = np.maximum(0.5 * (U[..., 0] * V[..., 1] - U[..., 1] * V[..., 0]), 0.0)
+    a, b1, c = phi[:, :1], phi[:, 1:-1], phi[:, 2:]
+    total = a + b1 + c
+    return np.sum(area / 12.0 * (a * a + b1 * b1 + c * c + total * total), axis=1)
+
+
 def _crossings(
     pxk: list, pyk: list, pgk: list, s: list, inside: list, want_A: bool
 ) -> tuple[list, tuple[np.ndarray, ...]]:

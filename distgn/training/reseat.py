@@ -4,7 +4,7 @@ A neuron is wasted when it is dead, when the c-solve sets it aside as linearly d
 others (a coincident pair of opposite orientations only adds an affine function, which other
 neurons already give) or when its coefficient is too small for the Gauss-Newton step
 (``|c_i| <= drop_tol max|c|``). ``reseated`` moves such neurons: in 1D to the middles of the cells
-where ``int (v - u)^2`` is largest; in 2D and up to the candidate lines on which a new neuron
+where ``int (v - u)^2`` is largest; in 2D to the candidate lines on which a new neuron
 correlates best with the residual (``insertion_scores``, exact integrals). sggn.reseat keeps the
 move only if the c-solve there lowers the loss. Everything here is rank-local.
 """
@@ -15,7 +15,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from distgn.assembly import pair_integrals, target_moments
+from distgn.assembly import target_moments
+from distgn.assembly.polygon import relu_squares
 from distgn.fit import cell_errors_1d
 from distgn.network import Network
 from distgn.problem import Problem
@@ -24,7 +25,7 @@ from distgn.training.objective import UNIT, network_moments
 
 # At most n / RESEAT_SHARE neurons (at least one) are moved at a time, smallest |c_i| first.
 RESEAT_SHARE = 16
-# 2D and up: candidate lines through the centres of a CANDIDATE_GRID^d grid over the bounding
+# 2D: candidate lines through the centres of a CANDIDATE_GRID^2 grid over the bounding
 # box, at CANDIDATE_ANGLES angles, both orientations.
 CANDIDATE_GRID = 8
 CANDIDATE_ANGLES = 8
@@ -55,32 +56,32 @@ def _places_1d(problem: Problem, network: Network, count: int) -> tuple[np.ndarr
     return np.ones((points.size, 1)), -points
 
 
-def candidate_lines(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate neurons in 2D and up: unit normals at ``CANDIDATE_ANGLES`` angles (both
-    orientations; in d > 2 the coordinate planes' angles) through the centres of a
-    ``CANDIDATE_GRID``-per-side grid over the bounding box, those crossing the domain."""
+def candidate_lines(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate neurons in 2D: unit normals at ``CANDIDATE_ANGLES`` angles (both orientations)
+    through the centres of a ``CANDIDATE_GRID``-per-side grid over the bounding box, those
+    crossing the domain: ``(W, b, grid point of each)``."""
     domain = problem.domain
     lo, hi = domain.bounds[:, 0], domain.bounds[:, 1]
     side = (np.arange(CANDIDATE_GRID) + 0.5) / CANDIDATE_GRID
-    axes = [lo[k] + (hi[k] - lo[k]) * side for k in range(domain.dim)]
-    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, domain.dim)
+    x, y = np.meshgrid(lo[0] + (hi[0] - lo[0]) * side, lo[1] + (hi[1] - lo[1]) * side)
+    points = np.column_stack([x.ravel(), y.ravel()])
     theta = np.pi * np.arange(CANDIDATE_ANGLES) / CANDIDATE_ANGLES
-    normals = np.zeros((2 * theta.size, domain.dim))
-    normals[: theta.size, :2] = np.column_stack([np.cos(theta), np.sin(theta)])
-    normals[theta.size :] = -normals[: theta.size]
-    W = np.repeat(normals[None], points.shape[0], axis=0).reshape(-1, domain.dim)
-    b = -np.einsum("ij,ij->i", W, np.repeat(points, normals.shape[0], axis=0))
+    half = np.column_stack([np.cos(theta), np.sin(theta)])
+    normals = np.vstack([half, -half])
+    point = np.repeat(np.arange(points.shape[0]), normals.shape[0])
+    W = np.tile(normals, (points.shape[0], 1))
+    b = -np.einsum("ij,ij->i", W, points[point])
     alive = ~dead_neurons(problem, Network(W, b))
-    return W[alive], b[alive]
+    return W[alive], b[alive], point[alive]
 
 
 def insertion_scores(
     problem: Problem, network: Network, W: np.ndarray, b: np.ndarray
 ) -> np.ndarray:
-    """For candidate neurons (W, b): ``<v - u, phi>^2 / ||phi||^2``, the decrease of the loss when
-    the candidate is added with its best coefficient and is orthogonal to the neurons (a lower
-    bound otherwise). Exact integrals (``network_moments``, ``target_moments``, pair integrals).
-    Rank-local."""
+    """For candidate neurons (W, b): ``<v - u, phi>^2 / ||phi||^2``, the decrease of the loss
+    when the candidate is added with its best coefficient and is orthogonal to the neurons (a
+    lower bound otherwise). Exact integrals (``network_moments``, ``target_moments``,
+    ``polygon.relu_squares``). Rank-local."""
     candidates = Network(W, b)
     rows = np.arange(W.shape[0])
     moments = network_moments(problem, candidates, rows, source=network)
@@ -89,19 +90,15 @@ def insertion_scores(
         moments = moments + network.c0 * target_moments(problem.domain, UNIT, W, b, rows)
     r = np.column_stack([W, b])
     products = np.einsum("ik,ik->i", moments, r)
-    squares = np.array(
-        [pair_integrals(problem.domain, W, b, [i], [i], ("A",))["A"][0, 0] for i in rows]
-    )
+    squares = relu_squares(problem.domain.vertices, W, b)
     return np.where(squares > 0, products**2 / np.where(squares > 0, squares, 1.0), 0.0)
 
 
 def _places(problem: Problem, network: Network, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``count`` new (w, b) in 2D and up: the ``candidate_lines`` of best
+    """At most ``count`` new (w, b) in 2D: the ``candidate_lines`` of best
     ``insertion_scores`` (the best orientation and angle per grid point, best points first)."""
-    W, b = candidate_lines(problem)
+    W, b, point = candidate_lines(problem)
     scores = insertion_scores(problem, network, W, b)
-    per_point = 2 * CANDIDATE_ANGLES
-    point = np.arange(W.shape[0]) // per_point  # candidates of a grid point are adjacent
     by_score = np.argsort(-scores, kind="stable")
     _, first = np.unique(point[by_score], return_index=True)
     order = by_score[np.sort(first)][:count]
@@ -114,7 +111,7 @@ def reseated(problem: Problem, network: Network, wasted: np.ndarray) -> tuple[Ne
     moved to new places, ``c_i = 0``, and the mask of those moved. Rank-local.
 
     1D: the middles of the cells of largest error, one per cell, the orientation kept.
-    2D and up: the candidate lines of best insertion score, one per grid point.
+    2D: the candidate lines of best insertion score, one per grid point.
     """
     index = np.flatnonzero(wasted)
     index = index[np.argsort(np.abs(network.c[index]), kind="stable")]

@@ -506,12 +506,15 @@ def _line_search(
 
 def reseat(ctx: Context, state: State, drop_tol: float) -> tuple[State, Gradient | None, int]:
     """Move the wasted neurons (``reseat.wasted_neurons``: dead, dependent on the others, or of
-    negligible c) to where the fit is worst (``reseat.reseated``) and solve for c. Collective.
+    negligible c) to where the fit is worst (``reseat.reseated``) and solve for c (1D and 2D).
+    Collective.
 
     Kept only when the c-solve's loss is below the state's; returns the new state, its gradient
     (None when nothing was moved) and the number of neurons moved.
     """
     network = state.network
+    if ctx.dim > 2:
+        return state, None, 0
     wasted = wasted_neurons(ctx.problem, network, state.removed, drop_tol)
     if not wasted.any():
         return state, None, 0
