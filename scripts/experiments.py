@@ -636,6 +636,7 @@ def command_profile(args: argparse.Namespace) -> None:
                 f"train.max_iter={args.iterations}",
                 "train.checkpoint_every=0",
                 "train.log_every=1000",
+                *args.set,
             ],
         )
         problem = build_problem(config)
@@ -702,6 +703,9 @@ def main() -> None:
     p.add_argument("--n", nargs="+", type=int, default=[512, 1024])
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--label", default="current")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     p.add_argument("--work", default="/tmp/distgn-experiments")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
