@@ -77,13 +77,17 @@ def polygon_moments(poly: list, zero=0) -> dict:
     return M
 
 
-def pair_reference(V: np.ndarray, W: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    """Exact A, H, G of the float inputs, rounded once to float."""
+def pair_reference(
+    V: np.ndarray, W: np.ndarray, b: np.ndarray, exact: bool = False
+) -> dict[str, np.ndarray]:
+    """Exact A, H, G of the float inputs, rounded once to float (``exact``: as Fractions)."""
     n = b.size
     square = [(Fraction(x), Fraction(y)) for x, y in V]
     Wf = [(Fraction(w0), Fraction(w1)) for w0, w1 in W]
     bf = [Fraction(v) for v in b]
-    A, H, G = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n, 3, 3))
+    kind = object if exact else float
+    A, H = np.zeros((n, n), dtype=kind), np.zeros((n, n), dtype=kind)
+    G = np.zeros((n, n, 3, 3), dtype=kind)
     for i in range(n):
         Pi = clip_exact(square, Wf[i], bf[i])
         for j in range(n):
@@ -266,6 +270,63 @@ def test_relu_squares_exact(name):
     got = polygon.relu_squares(domain.vertices, W, b)
     assert max_relative_error(got, ref) <= 1e-13
     assert got[1] == 0.0  # inactive neuron
+
+
+@pytest.mark.parametrize("name", ["square", "pentagon"])
+def test_line_arrangement_cells_tile_the_domain(name):
+    # The cells cover the domain (areas add up) and each cell's activity is the sign of every
+    # line at its centroid.
+    domain = DOMAINS[name]
+    W, b = random_neurons(9, seed=4, domain=domain)
+    K, active = polygon.line_arrangement(domain.vertices, W, b)
+    area = polygon._fan_areas(K).sum(axis=1)
+    assert np.sum(area) == pytest.approx(domain.measure, rel=1e-14)
+    centroid = np.array([np.unique(cell, axis=0).mean(axis=0) for cell in K])
+    assert np.array_equal(centroid @ W.T + b > 0, active)
+    assert K.shape[0] > 9
+
+
+@pytest.mark.parametrize("name", ["square", "pentagon"])
+@pytest.mark.parametrize("width", [1e-3, 1e-9])
+def test_relu_sum_integrals_exact_with_cancelling_pairs(name, width):
+    """int v^2 and int v h_i xhat for v = sum c_i phi_i against exact rational arithmetic, with
+    two pairs that sharpen a ramp of the given width (|c_i| = 1 / width, cancelling): the cell
+    sums keep their accuracy where c^T A c loses it all."""
+    domain = DOMAINS[name]
+    W, b = random_neurons(5, seed=6, domain=domain)
+    # A ramp of the given width, and a wedge of two lines turned by the width about a point.
+    normal, turned = (np.array([np.cos(t), np.sin(t)]) for t in (0.4, 0.4 + width))
+    offset = float(normal @ domain.center)
+    pivot = domain.center + 0.1 * normal
+    pairs_W = np.array([normal, normal, normal, turned])
+    pairs_b = np.array([-offset, -offset - width, -normal @ pivot, -turned @ pivot])
+    W, b = np.vstack([W, pairs_W]), np.concatenate([b, pairs_b])
+    c = np.concatenate([np.linspace(-1.0, 1.0, 5), np.array([1, -1, 1, -1]) / width])
+    exact = pair_reference(domain.vertices, W, b, exact=True)
+    cf = [Fraction(x) for x in c]
+    r = [[Fraction(x) for x in row] for row in np.column_stack([W, b])]
+    square_ref = sum(cf[i] * cf[j] * exact["A"][i, j] for i in range(b.size) for j in range(b.size))
+    moments_ref = np.array(
+        [
+            [
+                float(
+                    sum(
+                        exact["G"][i, j, k, m] * cf[j] * r[j][m]
+                        for j in range(b.size)
+                        for m in range(3)
+                    )
+                )
+                for k in range(3)
+            ]
+            for i in range(b.size)
+        ]
+    )
+    square, moments = polygon.relu_sum_integrals(domain.vertices, W, b, c)
+    assert square == pytest.approx(float(square_ref), rel=1e-6)
+    assert np.max(np.abs(moments - moments_ref)) <= 1e-6 * np.max(np.abs(moments_ref))
+    if width < 1e-6:  # what the pair integrals give: c^T A c is lost to rounding
+        A = polygon.pair_integrals(domain.vertices, W, b, np.arange(b.size), np.arange(b.size))["A"]
+        assert abs(c @ A @ c - float(square_ref)) > 1e-3 * float(square_ref)
 
 
 def test_pair_integrals_degenerate_lines():

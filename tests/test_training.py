@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from distgn.assembly import layer_matrix, pair_integrals
+from distgn.assembly import layer_matrix, pair_integrals, target_moments
 from distgn.config import load_config
 from distgn.domain import box, interval, polygon
 from distgn.errors import InputError, SolverError
@@ -87,6 +87,39 @@ def test_gradient_matches_finite_differences(dim, rng):
         minus = evaluate_loss(ctx, baselines.unpack(theta - step, network))[0]
         numeric[k] = (plus - minus) / (2 * h)
     np.testing.assert_allclose(exact, numeric, rtol=0, atol=1e-7 * np.max(np.abs(exact)))
+
+
+@pytest.mark.parametrize("width", [1e-3, 1e-5, 1e-6])
+def test_2d_loss_of_a_sharp_ramp_is_exact(width, rng):
+    """A ramp of the given width (two neurons, c = +-1/width) across line_jump's line, plus
+    three neurons of small c: J against the closed form (ramp alone: 2 J = width |chord| / 3),
+    far below the rounding of c^T A c at widths 1e-5 and 1e-6 (there ``n eps (sum |c_i|
+    |phi_i|)^2`` is 2e-5 and 2e-3), and the gradient moments against the plain pair integrals
+    where those are accurate (width 1e-3)."""
+    domain = box([[0.0, 1.0], [0.0, 1.0]])
+    target = make_target("line_jump", domain)
+    normal, offset = target.lines[0]
+    chord = 1.0 / normal[0]  # the line crosses the bottom and top edges
+    ramp = Network(np.array([normal, normal]), np.array([width - offset, -offset]))
+    extra = random_network(2, 3, rng, output_bias=False)
+    scale = 1e-2 * width  # small enough not to hide the ramp's error
+    network = Network(
+        np.vstack([ramp.W, extra.W]),
+        np.concatenate([ramp.b, extra.b]),
+        np.concatenate([np.array([1.0, -1.0]) / width, scale * extra.c]),
+    )
+    solver = load_config(None, ["solver.kind=dense"]).solver
+    ctx = Context(Problem(domain, target, network), MPI.COMM_SELF, solver)
+    grad = loss_and_gradient(ctx, network)
+    only_ramp = Network(network.W, network.b, np.concatenate([network.c[:2], np.zeros(3)]))
+    exact = width * chord / 3
+    assert 2 * loss_and_gradient(ctx, only_ramp).loss == pytest.approx(exact, rel=1e-9 / width)
+    n = network.n
+    G = pair_integrals(domain, network.W, network.b, np.arange(n), np.arange(n), ("G",))["G"]
+    um = target_moments(domain, target, network.W, network.b, np.arange(n))
+    plain = np.einsum("ijkl,jl->ik", G, network.c[:, None] * network.r) - um
+    if width > 1e-4:
+        np.testing.assert_allclose(grad.moments, plain, rtol=0, atol=1e-10 * np.max(np.abs(plain)))
 
 
 def _quadrature(domain, m: int) -> tuple[np.ndarray, float]:

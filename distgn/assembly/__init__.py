@@ -128,7 +128,8 @@ def assemble_block_rows(
     return BlockRows(tree, start, stop, W, b, matrices, moments, mass)
 
 
-ONE = Target("one", lambda x: np.ones(x.shape[0]))
+# u = 1, declared constant: its 2D moments come in closed form (polygon.target_moments).
+ONE = Target("one", lambda x: np.ones(x.shape[0]), constant=True)
 
 
 def network_mass(domain: Domain, W: np.ndarray, b: np.ndarray, I: np.ndarray) -> np.ndarray:

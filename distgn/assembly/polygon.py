@@ -177,11 +177,103 @@ def relu_squares(vertices: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarr
     A without the pair clipping. Fan triangles ``(P_0, P_k, P_k+1)`` of ``P_i`` and the triangle
     rule with the vertex values of ``phi_i`` (all >= 0: no cancellation). Rank-local."""
     P, phi, _ = neuron_polygons(vertices, np.asarray(W, dtype=float), np.asarray(b, dtype=float))
-    U, V = P[:, 1:-1] - P[:, :1], P[:, 2:] - P[:, :1]
-    area = np.maximum(0.5 * (U[..., 0] * V[..., 1] - U[..., 1] * V[..., 0]), 0.0)
+    area = _fan_areas(P)
     a, b1, c = phi[:, :1], phi[:, 1:-1], phi[:, 2:]
     total = a + b1 + c
     return np.sum(area / 12.0 * (a * a + b1 * b1 + c * c + total * total), axis=1)
+
+
+def line_arrangement(
+    vertices: np.ndarray, W: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cells of the polygon cut by the lines ``w_i.x + b_i = 0``, with each cell's activity.
+
+    Every line splits every cell it crosses into its two sides (``clip_polygons``); cells of no
+    area are dropped. Which neurons are active on a cell is recorded as the cells are split, so
+    it is exact however thin the cell. O(k^2) cells for k lines in general position (fewer for
+    near-parallel lines). Rank-local.
+
+    Returns
+    -------
+    K : ndarray, shape (cells, m, 2)
+        Vertex slots of the cells (counter-clockwise, padded by repeating the last vertex).
+    active : ndarray of bool, shape (cells, k)
+        ``active[q, i]``: ``w_i.x + b_i > 0`` on cell q.
+    """
+    K = np.asarray(vertices, dtype=float)[None]
+    active = np.zeros((1, b.size), dtype=bool)
+    for i in range(b.size):
+        s = K @ W[i] + b[i]
+        plus, _, count_plus = clip_polygons(K, s)
+        minus, _, count_minus = clip_polygons(K, -s)
+        m = max(plus.shape[1], minus.shape[1])
+        K = np.concatenate([_pad_slots(plus, m), _pad_slots(minus, m)], axis=0)
+        side = np.zeros((2, active.shape[0], b.size), dtype=bool)
+        side[:] = active
+        side[0, :, i] = True
+        keep = np.concatenate([count_plus, count_minus]) >= 3
+        K, active = K[keep], side.reshape(-1, b.size)[keep]
+        keep = _fan_areas(K).sum(axis=1) > 0
+        K, active = _compact(K[keep]), active[keep]
+    return K, active
+
+
+def _compact(K: np.ndarray) -> np.ndarray:
+    """Vertex slots (k, m, 2) without repeated consecutive vertices, padded to the largest count
+    by repeating the last vertex (the padding of ``clip_polygons`` would otherwise pile up)."""
+    new = np.concatenate(
+        [np.ones((K.shape[0], 1), dtype=bool), np.any(np.diff(K, axis=1) != 0, axis=2)], axis=1
+    )
+    count = new.sum(axis=1)
+    order = np.argsort(~new, axis=1, kind="stable")
+    slot = np.minimum(np.arange(max(int(count.max(initial=1)), 1))[None, :], count[:, None] - 1)
+    return np.take_along_axis(K, np.take_along_axis(order, slot, axis=1)[..., None], axis=1)
+
+
+def _fan_areas(K: np.ndarray) -> np.ndarray:
+    """Areas of the fan triangles ``(K_0, K_k, K_k+1)`` of convex cells, shape (cells, m-2)."""
+    U, V = K[:, 1:-1] - K[:, :1], K[:, 2:] - K[:, :1]
+    return np.maximum(0.5 * (U[..., 0] * V[..., 1] - U[..., 1] * V[..., 0]), 0.0)
+
+
+def relu_sum_integrals(
+    vertices: np.ndarray, W: np.ndarray, b: np.ndarray, c: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """``int v^2`` and ``int v h_i xhat`` for ``v = sum_i c_i relu(w_i.x + b_i)`` over the
+    polygon, on the cells of the lines' arrangement (``line_arrangement``).
+
+    On each cell v is one affine function, whose vertex values enter the triangle rule exactly:
+    the results carry a rounding error of about ``eps |v| sum_i |c_i| |phi_i|``, not the ``eps
+    (sum_i |c_i| |phi_i|)^2`` of ``c^T A c`` (or ``eps sum_i |c_i| |phi_i|`` of ``sum_j c_j
+    G_ij r_j``), which for a few neurons with large, cancelling coefficients is larger than the
+    integral itself. For a few lines only (O(k^2) cells). Rank-local.
+
+    Returns
+    -------
+    square : float
+        ``int v^2``.
+    moments : ndarray, shape (k, 3)
+        ``int v h_i (x, y, 1)`` for each neuron i.
+    """
+    W, b, c = (np.asarray(x, dtype=float) for x in (W, b, c))
+    K, active = line_arrangement(vertices, W, b)
+    linear = active.astype(float) @ (c[:, None] * np.column_stack([W, b]))
+    f = np.einsum("qmk,qk->qm", K, linear[:, :2]) + linear[:, 2:]
+    area = _fan_areas(K) / 12.0
+    f0, f1, f2 = f[:, :1], f[:, 1:-1], f[:, 2:]
+    total = f0 + f1 + f2
+    square = float(np.sum(area * (f0 * f0 + f1 * f1 + f2 * f2 + total * total)))
+    g = np.concatenate([K, np.ones(K.shape[:2] + (1,))], axis=2)
+    g0, g1, g2 = g[:, :1], g[:, 1:-1], g[:, 2:]
+    cell = np.einsum(
+        "qt,qtk->qk",
+        area,
+        f0[..., None] * g0
+        + f1[..., None] * g1
+        + f2[..., None] * g2
+        + total[..., None] * (g0 + g1 + g2),
+    )
+    return square, active.T.astype(float) @ cell
 
 
 def _crossings(

@@ -18,13 +18,14 @@ Functions taking a ``Context`` or a communicator are collective; the others are 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 from mpi4py import MPI
 
 from distgn.assembly import ONE, pair_integrals, target_integrals, target_moments
+from distgn.assembly.polygon import relu_sum_integrals
 from distgn.config import SolverConfig
 from distgn.errors import SolverError
 from distgn.fit import l2_error_1d
@@ -33,8 +34,10 @@ from distgn.problem import Problem
 
 EPS = float(np.finfo(float).eps)
 CHUNK_ENTRIES = 1 << 21
-# u = 1, declared constant: its 2D moments come in closed form (distgn.assembly.polygon).
-UNIT = replace(ONE, constant=True)
+# 2D: neurons with |c_i| |phi_i| above CANCELLING |u| (at most MAX_CANCELLING) enter c^T A c
+# through the exact square of their sum on the cells of their lines (``_cancelling_2d``).
+CANCELLING = 8.0
+MAX_CANCELLING = 32
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,50 @@ def _network_moments_1d(
     return out, np.where(network.c[rows] != 0, squares, 0.0)
 
 
+def _cancelling_2d(
+    ctx: Context, network: Network, index: np.ndarray, every: np.ndarray
+) -> tuple[float, float, np.ndarray, np.ndarray | None]:
+    """``c^T A c = int (sum_i c_i phi_i)^2`` in 2D with the magnitude of its rounding error, and
+    stable ``int v h_i xhat`` for the neurons whose coefficients cancel.
+
+    ``every`` holds ``loss_and_gradient``'s per-row terms of the neurons ``index`` (column 0:
+    ``c_i (A c)_i``, column 3: ``|c_i| |phi_i|``). The neurons with ``|c_i| |phi_i|`` above
+    ``CANCELLING`` times ``|u|`` (at most ``MAX_CANCELLING``, the largest: typically the pairs
+    that sharpen a jump, with cancelling ``|c_i| ~ 1 / width``) form B, the others S:
+    ``c^T A c = sum_(i in S) c_i (A c)_i + sum_(i in B) c_i (A c_S)_i + int v_B^2``, the last
+    term, and ``int v_B h_i xhat`` for i in B, on the cells of B's lines
+    (``polygon.relu_sum_integrals``). The rounding magnitude drops from ``(sum_i |c_i|
+    |phi_i|)^2`` to ``m_S^2 + 2 m_B (m_S + |v_B|)`` (``m_X = sum_(i in X) |c_i| |phi_i|``):
+    quadratic only in the moderate coefficients. Returns ``(c^T A c, magnitude, B,
+    int v h_i xhat for B)`` (B empty and None when nothing cancels). Collective.
+    """
+    m = every[:, 3]
+    reference = np.sqrt(ctx.target_norms[1]) or 1.0
+    largest = np.argsort(-m, kind="stable")[:MAX_CANCELLING]
+    big = np.sort(largest[m[largest] > CANCELLING * reference])
+    if big.size == 0:
+        return float(np.sum(every[:, 0])), float(np.sum(m) ** 2), index[big], None
+    small = np.ones(m.size, dtype=bool)
+    small[big] = False
+    neurons = index[big]
+    c = network.c.copy()
+    c[neurons] = 0.0
+    rows = owned_rows(ctx.comm, neurons)
+    to_small = allrows(
+        ctx.comm,
+        network_moments(ctx.problem, network, rows, source=Network(network.W, network.b, c)),
+    )
+    cross = float(
+        np.sum(np.einsum("ik,ik->i", network.c[neurons, None] * network.r[neurons], to_small))
+    )
+    square, own = relu_sum_integrals(
+        ctx.problem.domain.vertices, network.W[neurons], network.b[neurons], network.c[neurons]
+    )
+    m_small, m_big = float(np.sum(m[small])), float(np.sum(m[big]))
+    magnitude = m_small * m_small + 2 * m_big * (m_small + np.sqrt(max(square, 0.0)))
+    return float(np.sum(every[small, 0])) + cross + square, magnitude, neurons, to_small + own
+
+
 @dataclass(frozen=True)
 class Gradient:
     """Loss and gradient of J at a network (user order).
@@ -298,12 +345,15 @@ def loss_and_gradient(
     vm, squares = network_moments(problem, network, rows, diagonal=True)
     um = target_moments(domain, problem.target, network.W, network.b, rows)
     ones = (
-        target_moments(domain, UNIT, network.W, network.b, rows)
+        target_moments(domain, ONE, network.W, network.b, rows)
         if problem.output_bias or ctx.dim > 1
         else np.zeros_like(um)
     )
     moments = np.zeros((network.n, domain.dim + 1))
     moments[index] = allrows(comm, vm + c0 * ones - um)
+    if ctx.dim == 2:
+        vm_all = np.zeros_like(moments)
+        vm_all[index] = allrows(comm, vm)
     cr, abs_cr = c[rows, None] * r[rows], np.abs(c[rows, None] * r[rows])
     terms = np.stack(
         [
@@ -316,15 +366,21 @@ def loss_and_gradient(
         ],
         axis=1,
     )
-    cAc, cF, cs, c_phi, abs_cF, abs_cs = ordered_sum(comm, terms)
+    every = allrows(comm, terms)
+    cAc, cF, cs, c_phi, abs_cF, abs_cs = np.sum(every, axis=0)
     if ctx.dim == 1:
         loss, l2 = evaluate_loss(ctx, network)
     else:
         u_int, u_sq = ctx.target_norms
+        square_magnitude = c_phi * c_phi
+        if ctx.dim == 2:
+            cAc, square_magnitude, big, stable = _cancelling_2d(ctx, network, index, every)
+            if big.size:
+                moments[big] += stable - vm_all[big]
         measure = domain.measure
         e2 = cAc - 2 * cF + 2 * c0 * cs + c0 * c0 * measure - 2 * c0 * u_int + u_sq
         magnitude = (
-            c_phi * c_phi
+            square_magnitude
             + 2 * abs_cF
             + 2 * abs(c0) * abs_cs
             + c0 * c0 * measure

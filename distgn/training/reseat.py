@@ -15,13 +15,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from distgn.assembly import target_moments
+from distgn.assembly import ONE, target_moments
 from distgn.assembly.polygon import relu_squares
 from distgn.fit import cell_errors_1d
 from distgn.network import Network
 from distgn.problem import Problem
 from distgn.training.deflation import dead_neurons, independent_neurons
-from distgn.training.objective import UNIT, network_moments
+from distgn.training.objective import network_moments
 
 # At most n / RESEAT_SHARE neurons (at least one) are moved at a time, smallest |c_i| first.
 RESEAT_SHARE = 16
@@ -87,7 +87,7 @@ def insertion_scores(
     moments = network_moments(problem, candidates, rows, source=network)
     moments = moments - target_moments(problem.domain, problem.target, W, b, rows)
     if network.c0:
-        moments = moments + network.c0 * target_moments(problem.domain, UNIT, W, b, rows)
+        moments = moments + network.c0 * target_moments(problem.domain, ONE, W, b, rows)
     r = np.column_stack([W, b])
     products = np.einsum("ik,ik->i", moments, r)
     squares = relu_squares(problem.domain.vertices, W, b)
