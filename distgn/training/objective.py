@@ -5,8 +5,9 @@ cell sums between the kinks) and target moments (distgn.assembly): ``int v h_i x
 G_(i,j) r_j + c0 int h_i xhat``, so the gradient in r_i is ``c_i int (v - u) h_i xhat`` and in
 c_i ``int (v - u) phi_i`` (docs/math.md).
 The 1D loss comes from direct Gauss rules between the breakpoints (``fit.l2_error_1d``: no
-cancellation, it reaches round-off); in 2D from the same moments (it cancels at ~1e-16 of ``int
-u^2``).
+cancellation, it reaches round-off); in 2D from the same moments, except for the few neurons whose
+large coefficients cancel (the pairs that sharpen a jump), whose part of ``int v^2`` and of their
+moments is integrated on the cells of their lines (``_cancelling_2d``).
 
 Every rank holds the whole network (replicated, user order). Row-wise work is split into
 contiguous shares (``owned_rows``), every row is computed the same way whatever the share, and the
@@ -331,11 +332,13 @@ def loss_and_gradient(
     which must include every neuron with ``c_i != 0``. The loss: 1D ``evaluate_loss``; otherwise
     from the same moments, ``2 J = c^T A c - 2 c^T F + 2 c0 c^T s + c0^2 |Omega| - 2 c0 int u +
     int u^2`` with ``(A c)_i = r_i . sum_j G_(i,j) c_j r_j`` (``A_(i,j) = r_i^T G_(i,j) r_j``),
-    ``F_i = r_i . int u h_i xhat``, ``s_i = int phi_i``. It cancels, so it is not allowed below
-    its rounding level, ``n eps`` times the magnitude of its terms (``c^T A c`` bounded by
-    ``(sum_i |c_i| |phi_i|)^2``), and a huge, cancelling c (from a solve with a numerically
-    singular A) cannot pass for a good fit. Sums over neurons are
-    taken over rows gathered in neuron order, so every rank count gives the same bits.
+    ``F_i = r_i . int u h_i xhat``, ``s_i = int phi_i``. In 2D, ``c^T A c`` and the moments of
+    the neurons with large, cancelling coefficients come from ``_cancelling_2d``. The formula
+    cancels, so it is not allowed below its rounding level, ``n eps`` times the magnitude of its
+    terms (``c^T A c``: ``(sum_i |c_i| |phi_i|)^2``, or ``_cancelling_2d``'s smaller bound), and a
+    huge, cancelling c (from a solve with a numerically singular A) cannot pass for a good fit.
+    Sums over neurons are taken over rows gathered in neuron order, so every rank count gives
+    the same bits.
     """
     problem, comm = ctx.problem, ctx.comm
     domain = problem.domain
