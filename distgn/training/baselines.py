@@ -1,7 +1,8 @@
 """Baseline optimizers on all parameters (c, c0, W, b): Adam, BFGS and Levenberg-Marquardt.
 
-They use the same exact objective as SgGN (``sggn.loss_and_gradient``: exact pair integrals and
-target moments; the 1D loss by direct Gauss rules) and start from the same iterate (``training``:
+They use the same exact objective as SgGN (``objective.loss_and_gradient``: exact pair integrals
+and target moments; the 1D loss by direct Gauss rules, the 2D one with the cancelling neurons on
+the cells of their lines) and start from the same iterate (``training``:
 normalised network with its least-squares c). Parameters are packed as
 ``theta = (c, [c0], r_1, ..., r_n)`` with ``r_i = (w_i, b_i)``; no renormalisation is done.
 
