@@ -11,7 +11,7 @@ moments is integrated on the cells of their lines (``_cancelling_2d``).
 
 Every rank holds the whole network (replicated, user order). Row-wise work is split into
 contiguous shares (``owned_rows``), every row is computed the same way whatever the share, and the
-rows are gathered in neuron order before they are added (``ordered_sum``, ``allrows``), so every
+rows are gathered in neuron order before they are added (``allrows``), so every
 rank, on any number of ranks, gets the same bits and takes the same decisions.
 Functions taking a ``Context`` or a communicator are collective; the others are rank-local.
 """
@@ -47,7 +47,7 @@ class Context:
 
     With ``deterministic`` (``[train] deterministic``), the optimizer's linear solves (c-solve,
     solve with G) run on every rank alike over COMM_SELF (``solve``), so that no rounding that
-    depends on the number of ranks feeds the optimizer; the sums stay shared (``ordered_sum``).
+    depends on the number of ranks feeds the optimizer; the sums stay shared (``allrows``).
     """
 
     problem: Problem
@@ -85,12 +85,6 @@ def owned_rows(comm: MPI.Comm, index: np.ndarray) -> np.ndarray:
 def allrows(comm: MPI.Comm, local: np.ndarray) -> np.ndarray:
     """Concatenate every rank's rows in rank order. Collective."""
     return np.concatenate(comm.allgather(local), axis=0)
-
-
-def ordered_sum(comm: MPI.Comm, local: np.ndarray) -> np.ndarray:
-    """Column sums of rows shared out by ``owned_rows``: the rows are gathered in neuron order
-    and added there, so the bits do not depend on the number of ranks. Collective."""
-    return np.sum(allrows(comm, local), axis=0)
 
 
 def on_ranks(comm: MPI.Comm, count: int, work: Callable[[MPI.Comm], object]) -> object:
