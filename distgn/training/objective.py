@@ -346,11 +346,6 @@ def loss_and_gradient(
         if problem.output_bias or ctx.dim > 1
         else np.zeros_like(um)
     )
-    moments = np.zeros((network.n, domain.dim + 1))
-    moments[index] = allrows(comm, vm + c0 * ones - um)
-    if ctx.dim == 2:
-        vm_all = np.zeros_like(moments)
-        vm_all[index] = allrows(comm, vm)
     cr, abs_cr = c[rows, None] * r[rows], np.abs(c[rows, None] * r[rows])
     terms = np.stack(
         [
@@ -363,7 +358,14 @@ def loss_and_gradient(
         ],
         axis=1,
     )
-    every = allrows(comm, terms)
+    # One gather of every row's moments, network moments and terms.
+    k = domain.dim + 1
+    gathered = allrows(comm, np.hstack([vm + c0 * ones - um, vm, terms]))
+    moments = np.zeros((network.n, k))
+    moments[index] = gathered[:, :k]
+    vm_all = np.zeros_like(moments)
+    vm_all[index] = gathered[:, k : 2 * k]
+    every = gathered[:, 2 * k :]
     cAc, cF, cs, c_phi, abs_cF, abs_cs = np.sum(every, axis=0)
     if ctx.dim == 1:
         loss, l2 = evaluate_loss(ctx, network)
