@@ -115,6 +115,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_decay: float = 1.0
     drop_tol: float = 1e-4
+    damping: float = 1e-3
     reseat: bool = True
     deterministic: bool = True
     log_every: int = 1
@@ -166,6 +167,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "train.learning_rate": (0.0, True, None, False),
     "train.lr_decay": (0.0, True, 1.0, False),
     "train.drop_tol": (0.0, False, 1.0, True),
+    "train.damping": (0.0, False, None, False),
     "train.log_every": (1, False, None, False),
     "checkpoint.every": (0, False, None, False),
     "checkpoint.keep": (1, False, None, False),

@@ -13,8 +13,8 @@ the operator. ``nodal_operator`` turns a 1D operator of A into the well-conditio
 system in value coordinates (distgn.nodal, docs/large-n.md), which every 1D solve with A uses
 unless ``solver.basis = "relu"``. ``regularised`` gives the ridge-shifted matrix
 ``M + delta diag(M)`` of the neuron-basis least-squares solve (``solver.regularization``,
-docs/regularization.md). Construction is rank-local; ``matvec`` and ``norm_estimate`` are
-collective.
+docs/regularization.md); ``shifted`` adds a general diagonal (the damping of SgGN's step).
+Construction is rank-local; ``matvec`` and ``norm_estimate`` are collective.
 """
 
 from __future__ import annotations
@@ -85,6 +85,10 @@ class Operator:
         carry the shift; ``entries`` and the matrix-free products add it.
     shift : ndarray or None
         ``delta diag(M)`` on this rank's rows (for the 1D fast product), else None.
+    diagonal_shift : ndarray or None
+        A general diagonal added to the matrix (``shifted``), shape (N,) in tree order, the same
+        on every rank; stored rows already carry it, ``entries`` and the matrix-free products add
+        it.
     """
 
     name: str
@@ -98,6 +102,7 @@ class Operator:
     system: NodalSystem | None = None
     regularization: float = 0.0
     shift: np.ndarray | None = None
+    diagonal_shift: np.ndarray | None = None
 
     @property
     def block(self) -> int:
@@ -141,6 +146,9 @@ class Operator:
             out = self._exact(I, J)
         if self.regularization:
             out = out * np.where(I[..., :, None] == J[..., None, :], 1.0 + self.regularization, 1.0)
+        if self.diagonal_shift is not None:
+            on_diagonal = I[..., :, None] == J[..., None, :]
+            out = out + np.where(on_diagonal, self.diagonal_shift[I][..., :, None], 0.0)
         return out
 
     def _exact(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
@@ -188,8 +196,11 @@ class Operator:
             return self.rows @ x
         if self.fast_matvec is not None:
             y = self.fast_matvec(x)[start:stop]
+            shape = (-1,) + (1,) * (y.ndim - 1)
             if self.shift is not None:
-                y = y + self.shift.reshape((-1,) + (1,) * (y.ndim - 1)) * x_local
+                y = y + self.shift.reshape(shape) * x_local
+            if self.diagonal_shift is not None:
+                y = y + self.diagonal_shift[start:stop].reshape(shape) * x_local
             return y
         rows = np.arange(start, stop)
         y = np.zeros((stop - start,) + x.shape[1:])
@@ -238,16 +249,44 @@ def regularised(operator: Operator, delta: float) -> Iterator[Operator]:
     if operator.system is not None:
         raise ValueError("regularised: the value-coordinate system has no ridge shift")
     diagonal = operator.diagonal()
-    shifted = replace(operator, regularization=delta, shift=delta * diagonal)
+    ridge = replace(operator, regularization=delta, shift=delta * diagonal)
     if operator.rows is None:
-        yield shifted
+        yield ridge
         return
     start, stop = operator.local_range
     index = (np.arange(stop - start), np.arange(start, stop))
     rows = operator.rows
     rows[index] = diagonal * (1.0 + delta)
     try:
-        yield shifted
+        yield ridge
+    finally:
+        rows[index] = diagonal
+
+
+@contextmanager
+def shifted(operator: Operator, shift: np.ndarray | None) -> Iterator[Operator]:
+    """The operator ``M + diag(shift)`` for the duration of the block. Rank-local.
+
+    ``shift`` (N,) in tree order, the same on every rank (None yields ``operator``). Stored rows
+    are shifted in place and their diagonal is restored exactly on exit (no copy); the
+    matrix-free products and ``entries`` add the shift.
+    """
+    if shift is None:
+        yield operator
+        return
+    if operator.system is not None or operator.diagonal_shift is not None:
+        raise ValueError("shifted: the operator is a value-coordinate system or already shifted")
+    moved = replace(operator, diagonal_shift=np.asarray(shift, dtype=float))
+    if operator.rows is None:
+        yield moved
+        return
+    start, stop = operator.local_range
+    index = (np.arange(stop - start), np.arange(start, stop))
+    rows = operator.rows
+    diagonal = rows[index].copy()
+    rows[index] = diagonal + moved.diagonal_shift[start:stop]
+    try:
+        yield moved
     finally:
         rows[index] = diagonal
 

@@ -334,7 +334,7 @@ def train(
     }
     recorder = Recorder(ctx, config, history, result, output, restart)
     if resume is None:
-        state, start = sggn.start(ctx, network)
+        state, start = sggn.start(ctx, network, sggn.initial_damping(ctx, cfg))
         deflated = 0 if start is None else start.deflated
         log.info(
             f"{cfg.method}: n = {network.n}, {comm.size} rank(s), solver "
@@ -360,7 +360,11 @@ def train(
         # No sggn.start: its normalisation is not idempotent in 2D, and the saved iterate is
         # exactly where the interrupted run was.
         state = sggn.State(
-            network, restart.removed, float(resume["loss"]), float(resume["l2_error"])
+            network,
+            restart.removed,
+            float(resume["loss"]),
+            float(resume["l2_error"]),
+            float(resume.get("damping", sggn.initial_damping(ctx, cfg))),
         )
         recorder.network, recorder.removed = state.network, state.removed
         recorder.state = resume

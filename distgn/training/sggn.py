@@ -66,7 +66,7 @@ from distgn.config import SolverConfig, TrainConfig
 from distgn.errors import SolverError
 from distgn.fit import solve_output_weights
 from distgn.network import Network
-from distgn.operator import build
+from distgn.operator import Operator, build, shifted
 from distgn.parallel import log
 from distgn.problem import Problem
 from distgn.solvers import factor
@@ -299,11 +299,14 @@ def gn_direction(
     grad: Gradient,
     drop_tol: float,
     first_rung: int = 0,
+    damping: float = 0.0,
 ) -> Direction:
     """``p = -D^{-1} G^{-1} gtilde`` over the neurons that keep D G D nonsingular. Collective.
 
     ``y = -G^{-1} gtilde`` is the Gauss-Newton step in ``a_i = c_i r_i`` (v is linear in each
-    ``a_i`` while the activation patterns stay), and ``p_i = y_i / c_i``. When G breaks down, the
+    ``a_i`` while the activation patterns stay), and ``p_i = y_i / c_i``. With ``damping``
+    (lambda > 0) the step is Levenberg's, ``(D G D + mu I) p = -D gtilde``, i.e.
+    ``(G + mu D^{-2}) y = -gtilde`` (``levenberg_shift``). When G breaks down, the
     next rung of ``DEFLATION_RUNGS`` (from ``first_rung``) sets more coincident neurons aside.
     If it breaks down on every rung, the last rung is solved with the hss solver, whose
     factorization shifts the blocks that are not numerically positive definite (reported as rung
@@ -326,7 +329,7 @@ def gn_direction(
             ) -> tuple[np.ndarray, float]:
                 return ctx.solve(
                     index.size,
-                    lambda comm: _layer_solve(ctx, sub, grad.moments[index], comm, solver),
+                    lambda comm: _layer_solve(ctx, sub, grad.moments[index], comm, solver, damping),
                 )
 
             try:
@@ -347,18 +350,41 @@ def gn_direction(
     raise AssertionError("unreachable")
 
 
+def levenberg_shift(operator: Operator, c: np.ndarray, damping: float) -> np.ndarray | None:
+    """The diagonal ``mu D^{-2}`` (tree order, d+1 entries per neuron) that turns G into the
+    matrix of Levenberg's step in r, with ``mu = damping * mean(c_i^2 G_kk)`` (the mean diagonal
+    of ``D G D``, so that ``damping`` is relative); None without damping. Collective.
+
+    In r the shift is ``mu I``: it bounds the move ``p_i = y_i / c_i`` of a neuron with a small
+    coefficient, which the undamped step (and Marquardt's ``G + mu diag(G)``, which scales with
+    D) does not.
+    """
+    if damping == 0.0:
+        return None
+    scale = np.repeat(c[operator.tree.perm] ** 2, operator.block)
+    diagonal = operator.gather(operator.diagonal())
+    return damping * float(np.mean(scale * diagonal)) / scale
+
+
 def _layer_solve(
-    ctx: Context, sub: Problem, moments: np.ndarray, comm: MPI.Comm, solver: SolverConfig
+    ctx: Context,
+    sub: Problem,
+    moments: np.ndarray,
+    comm: MPI.Comm,
+    solver: SolverConfig,
+    damping: float = 0.0,
 ) -> tuple[np.ndarray, float]:
-    """``y = -G^{-1} gtilde`` for the neurons of ``sub`` (their moments in ``sub``'s order) with
-    ``solver``, and the seconds of the factorization and solve. Collective over ``comm``."""
+    """``y = -(G + mu D^{-2})^{-1} gtilde`` (``levenberg_shift``; mu = 0 without damping) for the
+    neurons of ``sub`` (their moments in ``sub``'s order) with ``solver``, and the seconds of the
+    factorization and solve. Collective over ``comm``."""
     network = sub.network
     k = network.dim + 1
     operator, blocks = build(sub, ctx.solver, comm, "G")
     tree = blocks.tree
     local = tree.perm[blocks.start : blocks.stop]
     start = time.perf_counter()
-    with factor(operator, solver) as factorization:
+    shift = levenberg_shift(operator, network.c, damping)
+    with shifted(operator, shift) as damped, factor(damped, solver) as factorization:
         y = factorization.solve(-moments[local].ravel())
     seconds = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
     out = np.empty((network.n, k))
@@ -372,15 +398,41 @@ def _layer_solve(
 
 @dataclass(frozen=True)
 class State:
-    """An SgGN iterate: network (user order, c solved for its W, b) and the removal record."""
+    """An SgGN iterate: network (user order, c solved for its W, b), the removal record and the
+    Levenberg parameter of the next step (``next_damping``)."""
 
     network: Network
     removed: np.ndarray
     loss: float
     l2_error: float
+    damping: float = 0.0
 
 
-def start(ctx: Context, network: Network) -> tuple[State, OutputSolve | None]:
+# The Levenberg parameter: divided by DAMPING_FACTOR after a full step (gamma >= 1, down to
+# DAMPING_MIN), multiplied by it (and raised to at least DAMPING_RESTART) after a step cut below
+# gamma = 1/2 (docs/sggn.md, section 2).
+DAMPING_FACTOR = 4.0
+DAMPING_MIN = 1e-12
+DAMPING_RESTART = 1e-4
+
+
+def initial_damping(ctx: Context, cfg: TrainConfig) -> float:
+    """``train.damping`` in 1D; the step in 2D and up is undamped (docs/sggn.md, section 2)."""
+    return cfg.damping if ctx.dim == 1 else 0.0
+
+
+def next_damping(damping: float, step: float) -> float:
+    """The Levenberg parameter after an accepted step ``gamma`` (0 stays 0)."""
+    if damping == 0.0:
+        return 0.0
+    if step >= 1.0:
+        return max(damping / DAMPING_FACTOR, DAMPING_MIN)
+    if step < 0.5:
+        return max(damping * DAMPING_FACTOR, DAMPING_RESTART)
+    return damping
+
+
+def start(ctx: Context, network: Network, damping: float = 0.0) -> tuple[State, OutputSolve | None]:
     """The iterate a run starts from: normalised, dead neurons removed, c (and c0) solved for.
 
     A network that comes with c (a restart, or a network file with c) keeps it, so that a restart
@@ -393,12 +445,12 @@ def start(ctx: Context, network: Network) -> tuple[State, OutputSolve | None]:
         network = replace(network, c=np.where(removed, 0.0, network.c))
         if ctx.problem.output_bias and network.c0 is None:
             network = replace(network, c0=0.0)
-        return State(network, removed, *evaluate_loss(ctx, network)), None
+        return State(network, removed, *evaluate_loss(ctx, network), damping), None
     network = replace(network, c=np.zeros(network.n), c0=0.0 if ctx.problem.output_bias else None)
     out = solve_output(ctx, network, ~removed)
     if not np.isfinite(out.loss):
         raise SolverError(f"the c-solve failed at the initial network: {out.stats.get('error')}")
-    return State(out.network, removed, out.loss, out.l2_error), out
+    return State(out.network, removed, out.loss, out.l2_error, damping), out
 
 
 def iterate(
@@ -420,7 +472,9 @@ def iterate(
         grad = loss_and_gradient(ctx, state.network, live)
     first_rung, seconds = 0, 0.0
     while True:
-        direction = gn_direction(ctx, state.network, live, grad, drop_tol, first_rung)
+        direction = gn_direction(
+            ctx, state.network, live, grad, drop_tol, first_rung, state.damping
+        )
         slope0 = float(np.sum(grad.r * direction.p))
         gamma, value, evaluations, trial = _line_search(ctx, state, direction, variant, slope0)
         seconds += direction.seconds
@@ -433,6 +487,7 @@ def iterate(
             "evaluations": evaluations["count"],
             "gn_rung": direction.rung,
             "model_decrease": -slope0 / state.loss if state.loss > 0 else 0.0,
+            "damping": state.damping,
         }
         if gamma > 0.0 or direction.rung + 1 >= DEFLATION_RUNGS:
             break
@@ -470,7 +525,8 @@ def iterate(
         backward_error=out.backward_error,
         solver_seconds=seconds + evaluations["solver_seconds"],
     )
-    return State(out.network, removed, out.loss, out.l2_error), stats, out.gradient
+    damping = next_damping(state.damping, stats["step"])
+    return State(out.network, removed, out.loss, out.l2_error, damping), stats, out.gradient
 
 
 def _line_search(
@@ -523,7 +579,12 @@ def reseat(ctx: Context, state: State, drop_tol: float) -> tuple[State, Gradient
     out = solve_output(ctx, trial, ~removed, state.loss, gradient=True)
     if out.rejected or not out.loss < state.loss:
         return state, None, 0
-    return State(out.network, removed, out.loss, out.l2_error), out.gradient, int(moved.sum())
+    moved_count = int(moved.sum())
+    return (
+        replace(state, network=out.network, removed=removed, loss=out.loss, l2_error=out.l2_error),
+        out.gradient,
+        moved_count,
+    )
 
 
 # Reseating is tried after an iteration that lowered the loss by less than this fraction.
@@ -536,7 +597,7 @@ def run(
     ctx: Context,
     state: State,
     cfg: TrainConfig,
-    record: Callable[[Network, np.ndarray, dict], str | None],
+    record: Callable[..., str | None],
 ) -> str:
     """Iterate from ``state`` until ``record`` (training.Recorder) or SgGN itself stops.
 
@@ -571,6 +632,7 @@ def run(
             state.network,
             state.removed,
             {**stats, "loss": state.loss, "l2_error": state.l2_error, "active": stats["moved"]},
+            optimizer={"damping": state.damping},
         )
         if reason is not None:
             return reason
