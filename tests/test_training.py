@@ -208,10 +208,10 @@ def test_layer_solve_falls_back_to_the_shifted_hss_factorization(monkeypatch):
     reference = sggn.gn_direction(ctx, state.network, live, grad, drop_tol=1e-10)
     solve = sggn._layer_solve
 
-    def failing_dense(ctx, sub, moments, comm, solver):
+    def failing_dense(ctx, sub, moments, comm, solver, damping):
         if solver.kind == "dense":
             raise SolverError("G is not numerically positive definite")
-        return solve(ctx, sub, moments, comm, solver)
+        return solve(ctx, sub, moments, comm, solver, damping)
 
     monkeypatch.setattr(sggn, "_layer_solve", failing_dense)
     direction = sggn.gn_direction(ctx, state.network, live, grad, drop_tol=1e-10)
