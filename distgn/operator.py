@@ -8,12 +8,13 @@ rank). Indices are scalar: for G (block = d+1) index ``k`` is derivative ``k % b
 ``k // block``.
 
 ``build`` is the one way to make the operator of a problem: it honours ``solver.matrix_free`` and
-returns the assembled block rows (right-hand sides always, matrix rows unless matrix-free) next to
-the operator. ``nodal_operator`` turns a 1D operator of A into the well-conditioned least-squares
-system in value coordinates (distgn.nodal, docs/large-n.md), which every 1D solve with A uses
-unless ``solver.basis = "relu"``. ``regularised`` gives the ridge-shifted matrix
-``M + delta diag(M)`` of the neuron-basis least-squares solve (``solver.regularization``,
-docs/regularization.md); ``shifted`` adds a general diagonal (the damping of SgGN's step).
+returns the assembled block rows (right-hand sides unless the 1D value coordinates integrate
+their own, matrix rows unless matrix-free) next to the operator. ``nodal_operator`` turns a 1D
+operator of A into the well-conditioned least-squares system in value coordinates (distgn.nodal,
+docs/large-n.md), which every 1D solve with A uses unless ``solver.basis = "relu"``.
+``regularised`` gives the ridge-shifted matrix ``M + delta diag(M)`` of the neuron-basis
+least-squares solve (``solver.regularization``, docs/regularization.md); ``shifted`` adds a
+general diagonal (the damping of SgGN's step).
 Construction is rank-local; ``matvec`` and ``norm_estimate`` are collective.
 """
 
@@ -320,16 +321,18 @@ def build(
     The tree comes from ``config`` (ordering, leaf size) unless given. With
     ``config.matrix_free`` no matrix rows are stored: 1D gets the exact fast product, other
     dimensions exact entries tile by tile; the block rows then carry only the right-hand sides.
-    The neuron-basis rows of A are not assembled in 1D either when ``uses_nodal`` (every solve with
-    A then goes through ``nodal_operator``). Rank-local.
+    The neuron-basis rows of A and the target moments are not assembled in 1D when ``uses_nodal``
+    (every solve with A then goes through ``nodal_operator``, which integrates its own right-hand
+    side). Rank-local.
     """
     net = problem.network
     if tree is None:
         tree = network_tree(
             problem.domain, net.W, net.b, config.ordering, comm.size, config.leaf_size
         )
-    store = not config.matrix_free and not uses_nodal(problem, config, name)
-    blocks = assemble_block_rows(problem, tree, comm.rank, (name,) if store else ())
+    nodal = uses_nodal(problem, config, name)
+    store = not config.matrix_free and not nodal
+    blocks = assemble_block_rows(problem, tree, comm.rank, (name,) if store else (), not nodal)
     if store:
         return operator_from_block_rows(blocks, name, comm, problem.domain), blocks
     fast = None

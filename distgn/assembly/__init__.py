@@ -79,10 +79,12 @@ class BlockRows:
         All neurons' parameters in tree order.
     matrices : dict
         ``"A"``, ``"H"``: (m, n); ``"G"``: (m (d+1), n (d+1)), neuron-major; m = stop - start.
-    moments : ndarray, shape (m, d+1)
-        ``int u h_i xhat``; ``F_i = moments_i . r_i``.
-    mass : ndarray, shape (m,)
-        ``int phi_i`` (the coupling with the constant function, for the output bias).
+    moments : ndarray, shape (m, d+1), or None
+        ``int u h_i xhat``; ``F_i = moments_i . r_i``. None when not assembled (the 1D
+        value-coordinate solve integrates its own right-hand side).
+    mass : ndarray, shape (m,), or None
+        ``int phi_i`` (the coupling with the constant function, for the output bias); None with
+        ``moments``.
     """
 
     tree: ClusterTree
@@ -91,20 +93,27 @@ class BlockRows:
     W: np.ndarray
     b: np.ndarray
     matrices: dict[str, np.ndarray]
-    moments: np.ndarray
-    mass: np.ndarray
+    moments: np.ndarray | None
+    mass: np.ndarray | None
 
     @property
     def F(self) -> np.ndarray:
         """Right-hand side ``F_i = int u phi_i`` of the local rows."""
+        if self.moments is None:
+            raise ValueError("BlockRows.F: the target moments were not assembled")
         r = np.column_stack([self.W, self.b])[self.start : self.stop]
         return np.einsum("ik,ik->i", self.moments, r)
 
 
 def assemble_block_rows(
-    problem: Problem, tree: ClusterTree, rank: int, which: tuple[str, ...] = MATRICES
+    problem: Problem,
+    tree: ClusterTree,
+    rank: int,
+    which: tuple[str, ...] = MATRICES,
+    moments: bool = True,
 ) -> BlockRows:
-    """Assemble the block rows of ``rank`` (tree order), chunk by chunk. Rank-local."""
+    """Assemble the block rows of ``rank`` (tree order), chunk by chunk, and with ``moments``
+    the target moments and masses of its neurons. Rank-local."""
     W, b = problem.network.W[tree.perm], problem.network.b[tree.perm]
     start, stop = tree.rank_range(rank)
     n, k = tree.n, problem.domain.dim + 1
@@ -122,10 +131,19 @@ def assemble_block_rows(
                 matrices[name][(lo - start) * k : (hi - start) * k] = layer_matrix(part[name])
             else:
                 matrices[name][lo - start : hi - start] = part[name]
+    if not moments:
+        return BlockRows(tree, start, stop, W, b, matrices, None, None)
     I = np.arange(start, stop)
-    moments = target_moments(problem.domain, problem.target, W, b, I)
-    mass = network_mass(problem.domain, W, b, I)
-    return BlockRows(tree, start, stop, W, b, matrices, moments, mass)
+    return BlockRows(
+        tree,
+        start,
+        stop,
+        W,
+        b,
+        matrices,
+        target_moments(problem.domain, problem.target, W, b, I),
+        network_mass(problem.domain, W, b, I),
+    )
 
 
 # u = 1, declared constant: its 2D moments come in closed form (polygon.target_moments).
