@@ -51,6 +51,12 @@ def write_config(folder: Path, extra: str = "") -> Path:
     return path
 
 
+def default_sigint() -> None:
+    """Give the child the default SIGINT: a test suite started in the background by a
+    non-interactive shell ignores SIGINT, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(folder: Path, args: list[str], ranks: int) -> subprocess.Popen:
     return subprocess.Popen(
         distgn_command(args, ranks),
@@ -59,6 +65,7 @@ def start(folder: Path, args: list[str], ranks: int) -> subprocess.Popen:
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
 
 
