@@ -34,6 +34,7 @@ VALID = {
     "train.learning_rate": lambda v: 0 < v < math.inf,
     "train.lr_decay": lambda v: 0 < v <= 1,
     "train.drop_tol": lambda v: 0 <= v < 1,
+    "train.damping": lambda v: 0 <= v < math.inf,
     "train.log_every": lambda v: v >= 1,
     "train.method": lambda v: v in ("sggn", "adam", "bfgs", "lm"),
     "train.variant": lambda v: v in ("alternating", "varpro"),

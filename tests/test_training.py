@@ -318,7 +318,13 @@ def test_two_dimensional_polygon_training_decreases(tmp_path):
 
 @pytest.mark.parametrize(
     "key, value",
-    [("method", "sgd"), ("variant", "newton"), ("learning_rate", "0.0"), ("lr_decay", "1.5")],
+    [
+        ("method", "sgd"),
+        ("variant", "newton"),
+        ("learning_rate", "0.0"),
+        ("lr_decay", "1.5"),
+        ("damping", "-1e-3"),
+    ],
 )
 def test_bad_train_config_is_rejected(key, value, tmp_path):
     with pytest.raises(InputError, match=f"train.{key}"):
