@@ -249,19 +249,9 @@ def regularised(operator: Operator, delta: float) -> Iterator[Operator]:
         return
     if operator.system is not None:
         raise ValueError("regularised: the value-coordinate system has no ridge shift")
-    diagonal = operator.diagonal()
-    ridge = replace(operator, regularization=delta, shift=delta * diagonal)
-    if operator.rows is None:
-        yield ridge
-        return
-    start, stop = operator.local_range
-    index = (np.arange(stop - start), np.arange(start, stop))
-    rows = operator.rows
-    rows[index] = diagonal * (1.0 + delta)
-    try:
-        yield ridge
-    finally:
-        rows[index] = diagonal
+    ridge = replace(operator, regularization=delta, shift=delta * operator.diagonal())
+    with _stored_diagonal(operator, ridge, lambda diagonal: diagonal * (1.0 + delta)) as out:
+        yield out
 
 
 @contextmanager
@@ -278,16 +268,29 @@ def shifted(operator: Operator, shift: np.ndarray | None) -> Iterator[Operator]:
     if operator.system is not None or operator.diagonal_shift is not None:
         raise ValueError("shifted: the operator is a value-coordinate system or already shifted")
     moved = replace(operator, diagonal_shift=np.asarray(shift, dtype=float))
+    start, stop = operator.local_range
+    local = moved.diagonal_shift[start:stop]
+    with _stored_diagonal(operator, moved, lambda diagonal: diagonal + local) as out:
+        yield out
+
+
+@contextmanager
+def _stored_diagonal(
+    operator: Operator, changed: Operator, update: Callable[[np.ndarray], np.ndarray]
+) -> Iterator[Operator]:
+    """Yield ``changed`` with the diagonal of ``operator``'s stored rows replaced by
+    ``update(diagonal)`` for the duration of the block and restored exactly on exit (no copy of
+    the rows); without stored rows, just ``changed``. Rank-local."""
     if operator.rows is None:
-        yield moved
+        yield changed
         return
     start, stop = operator.local_range
     index = (np.arange(stop - start), np.arange(start, stop))
     rows = operator.rows
     diagonal = rows[index].copy()
-    rows[index] = diagonal + moved.diagonal_shift[start:stop]
+    rows[index] = update(diagonal)
     try:
-        yield moved
+        yield changed
     finally:
         rows[index] = diagonal
 
