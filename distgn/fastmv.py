@@ -4,14 +4,15 @@ Owns the O(n log n) exact 1D product: every neuron i is active on an interval ``
 where its ReLU is the affine function ``w_i (x - t_i)`` and its Heaviside is 1. For coefficients x
 the function ``g(x) = sum_j x_j (piece j)`` is piecewise linear (A, G) or piecewise constant (H)
 between the sorted interval ends, so ``int_{a_i}^{z_i} x^p g(x) dx`` for all i comes from one sort
-(done once) and prefix sums of exact cell integrals (per product): O(n log n) set-up, O(n) per
-column.
+(done once, on the first product) and prefix sums of exact cell integrals (per product): O(n log n)
+set-up, O(n) per column.
 ``distgn.operator.build`` wraps it into a matrix-free ``Operator``. Rank-local: nothing here calls
 MPI.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -42,21 +43,27 @@ def fast_matvec_1d(
     """
     w = W[:, 0]
     n = w.size
-    t, start, stop = active_intervals(w, b, float(bounds[0, 0]), float(bounds[0, 1]))
-    stop = np.maximum(stop, start)
-    ends = np.concatenate([start, stop])
-    order = np.argsort(ends, kind="stable")
-    nodes = ends[order]
-    # Position of every neuron's a_i and z_i among the sorted interval ends.
-    rank = np.empty(2 * n, dtype=np.int64)
-    rank[order] = np.arange(2 * n)
-    lo_at, hi_at = rank[:n], rank[n:]
-    left, right = nodes[:-1], nodes[1:]
-    # Exact integrals of x^q over every cell between consecutive ends, q = 0..3.
-    powers = np.stack([(right ** (q + 1) - left ** (q + 1)) / (q + 1) for q in range(4)])
+
+    @functools.cache
+    def setup() -> tuple[np.ndarray, ...]:
+        """The sort of the interval ends, done on the first product (a solve in 1D value
+        coordinates builds the operator of A but never multiplies with it)."""
+        t, start, stop = active_intervals(w, b, float(bounds[0, 0]), float(bounds[0, 1]))
+        stop = np.maximum(stop, start)
+        ends = np.concatenate([start, stop])
+        order = np.argsort(ends, kind="stable")
+        nodes = ends[order]
+        # Position of every neuron's a_i and z_i among the sorted interval ends.
+        rank = np.empty(2 * n, dtype=np.int64)
+        rank[order] = np.arange(2 * n)
+        left, right = nodes[:-1], nodes[1:]
+        # Exact integrals of x^q over every cell between consecutive ends, q = 0..3.
+        powers = np.stack([(right ** (q + 1) - left ** (q + 1)) / (q + 1) for q in range(4)])
+        return t, order, rank[:n], rank[n:], powers
 
     def moments(slope: np.ndarray, offset: np.ndarray, top: int) -> list[np.ndarray]:
         """``int_{a_i}^{z_i} x^p g`` for p < top (columns first: shape (k, n) in and out)."""
+        _, order, lo_at, hi_at, powers = setup()
         alpha, beta = (
             np.cumsum(np.concatenate([v, -v], axis=1)[:, order[:-1]], axis=1)
             for v in (slope, offset)
@@ -71,6 +78,7 @@ def fast_matvec_1d(
     def product(rows: np.ndarray) -> np.ndarray:
         """``M x`` for the columns of x given as rows (k, N)."""
         if name == "A":
+            t = setup()[0]
             scaled = rows * w
             m0, m1 = moments(scaled, -scaled * t, 2)
             y = w * (m1 - t * m0)

@@ -55,7 +55,8 @@ class PiecewiseBasis:
       coefficients (a, c) of ``a (x - mid) + c``, an orthogonal local basis; diagonal mass.
 
     Values are scaled by the square root of the mass diagonal. ``to_coefficients`` (``T``:
-    values -> y) is sparse and banded, the Gram of the value coordinates is ``mass``.
+    values -> y) is sparse and banded, the Gram of the value coordinates is ``mass``, whose
+    diagonals are ``mass_bands`` (``mass_bands[d, k] = mass[k, k + d]``, zero-padded at the end).
     """
 
     q: int
@@ -63,6 +64,7 @@ class PiecewiseBasis:
     z: np.ndarray
     to_coefficients: sp.csr_matrix
     mass: sp.csr_matrix
+    mass_bands: np.ndarray
     scale: np.ndarray
 
     @property
@@ -71,56 +73,93 @@ class PiecewiseBasis:
         return self.z[1:-1]
 
 
-def piecewise_basis(name: str, L: float, R: float, breakpoints: np.ndarray) -> PiecewiseBasis:
-    """The augmented basis of matrix ``name`` on [L, R] for neurons with these breakpoints.
+def _rows(shape: tuple[int, int], cols: np.ndarray, data: np.ndarray) -> sp.csr_matrix:
+    """The CSR matrix with ``data[i, j]`` at ``(i, cols[i, j])``, entries whose column falls
+    outside the matrix left out, each row's entries in the given order. Rank-local."""
+    keep = (cols >= 0) & (cols < shape[1])
+    indptr = np.concatenate([[0], np.cumsum(np.count_nonzero(keep, axis=1))])
+    return sp.csr_matrix((data[keep], cols[keep], indptr), shape=shape)
+
+
+def piecewise_basis(name: str, L: float, R: float, nodes: np.ndarray) -> PiecewiseBasis:
+    """The augmented basis of matrix ``name`` on [L, R] with these interior nodes (sorted, distinct,
+    inside (L, R)).
 
     The scaling makes the mass matrix the identity (H, G) or of condition number at most 3 (A, the
-    P1 mass matrix). Rank-local.
+    P1 mass matrix). ``T`` and the mass matrix are written row by row (O(n), no sparse
+    products). Rank-local.
     """
-    nodes = np.unique(breakpoints[(breakpoints > L) & (breakpoints < R)])
     z = np.concatenate([[L], nodes, [R]])
     h, K = np.diff(z), z.size - 1
-    jump = sp.diags([-np.ones(K - 1), np.ones(K - 1)], [0, 1], shape=(K - 1, K))
-    first = sp.csr_matrix(([1.0], ([0], [0])), shape=(1, K))
+    r = 1.0 / h
+    k = np.arange(K - 1)[:, None]
     if name == "A":
-        slope = sp.diags([-1.0 / h, 1.0 / h], [0, 1], shape=(K, K + 1))
-        node0 = sp.csr_matrix(([1.0], ([0], [0])), shape=(1, K + 1))
-        to_coefficients = sp.vstack([jump @ slope, first @ slope, node0 - L * (first @ slope)])
+        # Rows of T: the slope jumps at the interior nodes, the first cell's slope and its line's
+        # value at 0. Mass: the P1 mass matrix, rows (h_{i-1} / 6, (h_{i-1} + h_i) / 3, h_i / 6).
+        cols = np.vstack([k + np.arange(3), [[0, 1, -1], [0, 1, -1]]])
+        data = np.vstack(
+            [
+                np.column_stack([r[:-1], -r[:-1] - r[1:], r[1:]]),
+                [[-r[0], r[0], 0.0], [1.0 - L * -r[0], -(L * r[0]), 0.0]],
+            ]
+        )
         diagonal = np.concatenate([[0.0], h]) / 3 + np.concatenate([h, [0.0]]) / 3
-        mass = sp.diags([h / 6, diagonal, h / 6], [-1, 0, 1])
+        mass = np.column_stack(
+            [np.concatenate([[0.0], h / 6]), diagonal, np.concatenate([h / 6, [0.0]])]
+        )
         q, g = 1, 2
     elif name == "H":
-        to_coefficients, mass, q, g = sp.vstack([jump, first]), sp.diags(h), 1, 1
+        cols = np.vstack([k + np.arange(2), [[0, -1]]])
+        data = np.vstack([np.tile([-1.0, 1.0], (K - 1, 1)), [[1.0, 0.0]]])
+        mass = h[:, None]
+        q, g = 1, 1
     else:
         # Per cell: v = a (x - mid) + c, an orthogonal local basis; coefficients are the jumps of
-        # (slope, value at 0) = (a, c - a mid) at the nodes.
+        # (slope, value at 0) = (a, c - a mid) at the nodes, two rows per node.
         mid = 0.5 * (z[:-1] + z[1:])
-        below = np.column_stack([mid, np.zeros(K)]).ravel()[:-1]  # -mid under each 2x2 diagonal
-        monomial = sp.identity(2 * K) - sp.diags(below, -1)
-        to_coefficients = sp.kron(sp.vstack([jump, first]), sp.identity(2)) @ monomial
-        mass = sp.diags(np.column_stack([h**3 / 12, h]).ravel())
+        ones = np.ones(K - 1)
+        cols = np.full((2 * K, 4), -1)
+        data = np.zeros((2 * K, 4))
+        cols[0:-2:2, :2] = 2 * k + np.array([0, 2])
+        data[0:-2:2, :2] = np.column_stack([-ones, ones])
+        cols[1:-2:2] = 2 * k + np.arange(4)
+        data[1:-2:2] = np.column_stack([mid[:-1], -ones, -mid[1:], ones])
+        cols[-2:, :2] = [[0, -1], [0, 1]]
+        data[-2:, :2] = [[1.0, 0.0], [-mid[0], 1.0]]
+        mass = np.column_stack([h**3 / 12, h]).reshape(-1, 1)
         q, g = 2, 2
-    scale = np.sqrt(mass.diagonal())
-    unscale = sp.diags(1.0 / scale)
-    return PiecewiseBasis(
-        q, g, z, (to_coefficients @ unscale).tocsr(), (unscale @ mass @ unscale).tocsr(), scale
-    )
+    band = mass.shape[1] // 2
+    V = mass.shape[0]
+    mass_cols = np.arange(V)[:, None] + np.arange(-band, band + 1)
+    scale = np.sqrt(mass[:, band])
+    unscale = 1.0 / scale
+    to_coefficients = _rows((V, V), cols, data * np.take(unscale, cols, mode="clip"))
+    scaled = unscale[:, None] * mass * np.take(unscale, mass_cols, mode="clip")
+    bands = scaled[:, band:].T.copy()
+    for d in range(1, band + 1):
+        bands[d, V - d :] = 0.0
+    return PiecewiseBasis(q, g, z, to_coefficients, _rows((V, V), mass_cols, scaled), bands, scale)
 
 
 def neuron_rows(
     name: str, w: np.ndarray, b: np.ndarray, L: float, R: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each neuron's functions in the augmented basis: ``scale_i * basis(node_i) + E_i y_glob``.
 
-    Returns ``node`` (index of the neuron's breakpoint among the interior nodes, -1 if outside
-    (L, R)), ``scale`` (A: |w|; H, G: sign w) and ``E`` (n, q, g): the global part, nonzero for
-    left-facing neurons and neurons active on all of [L, R] (A: ``w x + b``; H: 1; G: (x, 1));
-    zero for neurons inactive on [L, R] (then the matrix is singular).
+    Returns ``nodes`` (the distinct breakpoints inside (L, R), sorted), ``first`` (per node the
+    first neuron with that breakpoint), ``node`` (index of the neuron's breakpoint among the
+    nodes, -1 if outside (L, R)), ``scale`` (A: |w|; H, G: sign w) and ``E`` (n, q, g): the global
+    part, nonzero for left-facing neurons and neurons active on all of [L, R] (A: ``w x + b``;
+    H: 1; G: (x, 1)); zero for neurons inactive on [L, R] (then the matrix is singular).
     A left-facing ReLU is ``|w| (x - t)_+ + (w x + b)``, a left-facing Heaviside ``1 - [x >= t]``.
+    One sort of the breakpoints. Rank-local.
     """
     t = -b / w
     inside = (t > L) & (t < R)
-    node = np.where(inside, np.searchsorted(np.unique(t[inside]), t), -1)
+    where = np.flatnonzero(inside)
+    nodes, first, inverse = np.unique(t[where], return_index=True, return_inverse=True)
+    node = np.full(t.size, -1)
+    node[where] = inverse
     everywhere = ~inside & ((w > 0) == (t <= L))  # the others outside are zero on [L, R]
     whole = (inside & (w < 0)) | everywhere
     if name == "A":
@@ -132,7 +171,7 @@ def neuron_rows(
     else:
         scale = np.sign(w)
         E = whole[:, None, None] * np.eye(2)[None]
-    return node, np.where(inside, scale, 0.0), E
+    return nodes, where[first], node, np.where(inside, scale, 0.0), E
 
 
 def constant_row(name: str) -> np.ndarray:
@@ -163,15 +202,14 @@ class NeuronSpan:
     ) -> None:
         self.name = name
         self.n = int(w.size)
-        self.basis = basis = piecewise_basis(name, L, R, -b / w)
-        node, scale, E = neuron_rows(name, w, b, L, R)
+        nodes, main, node, scale, E = neuron_rows(name, w, b, L, R)
+        self.basis = basis = piecewise_basis(name, L, R, nodes)
         if bias:
             node = np.append(node, -1)
             scale = np.append(scale, 0.0)
             E = np.concatenate([E, constant_row(name)])
         self.count = int(node.size)
         inside = np.flatnonzero(node >= 0)
-        main = inside[np.unique(node[inside], return_index=True)[1]]  # first neuron at a node
         self.eliminated = inside[main[node[inside]] != inside]
         self.owner = main[node[self.eliminated]]
         self.ratio = scale[self.eliminated] / scale[self.owner]
@@ -370,13 +408,10 @@ class NodalSystem:
 
     def __init__(self, span: NeuronSpan) -> None:
         self.span = span
-        mass = span.basis.mass
-        self.mass = mass.tocsr()
-        self.band = int(max(abs(o) for o in mass.todia().offsets)) if mass.nnz else 0
+        self.mass = span.basis.mass
         # band_values[d, k] = Ms[k, k + d] (zero-padded at the end)
-        self.band_values = np.zeros((self.band + 1, mass.shape[0]))
-        for d in range(self.band + 1):
-            self.band_values[d, : mass.shape[0] - d] = mass.diagonal(d)
+        self.band_values = span.basis.mass_bands
+        self.band = self.band_values.shape[0] - 1
         self._local: dict[tuple[int, int], sp.csr_matrix] = {}
         self._banded: tuple[tuple[int, int, int], BandedRows] | None = None
         N = span.null
