@@ -77,7 +77,8 @@ class Operator:
     rows : ndarray or None
         This rank's block rows (m block, n block), or None when matrix-free.
     fast_matvec : callable or None
-        Full-vector product ``x -> M x`` in O(n log n) (1D matrix-free), else None.
+        1D matrix-free: this rank's rows of ``M x`` from its rows of x (``distgn.fastmv``:
+        O(n/P log(n/P)) per product, a few sums per column sent; collective), else None.
     system : NodalSystem or None
         For the 1D least-squares system in value coordinates (``nodal_operator``): its exact
         entries and distributed product; the tree then orders value coordinates, not neurons.
@@ -184,25 +185,25 @@ class Operator:
     def matvec(self, x_local: np.ndarray) -> np.ndarray:
         """``M x`` on this rank's rows for a block-row-distributed x (m,) or (m, r). Collective.
 
-        The nodal system exchanges only halo rows and a few sums; the neuron-basis products
-        gather x.
+        The nodal system exchanges only halo rows and a few sums, the 1D fast product a few sums
+        per column; stored rows and the tiles of exact entries gather x.
         """
         if self.system is not None and self.rows is None:
             x_local = np.asarray(x_local, dtype=float)
             columns = x_local.reshape(x_local.shape[0], -1)
             return self.system.matvec(columns, self.comm, self.offsets()).reshape(x_local.shape)
-        x = self.gather(x_local)
         start, stop = self.local_range
-        if self.rows is not None:
-            return self.rows @ x
         if self.fast_matvec is not None:
-            y = self.fast_matvec(x)[start:stop]
+            y = self.fast_matvec(x_local)
             shape = (-1,) + (1,) * (y.ndim - 1)
             if self.shift is not None:
                 y = y + self.shift.reshape(shape) * x_local
             if self.diagonal_shift is not None:
                 y = y + self.diagonal_shift[start:stop].reshape(shape) * x_local
             return y
+        x = self.gather(x_local)
+        if self.rows is not None:
+            return self.rows @ x
         rows = np.arange(start, stop)
         y = np.zeros((stop - start,) + x.shape[1:])
         step = max(self.block, TILE_ENTRIES // max(1, stop - start) // self.block * self.block)
@@ -340,7 +341,9 @@ def build(
         return operator_from_block_rows(blocks, name, comm, problem.domain), blocks
     fast = None
     if problem.domain.dim == 1:
-        fast = fast_matvec_1d(problem.domain.bounds, blocks.W, blocks.b, name)
+        lo, hi = tree.rank_range(comm.rank)
+        bounds = problem.domain.bounds
+        fast = fast_matvec_1d(bounds, blocks.W[lo:hi], blocks.b[lo:hi], name, comm)
     return Operator(name, comm, tree, problem.domain, blocks.W, blocks.b, None, fast), blocks
 
 

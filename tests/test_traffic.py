@@ -66,6 +66,10 @@ class Tally(MPI.Intracomm):
         self._add(recvbuf if sendbuf is MPI.IN_PLACE else sendbuf)
         return self.base.Allreduce(sendbuf, recvbuf, op)
 
+    def Allgather(self, sendbuf, recvbuf):
+        self._add(sendbuf)
+        return self.base.Allgather(sendbuf, recvbuf)
+
     def Allgatherv(self, sendbuf, recvbuf):
         self._add(sendbuf)
         return self.base.Allgatherv(sendbuf, recvbuf)
@@ -145,3 +149,23 @@ def test_sketch_rows_do_not_depend_on_the_partition():
     parts = [local_gaussian(5, lo, hi, 3) for lo, hi in [(0, 17), (17, 2100), (2100, 5000)]]
     assert np.array_equal(whole, np.vstack(parts))
     assert not np.array_equal(whole, local_gaussian(6, 0, 5000, 3))
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["A", "H", "G"])
+def test_fast_product_sends_a_few_numbers_per_column(comm, name):
+    """The 1D matrix-free product sends two Allgather of (4 + p) k numbers (p = 2 moments for
+    A and G, 1 for H), whatever n: no vector entries."""
+    k, top = 3, 1 if name == "H" else 2
+    for n in (64, 4096):
+        sets = [f"network.n={n}", 'network.init="random"', 'network.orientation="random"']
+        config = load_config(None, sets + ["solver.matrix_free=true"])
+        tally = Tally(comm)
+        operator = build(build_problem(config), config.solver, tally, name)[0]
+        start, stop = operator.local_range
+        x = local_gaussian(3, start, stop, k)
+        operator.matvec(x)  # the first product also sorts the interval ends: one more message
+        before = (tally.nbytes, tally.calls)
+        operator.matvec(x)
+        assert (tally.nbytes - before[0], tally.calls - before[1]) == (8 * (4 + top) * k, 2)

@@ -6,9 +6,10 @@ under the current ``label``, the bytes and messages this rank sends:
 
 - point to point (``send``, ``Send``, ``Isend``, ``Sendrecv``): the payload (pickled size for
   the lower-case calls), one message;
-- collectives (``allreduce``, ``Allreduce``, ``allgather``, ``Allgatherv``, ``gather``, ``bcast``
-  on the root, ``Barrier``): this rank's contribution, one message each (what reaches the
-  network depends on the MPI implementation's algorithm; this is the payload given to it).
+- collectives (``allreduce``, ``Allreduce``, ``allgather``, ``Allgather``, ``Allgatherv``,
+  ``gather``, ``bcast`` on the root, ``Barrier``): this rank's contribution, one message each
+  (what reaches the network depends on the MPI implementation's algorithm; this is the payload
+  given to it).
 
 Solvers report their figures from these counts (``HSSFactorization.stats``, ``distgn solve
 --json``), so the figures cannot drift from the code. PETSc's own reductions inside a KSP (its
@@ -124,6 +125,10 @@ class CountingComm(MPI.Intracomm):
     def allgather(self, sendobj):  # noqa: D102
         self._count(payload(sendobj))
         return self.inner.allgather(sendobj)
+
+    def Allgather(self, sendbuf, recvbuf):  # noqa: D102
+        self._count(payload(sendbuf))
+        return self.inner.Allgather(sendbuf, recvbuf)
 
     def Allgatherv(self, sendbuf, recvbuf):  # noqa: D102
         self._count(payload(sendbuf))
