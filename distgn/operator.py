@@ -3,9 +3,9 @@
 An ``Operator`` is what every solver accepts. It offers this rank's dense block rows (when stored),
 entry extraction ``entries(I, J)`` at any global tree-order indices (rank-local, exact integrals),
 and a collective ``matvec`` on block-row-distributed vectors: from the stored rows, or matrix-free
-from the O(n log n) 1D fast product or from exact entries computed tile by tile (O(n) memory per
-rank). Indices are scalar: for G (block = d+1) index ``k`` is derivative ``k % block`` of neuron
-``k // block``.
+from the 1D fast product (on each rank's own neurons, O(n/P)) or from exact entries computed
+tile by tile (O(n) memory per rank). Indices are scalar: for G (block = d+1) index ``k`` is
+derivative ``k % block`` of neuron ``k // block``.
 
 ``build`` is the one way to make the operator of a problem: it honours ``solver.matrix_free`` and
 returns the assembled block rows (right-hand sides unless the 1D value coordinates integrate
@@ -78,7 +78,8 @@ class Operator:
         This rank's block rows (m block, n block), or None when matrix-free.
     fast_matvec : callable or None
         1D matrix-free: this rank's rows of ``M x`` from its rows of x (``distgn.fastmv``:
-        O(n/P log(n/P)) per product, a few sums per column sent; collective), else None.
+        O(n/P) per product after a sort of the rank's interval ends on the first, a few sums per
+        column sent; collective), else None.
     system : NodalSystem or None
         For the 1D least-squares system in value coordinates (``nodal_operator``): its exact
         entries and distributed product; the tree then orders value coordinates, not neurons.
