@@ -13,6 +13,7 @@ history and (SgGN) the networks before and after in ``benchmarks/training/result
     python scripts/experiments.py profile --n 512 1024   # 2D SgGN iteration profile (disk)
     python scripts/experiments.py diagnose   # SgGN error versus n, three settings (docs/sggn.md)
     python scripts/experiments.py merge --dim 2 FILE   # runs of a job run with --store FILE
+    python scripts/experiments.py hessian --target disk --n 256   # where SgGN stops (docs/sggn.md)
 
 Budgets (``budget``): SgGN runs to convergence or its caps; every baseline then gets SgGN's wall
 time on the same problem. Adam's learning rate is the best of ``ADAM_RATES`` (every size).
@@ -700,6 +701,126 @@ def command_profile(args: argparse.Namespace) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
+def command_hessian(args: argparse.Namespace) -> None:
+    """Where SgGN stops: the Gauss-Newton matrix ``D G D`` against the finite-difference Hessian
+    H of J in r (c fixed) at the end of an SgGN run of the grid (docs/sggn.md, section 2b).
+
+    Trains the SgGN run of (``--dim``, ``--target``, ``--n``) with the grid's settings into
+    ``--work`` (the results files are not touched), then over the neurons of the last
+    Gauss-Newton step (``|c_i| > drop_tol max |c|``) forms H by central differences of the exact
+    gradient, and reports the gradient, H's spectrum, the part ``S = H - D G D`` that
+    Gauss-Newton leaves out, and the loss along the Gauss-Newton step and along a Newton step
+    (negative eigenvalues of H flipped) against their quadratic models. Writes
+    ``benchmarks/training/hessian.md``.
+    """
+    from distgn.assembly import layer_matrix, pair_integrals
+    from distgn.io import read_run
+    from distgn.training.objective import Context, Gradient, loss_and_gradient
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    comm = MPI.COMM_SELF
+    run_one(
+        comm,
+        args.dim,
+        args.target,
+        args.n,
+        "sggn",
+        None,
+        work,
+        budget(args.dim, args.n, "sggn", {}, args.target),
+    )
+    run = read_run(str(work / f"{key(args.dim, args.target, args.n, 'sggn').replace('/', '-')}.h5"))
+    problem = build_problem(run.config)
+    network = run.network
+    ctx = Context(problem, comm, run.config.solver, True)
+    live = ~run.removed
+    start = loss_and_gradient(ctx, network, live)
+    c = network.c
+    step = live & (np.abs(c) > run.config.train.drop_tol * np.max(np.abs(c[live])))
+    index = np.flatnonzero(step)
+    k = network.dim + 1
+    G = pair_integrals(
+        problem.domain,
+        network.W[index],
+        network.b[index],
+        np.arange(index.size),
+        np.arange(index.size),
+        ("G",),
+    )["G"]
+    scale = np.repeat(c[index], k)
+    gauss_newton = scale[:, None] * layer_matrix(G) * scale[None, :]
+    r0 = network.r
+
+    def gradient(r: np.ndarray) -> Gradient:
+        return loss_and_gradient(ctx, network.with_r(r), live)
+
+    def loss_along(p: np.ndarray, gamma: float) -> float:
+        r = r0.copy()
+        r[index] += gamma * p.reshape(-1, k)
+        return gradient(r).loss - start.loss
+
+    hessian = np.zeros_like(gauss_newton)
+    for col in range(hessian.shape[0]):
+        i, q = index[col // k], col % k
+        h = args.step * max(1.0, abs(r0[i, q]))
+        plus, minus = r0.copy(), r0.copy()
+        plus[i, q] += h
+        minus[i, q] -= h
+        hessian[:, col] = (gradient(plus).r[index] - gradient(minus).r[index]).ravel() / (2 * h)
+    asymmetry = np.linalg.norm(hessian - hessian.T) / np.linalg.norm(hessian)
+    hessian = 0.5 * (hessian + hessian.T)
+    rest = hessian - gauss_newton
+    blocks = np.kron(np.eye(index.size), np.ones((k, k))).astype(bool)
+    g = start.r[index].ravel()
+    eigenvalues, vectors = np.linalg.eigh(hessian)
+    p_gn = -np.linalg.lstsq(gauss_newton, g, rcond=1e-12)[0]
+    flipped = np.maximum(np.abs(eigenvalues), 1e-12 * np.abs(eigenvalues).max())
+    p_newton = -vectors @ ((vectors.T @ g) / flipped)
+    command = (
+        f"python scripts/experiments.py hessian --dim {args.dim} --target {args.target} "
+        f"--n {args.n}"
+    )
+    lines = [
+        "<!-- written by scripts/experiments.py hessian -->",
+        "",
+        f"Where SgGN stops: {args.dim}D `{args.target}`, n = {args.n}, the grid's SgGN run "
+        f"({run.result.get('iterations')} iterations, stop `{run.result.get('stop_reason')}`, "
+        f"relative L2 error {run.result.get('relative_l2_error'):.4g}). Command: `{command}`.",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| J | {start.loss:.4e} |",
+        f"| gradient in r (2-norm) | {np.linalg.norm(g):.3e} |",
+        f"| neurons in the Gauss-Newton step (of {network.n}) | {index.size} |",
+        f"| H: asymmetry of the finite differences (step {args.step:g}) | {asymmetry:.1e} |",
+        f"| H: largest eigenvalue | {eigenvalues[-1]:.3e} |",
+        f"| H: smallest eigenvalue | {eigenvalues[0]:.3e} |",
+        f"| H: negative eigenvalues | {int(np.sum(eigenvalues < 0))} of {eigenvalues.size} |",
+        f"| 2-norm of S = H - D G D | {np.abs(np.linalg.eigvalsh(rest)).max():.3e} |",
+        f"| S outside its {k} x {k} diagonal blocks, relative (Frobenius) | "
+        f"{np.linalg.norm(rest[~blocks]) / np.linalg.norm(rest):.1e} |",
+        f"| along the Gauss-Newton step p: p'Sp / p'DGDp | "
+        f"{(p_gn @ rest @ p_gn) / (p_gn @ gauss_newton @ p_gn):.3f} |",
+        f"| decrease of the Gauss-Newton model at gamma = 1 | {-(g @ p_gn) / 2:.3e} |",
+        f"| best decrease of the true quadratic model (Newton, abs(H)) | "
+        f"{-(g @ p_newton + 0.5 * p_newton @ hessian @ p_newton):.3e} |",
+        "",
+        "| direction | gamma | change of J | Gauss-Newton model | true quadratic model |",
+        "|---|---|---|---|---|",
+    ]
+    for name, p in (("Gauss-Newton", p_gn), ("Newton, abs(H)", p_newton)):
+        for gamma in (1.0, 0.5, 0.1, 0.01):
+            model_gn = gamma * g @ p + 0.5 * gamma**2 * p @ gauss_newton @ p
+            model_true = gamma * g @ p + 0.5 * gamma**2 * p @ hessian @ p
+            lines.append(
+                f"| {name} | {gamma:g} | {loss_along(p, gamma):.3e} | {model_gn:.3e} | "
+                f"{model_true:.3e} |"
+            )
+    (OUT / "hessian.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -730,6 +851,12 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
     p.add_argument("--work", default="/tmp/distgn-experiments")
+    p = sub.add_parser("hessian", help="Gauss-Newton matrix against the Hessian where SgGN stops")
+    p.add_argument("--dim", type=int, choices=(1, 2), default=2)
+    p.add_argument("--target", default="disk")
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--step", type=float, default=1e-6, help="relative finite-difference step")
+    p.add_argument("--work", default="/tmp/distgn-experiments/hessian")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     {
@@ -739,6 +866,7 @@ def main() -> None:
         "merge": command_merge,
         "profile": command_profile,
         "diagnose": command_diagnose,
+        "hessian": command_hessian,
     }[args.command](args)
 
 
