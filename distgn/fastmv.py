@@ -11,8 +11,9 @@ the neurons sorted by breakpoint (the 1D tree order), so its interior breakpoint
 those of ranks p - 1 and p + 1. On its cells ``g`` is the sum of its own pieces and of the pieces
 that start at L (from every rank) or at the breakpoints of lower ranks; ``P`` is its own prefix
 plus the integrals over the cells of lower ranks. A product sends two small ``Allgather`` of
-``2 k`` and ``k p_max`` numbers per rank (k columns), no vector entries: O(n/P) work and memory,
-O(P k) numbers received. The sort of a rank's interval ends is done once, on the first product.
+``4 k`` and ``p k`` numbers per rank (k columns; p = 2 moments for A and G, 1 for H), no vector
+entries: O(n/P) work and memory, O(P k) numbers received. The sort of a rank's interval ends is
+done once, on the first product.
 ``distgn.operator.build`` wraps it into a matrix-free ``Operator``. ``fast_matvec_1d`` and the
 product are collective over the communicator given (rank-local on ``MPI.COMM_SELF``).
 """
@@ -87,9 +88,10 @@ def fast_matvec_1d(
             edges = np.append(edges, R)
         left, right = edges[:-1], edges[1:]
         powers = np.stack([(right ** (q + 1) - left ** (q + 1)) / (q + 1) for q in range(4)])
-        # Where each neuron's ends sit: -1 at L, -2 at R, else the prefix index (a node of the
-        # sorted ends: the prefix over the cells before it).
-        where = np.where(ends <= L, -1, -2)
+        # Where each neuron's ends are read from [prefix at the edges, 0, total]: at an interior
+        # end the prefix over the cells before it, at L the zero, at R the total.
+        cells = powers.shape[1]
+        where = np.where(ends <= L, cells + 1, cells + 2)
         where[order] = np.arange(1, order.size + 1)
         at_left = np.concatenate([start <= L, stop <= L])
         return t, order, where, at_left, powers
@@ -99,8 +101,9 @@ def fast_matvec_1d(
         _, order, where, at_left, powers = setup()
         k = slope.shape[0]
         signed = [np.concatenate([v, -v], axis=1) for v in (slope, offset)]
-        # Pieces that start (or end) at L: active on every cell of every rank.
         steps = [s[:, order] for s in signed]
+        # Sums of the pieces that start (or end) at L, active on every cell of every rank, and of
+        # this rank's increments, which lie below every cell of the higher ranks.
         mine = np.array(
             [[s[:, at_left].sum(axis=1) for s in signed], [s.sum(axis=1) for s in steps]]
         )
@@ -125,9 +128,7 @@ def fast_matvec_1d(
             value = np.concatenate(
                 [prefixes[p] + below[p][:, None], np.zeros((k, 1)), whole[p][:, None]], axis=1
             )
-            # index -1 (at L) -> the zero column, -2 (at R) -> the total
-            columns = np.where(where == -1, cells + 1, np.where(where == -2, cells + 2, where))
-            at = value[:, columns]
+            at = value[:, where]
             out.append(at[:, n:] - at[:, :n])
         return out
 
