@@ -185,7 +185,7 @@ def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> 
     start = time.perf_counter()
     nodal = nodal_operator(operator, config, problem.output_bias)
     system = nodal.system
-    rhs = system.right_hand_side(problem.target, nodal.comm, nodal.offsets())
+    rhs = system.right_hand_side(problem.target)
     seconds = nodal.comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
     with factor(nodal, config) as solver:
         x = solver.solve(rhs)
@@ -193,12 +193,15 @@ def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> 
     berr = backward_error(nodal, x, rhs, nodal.norm_estimate())
     # The exact solution lies in the span; a solver's error along N (outside it) would be
     # amplified by the differencing B, so it is removed first.
-    values = system.span.project(nodal.gather(x)[:, None])
-    coefficients = system.coefficients(values)[:, 0]
-    values = values[:, 0]
-    n = operator.tree.n
-    c0 = float(coefficients[n]) if problem.output_bias else None
-    l2 = system.l2_error(values, problem.target, nodal.comm, nodal.offsets())
+    values = system.span.project(x[:, None])
+    local = system.coefficients(values)[:, 0]
+    m = operator.local_range[1] - operator.local_range[0]
+    c0 = None
+    if problem.output_bias:
+        last = nodal.comm.size - 1
+        c0 = float(nodal.comm.bcast(local[m] if nodal.comm.rank == last else None, root=last))
+    coefficients = operator.gather(local[:m])
+    l2 = system.l2_error(values[:, 0], problem.target)
     stats = {
         **stats,
         "basis": "nodal",
@@ -216,7 +219,7 @@ def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> 
                 f"{l2:.1e} (true relative residual {stats['true_relative_residual']:.1e}, "
                 f"solver.rtol = {config.rtol:g}); a smaller solver.rtol resolves the fit"
             )
-    return OutputWeights(coefficients[:n], c0, l2, berr, stats)
+    return OutputWeights(coefficients, c0, l2, berr, stats)
 
 
 def cell_errors_1d(

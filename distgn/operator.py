@@ -183,6 +183,17 @@ class Operator:
         )
         return full
 
+    def skeleton_rows(self, index: np.ndarray) -> object:
+        """What another rank needs to evaluate ``entries`` at rows ``index`` of this rank (the
+        value-coordinate system's rows of N, ``Ms N`` and band values; None for the neuron
+        basis, whose entries need only W and b). Rank-local."""
+        return None if self.system is None else self.system.rows_at(index)
+
+    def learn(self, rows: object) -> None:
+        """Keep rows received from another rank (``skeleton_rows``). Rank-local."""
+        if rows is not None and self.system is not None:
+            self.system.learn(rows)
+
     def matvec(self, x_local: np.ndarray) -> np.ndarray:
         """``M x`` on this rank's rows for a block-row-distributed x (m,) or (m, r). Collective.
 
@@ -192,7 +203,7 @@ class Operator:
         if self.system is not None and self.rows is None:
             x_local = np.asarray(x_local, dtype=float)
             columns = x_local.reshape(x_local.shape[0], -1)
-            return self.system.matvec(columns, self.comm, self.offsets()).reshape(x_local.shape)
+            return self.system.matvec(columns, self.comm).reshape(x_local.shape)
         start, stop = self.local_range
         if self.fast_matvec is not None:
             y = self.fast_matvec(x_local)
@@ -350,14 +361,21 @@ def build(
 
 def nodal_operator(operator: Operator, config: SolverConfig, bias: bool = False) -> Operator:
     """The 1D least-squares system of ``operator``'s neurons (plus the constant with ``bias``) in
-    scaled value coordinates: ``NodalSystem`` over a tree of its own on the same ranks.
+    scaled value coordinates: ``NodalSystem`` over a tree of its own on the same ranks, whose
+    rank ranges are the system's value partition.
 
-    Rows are stored (dense, for the dense back end) unless ``config.matrix_free``. Raises
-    SolverError when the functions are linearly dependent. Rank-local.
+    Each rank passes only its own neurons (its block rows of the neuron tree, a contiguous block
+    of the breakpoint order); the system holds O(n/P) per rank. Rows are stored (dense, for the
+    dense back end) unless ``config.matrix_free``. Raises SolverError when the functions are
+    linearly dependent. Collective.
     """
     L, R = (float(v) for v in operator.domain.bounds[0])
-    system = NodalSystem(NeuronSpan(operator.name, L, R, operator.W[:, 0], operator.b, bias))
-    tree = build_tree(np.arange(system.size), operator.comm.size, config.leaf_size)
+    lo, hi = operator.tree.rank_range(operator.comm.rank)
+    span = NeuronSpan(
+        operator.name, L, R, operator.W[lo:hi, 0], operator.b[lo:hi], bias, operator.comm
+    )
+    system = NodalSystem(span)
+    tree = build_tree(np.arange(system.size), operator.comm.size, config.leaf_size, system.offsets)
     nodal = Operator(
         operator.name,
         operator.comm,
@@ -371,4 +389,4 @@ def nodal_operator(operator: Operator, config: SolverConfig, bias: bool = False)
     )
     if config.matrix_free:
         return nodal
-    return replace(nodal, rows=system.local_rows(*nodal.local_range))
+    return replace(nodal, rows=system.local_rows())

@@ -109,13 +109,24 @@ class ClusterTree:
         return max(nd.level for nd in self.nodes)
 
 
-def build_tree(perm: np.ndarray, n_ranks: int, leaf_size: int) -> ClusterTree:
-    """Cluster tree over ``perm`` with ``n_ranks`` rank subtrees and leaves <= ``leaf_size``."""
+def build_tree(
+    perm: np.ndarray, n_ranks: int, leaf_size: int, offsets: np.ndarray | None = None
+) -> ClusterTree:
+    """Cluster tree over ``perm`` with ``n_ranks`` rank subtrees and leaves <= ``leaf_size``.
+
+    The rank ranges are an even split, or ``[offsets[p], offsets[p + 1])`` when given (each
+    nonempty).
+    """
     n = int(perm.size)
     if n_ranks < 1 or n < n_ranks:
         raise InputError(f"network.n = {n} is smaller than the number of ranks {n_ranks}")
     if leaf_size < 1:
         raise InputError(f"solver.leaf_size = {leaf_size} must be at least 1")
+    if offsets is not None and np.any(np.diff(offsets) < 1):
+        raise InputError(
+            f"{n} rows cannot be split over {n_ranks} ranks as {np.diff(offsets).tolist()}: "
+            "every rank needs at least one"
+        )
     nodes: list[dict] = []
 
     def add(start: int, stop: int, level: int, parent: int, r0: int, r1: int) -> int:
@@ -137,6 +148,8 @@ def build_tree(perm: np.ndarray, n_ranks: int, leaf_size: int) -> ClusterTree:
             left_ranks = (r1 - r0) // 2
             mid = start + int(round(size * left_ranks / (r1 - r0)))
             mid = min(max(mid, start + left_ranks), stop - (r1 - r0 - left_ranks))
+            if offsets is not None:
+                mid = int(offsets[r0 + left_ranks])
             splits = ((start, mid, r0, r0 + left_ranks), (mid, stop, r0 + left_ranks, r1))
         elif size > leaf_size:
             mid = start + size // 2

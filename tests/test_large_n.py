@@ -146,31 +146,6 @@ def test_krylov_honours_rtol_on_the_nodal_system_and_flags_a_limiting_one(comm, 
     assert tight.stats["solver_error_bound"] < 1e-3 * tight.l2_error
 
 
-@pytest.mark.mpi
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize(("name", "bias"), [("A", False), ("A", True), ("H", False), ("G", False)])
-@pytest.mark.parametrize("layout", ["even", "uneven"])
-def test_partitioned_nodal_solve_equals_the_replicated_inverse(comm, name, bias, layout):
-    rng = np.random.default_rng(7)
-    n = 300
-    w = rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 2.0, n)
-    b = -w * rng.uniform(0.0, 1.0, n)
-    system = NodalSystem(NeuronSpan(name, 0.0, 1.0, w, b, bias))
-    V, P = system.size, comm.size
-    if layout == "even":
-        offsets = np.linspace(0, V, P + 1).astype(int)
-    else:  # rank 0 holds one row, the last rank none (when P > 1)
-        offsets = np.concatenate([[0], np.linspace(1, V, max(P - 1, 1)).astype(int), [V]])[: P + 1]
-        offsets[-1] = V
-    f = rng.standard_normal((V, 3))
-    lo, hi = offsets[comm.rank], offsets[comm.rank + 1]
-    x = system.solve_rows(f[lo:hi], comm, offsets)
-    K = system.entries(np.arange(V), np.arange(V))
-    reference = np.linalg.solve(K, f)
-    assert x.shape == (hi - lo, 3)
-    assert np.all(np.abs(x - reference[lo:hi]) <= 1e-10 * np.max(np.abs(reference)))
-
-
 @pytest.mark.parametrize("gap", [1e-9, 1e-11, 1e-12])
 def test_nearly_coincident_breakpoints_keep_the_span_constraints_solvable(gap):
     # Two kinks `gap` apart make a cell so small that the constraint Gram Lam^T Ms^{-1} Lam

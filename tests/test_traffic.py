@@ -74,6 +74,10 @@ class Tally(MPI.Intracomm):
         self._add(sendbuf)
         return self.base.Allgatherv(sendbuf, recvbuf)
 
+    def Alltoallv(self, sendbuf, recvbuf):
+        self._add(sendbuf)
+        return self.base.Alltoallv(sendbuf, recvbuf)
+
     def allgather(self, obj):
         self._add(obj)
         return self.base.allgather(obj)

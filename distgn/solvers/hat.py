@@ -5,8 +5,8 @@ G (Heavisides times ``(x, 1)``) span spaces with a local basis whose Gram matrix
 change of basis is sparse and banded too (distgn.nodal, docs/large-n.md). ``HatSolver`` applies
 ``M^{-1}`` in O(n) for any orientations, in the neuron basis or, for an operator already in value
 coordinates (``Operator.system``), as the exact inverse of that system; it is the ``hat``
-preconditioner of the Krylov back end. Construction is rank-local and replicated;
-``HatSolver.solve`` is collective.
+preconditioner of the Krylov back end. Construction and ``HatSolver.solve`` are collective;
+each rank holds O(n/P) of the transform.
 """
 
 from __future__ import annotations
@@ -44,10 +44,12 @@ class HatSolver(Disposable):
     set with a nonsingular matrix, any orientations. Rounding grows with the spread of cell lengths
     (nearly coinciding breakpoints) and with mixed orientations; see benchmarks/krylov.md.
 
-    Every rank holds the whole O(n) transform. On the value-coordinate system ``solve`` is a
-    partitioned banded solve on each rank's rows (``NodalSystem.solve_rows``); in the neuron basis
-    it gathers the right-hand side (O(N) words), as a matvec there does. Construction is
-    rank-local and replicated; ``solve`` is collective.
+    The transform is distributed like the operator (``NeuronSpan``: each rank passes its own
+    neurons, a contiguous block of the breakpoint order, and holds O(n/P) of the mesh, T, the mass
+    matrix and N). ``solve`` is a partitioned banded solve on each rank's value rows
+    (``NodalSystem.solve_rows``); in the neuron basis the right-hand side moves to the value
+    partition and back (one row per node, ``NeuronSpan.values_transpose`` and
+    ``coefficients``). Construction and ``solve`` are collective.
     """
 
     def __init__(self, operator: Operator) -> None:
@@ -62,31 +64,23 @@ class HatSolver(Disposable):
             self.system = operator.system
         else:
             L, R = (float(v) for v in operator.domain.bounds[0])
-            self.span = NeuronSpan(operator.name, L, R, operator.W[:, 0], operator.b)
+            lo, hi = operator.tree.rank_range(operator.comm.rank)
+            W, b = operator.W[lo:hi, 0], operator.b[lo:hi]
+            self.span = NeuronSpan(operator.name, L, R, W, b, comm=operator.comm)
             self.system = NodalSystem(self.span)
-
-    def apply(self, f: np.ndarray) -> np.ndarray:
-        """``M^{-1} f`` for full vectors f (N, k), tree order. Rank-local."""
-        if self.span is None:
-            return self.system.solve(f)
-        values = self.span.project(self.span.values_transpose(f))
-        return self.span.coefficients(self.system.solve(values))
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """Solution rows of this rank for local right-hand-side rows (m,) or (m, k). Collective.
 
-        On the value-coordinate system the solve is distributed (``NodalSystem.solve_rows``: O(n/P)
-        work, a few numbers per rank sent); in the neuron basis the right-hand side is gathered.
+        O(n/P) work per rank; the value-coordinate solve sends a few numbers per rank, the
+        neuron basis also one row per node between the neuron and the value partition.
         """
+        columns = rhs.reshape(rhs.shape[0], -1)
+        comm = self.operator.comm
         if self.span is None:
-            columns = rhs.reshape(rhs.shape[0], -1)
-            operator = self.operator
-            return self.system.solve_rows(columns, operator.comm, operator.offsets()).reshape(
-                rhs.shape
-            )
-        full = self.operator.gather(rhs)
-        start, stop = self.operator.local_range
-        return self.apply(full.reshape(full.shape[0], -1))[start:stop].reshape(rhs.shape)
+            return self.system.solve_rows(columns, comm).reshape(rhs.shape)
+        values = self.span.project(self.span.values_transpose(columns))
+        return self.span.coefficients(self.system.solve_rows(values, comm)).reshape(rhs.shape)
 
     def logdet(self) -> float:
         """Not provided (the hat transform is used as a preconditioner)."""
@@ -97,7 +91,7 @@ class HatSolver(Disposable):
     def nbytes(self) -> int:
         """Bytes held by the transform on this rank."""
         span = self.system.span
-        sparse = (span.basis.to_coefficients, span.basis.mass)
+        sparse = (span.basis.to_coefficients, span.basis.mass, self.system.mass)
         return int(
             sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in sparse)
             + span.null.nbytes
@@ -110,8 +104,8 @@ class HatSolver(Disposable):
         return {
             "type": "hat",
             "factor_bytes": self.nbytes(),
-            "interior_nodes": int(span.basis.nodes.size),
-            "affine_rows": int(span.affine.size),
+            "interior_nodes": int(span.node_offsets[-1]),
+            "affine_rows": span.affine_total,
             "nullity": int(span.null.shape[1]),
             "operator_basis": "relu" if self.span is not None else "nodal",
         }

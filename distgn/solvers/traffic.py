@@ -7,9 +7,9 @@ under the current ``label``, the bytes and messages this rank sends:
 - point to point (``send``, ``Send``, ``Isend``, ``Sendrecv``): the payload (pickled size for
   the lower-case calls), one message;
 - collectives (``allreduce``, ``Allreduce``, ``allgather``, ``Allgather``, ``Allgatherv``,
-  ``gather``, ``bcast`` on the root, ``Barrier``): this rank's contribution, one message each
-  (what reaches the network depends on the MPI implementation's algorithm; this is the payload
-  given to it).
+  ``Alltoallv``, ``gather``, ``bcast`` on the root, ``Barrier``): this rank's contribution, one
+  message each (what reaches the network depends on the MPI implementation's algorithm; this is
+  the payload given to it).
 
 Solvers report their figures from these counts (``HSSFactorization.stats``, ``distgn solve
 --json``), so the figures cannot drift from the code. PETSc's own reductions inside a KSP (its
@@ -133,6 +133,10 @@ class CountingComm(MPI.Intracomm):
     def Allgatherv(self, sendbuf, recvbuf):  # noqa: D102
         self._count(payload(sendbuf))
         return self.inner.Allgatherv(sendbuf, recvbuf)
+
+    def Alltoallv(self, sendbuf, recvbuf):  # noqa: D102
+        self._count(payload(sendbuf))
+        return self.inner.Alltoallv(sendbuf, recvbuf)
 
     def gather(self, sendobj, root=0):  # noqa: D102
         self._count(payload(sendobj))

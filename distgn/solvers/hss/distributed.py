@@ -185,9 +185,13 @@ class HSSFactorization(Disposable):
         if isinstance(scheme, ProjectionScheme):
             coupling = self._coupling(scheme, node, left, right)
         if rank == right.rank_lo:
-            self._send(summaries.pop(right.id), node.rank_lo, node.id)
+            summary = summaries.pop(right.id)
+            rows = self.operator.skeleton_rows(summary.index) if hasattr(summary, "index") else None
+            self._send((summary, rows), node.rank_lo, node.id)
         if rank == node.rank_lo:
-            summaries[right.id] = self._recv(right.rank_lo, node.id)
+            summary, rows = self._recv(right.rank_lo, node.id)
+            self.operator.learn(rows)
+            summaries[right.id] = summary
             self._factor_node(scheme, node, summaries, coupling)
         if isinstance(scheme, ProjectionScheme) and node.parent >= 0:
             single = self.singles.get(node.id)
