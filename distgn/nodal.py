@@ -191,8 +191,8 @@ def move_rows(comm: MPI.Comm, rows: np.ndarray, held: np.ndarray, wanted: np.nda
     contiguous blocks ``[held[p], held[p + 1])``.
 
     ``rows`` is this rank's block (its rows of equal width on every rank); the wanted ranges may
-    overlap (halos). One ``Alltoallv``; each rank sends only rows that some rank wants.
-    Collective.
+    overlap (halos). One ``Alltoallv`` of the rows that some other rank wants; what a rank keeps
+    is copied, not sent. Collective.
     """
     rank = comm.rank
     rows = np.ascontiguousarray(rows, dtype=float)
@@ -201,24 +201,25 @@ def move_rows(comm: MPI.Comm, rows: np.ndarray, held: np.ndarray, wanted: np.nda
     flat = rows.reshape(rows.shape[0], width)
     lo, hi = int(held[rank]), int(held[rank + 1])
     send_lo = np.clip(wanted[:, 0], lo, hi)
-    send_hi = np.clip(wanted[:, 1], lo, hi)
-    send_counts = np.maximum(send_hi - send_lo, 0)
+    send_counts = np.maximum(np.clip(wanted[:, 1], lo, hi) - send_lo, 0)
     want_lo, want_hi = int(wanted[rank, 0]), int(wanted[rank, 1])
-    recv_lo = np.clip(held[:-1], want_lo, want_hi)
-    recv_hi = np.clip(held[1:], want_lo, want_hi)
-    recv_counts = np.maximum(recv_hi - recv_lo, 0)
-    send = np.concatenate(
-        [flat[a - lo : a - lo + c] for a, c in zip(send_lo, send_counts, strict=True)]
-        + [np.zeros((0, width))]
+    recv_counts = np.maximum(
+        np.clip(held[1:], want_lo, want_hi) - np.clip(held[:-1], want_lo, want_hi), 0
     )
+    recv_displs = np.concatenate([[0], np.cumsum(recv_counts)[:-1]])
     recv = np.zeros((int(recv_counts.sum()), width))
-    if comm.size == 1:
-        recv[:] = send
-    else:
-        displs = lambda counts: np.concatenate([[0], np.cumsum(counts)[:-1]]) * width  # noqa: E731
+    own = slice(int(send_lo[rank]) - lo, int(send_lo[rank]) - lo + int(send_counts[rank]))
+    recv[recv_displs[rank] : recv_displs[rank] + send_counts[rank]] = flat[own]
+    if comm.size > 1:
+        send_counts[rank] = recv_counts[rank] = 0
+        send = np.concatenate(
+            [flat[a - lo : a - lo + c] for a, c in zip(send_lo, send_counts, strict=True)]
+            + [np.zeros((0, width))]
+        )
+        send_displs = np.concatenate([[0], np.cumsum(send_counts)[:-1]])
         comm.Alltoallv(
-            [send, send_counts * width, displs(send_counts), MPI.DOUBLE],
-            [recv, recv_counts * width, displs(recv_counts), MPI.DOUBLE],
+            [send, send_counts * width, send_displs * width, MPI.DOUBLE],
+            [recv, recv_counts * width, recv_displs * width, MPI.DOUBLE],
         )
     return recv.reshape((-1,) + shape)
 
