@@ -194,19 +194,24 @@ def measure(comm: MPI.Comm, config_path: str, overrides: list[str]) -> dict:
     from distgn.operator import build, nodal_operator, uses_nodal
     from distgn.problem import build_problem
     from distgn.solvers.hss import distributed
+    from distgn.tree import network_tree
 
     if (distributed.DEFAULT_SAMPLES, distributed.OVERSAMPLE) != (DEFAULT_SAMPLES, OVERSAMPLE):
         raise SystemExit("perfmodel: update DEFAULT_SAMPLES and OVERSAMPLE to the solver's")
     config = load_config(config_path, overrides)
     cfg = config.solver
-    problem = build_problem(config)
     recorder = Recorder()
     recorder.install()
     clock = Clock(comm)
-    operator, _ = build(problem, cfg, comm, "A")
+    # The network and its tree are built whole on every rank (replicated, O(n log n)).
+    problem = build_problem(config)
+    net = problem.network
+    tree = network_tree(problem.domain, net.W, net.b, cfg.ordering, comm.size, cfg.leaf_size)
+    phases = {"network": clock.lap()}
+    operator, _ = build(problem, cfg, comm, "A", tree)
     if uses_nodal(problem, cfg, "A"):
         operator = nodal_operator(operator, cfg, problem.output_bias)
-    phases = {"assemble": clock.lap()}
+    phases["assemble"] = clock.lap()
     solver = distributed.factor(operator, cfg.tol, cfg.sample_size, cfg.seed, False)
     phases["factor"] = clock.lap()
     solver.solve(np.ones(operator.local_range[1] - operator.local_range[0]))
@@ -331,8 +336,7 @@ class Model:
         n = base["n"]
         self.base_n = n
         self.base_assemble = one["cpu_assemble"]
-        # the matrix-free 1D value-coordinate system is built whole on every rank (O(n log n))
-        self.replicated_assembly = base["basis"] == "nodal" and self.matrix_free
+        self.base_network = one["cpu_network"]
         self.assembly_exponent = assembly_exponent
         # stored rows: 2 n^2 k flops of GEMM; matrix-free 1D: O(n / P) per column and rank
         work = n * self.samples * (1 if self.matrix_free else 2 * n)
@@ -402,10 +406,10 @@ class Model:
     def predict(self, n: int, P: int) -> dict:
         """Seconds per phase (the slowest rank, one core per rank) and per-rank memory and
         traffic for n on P."""
-        # stored rows: n^2 / P entries; 1D matrix-free: the system on every rank, ~ n log n
-        assemble = self.base_assemble * (n / self.base_n) ** self.assembly_exponent
-        if not self.replicated_assembly:
-            assemble /= P
+        # the network and its tree on every rank, ~ n log n; then the rank's block rows (stored:
+        # n^2 / P entries; 1D matrix-free: its part of the value-coordinate system, ~ n / P)
+        network = self.base_network * (n / self.base_n) * math.log(n) / math.log(self.base_n)
+        assemble = network + self.base_assemble * (n / self.base_n) ** self.assembly_exponent / P
         widths = self.widths(n)
         passes = [self.construction(n, P, k) for k in widths]
         total = {key: sum(p[key] for p in passes) for key in passes[0]}
@@ -441,12 +445,15 @@ def slope_of(x: list[float], y: list[float]) -> float:
 
 
 def measured_phases(meas: dict) -> dict:
-    """CPU seconds per phase of the slowest rank (``seconds_*`` keys), and their sum."""
+    """CPU seconds per phase of the slowest rank (``seconds_*`` keys; ``assemble`` includes the
+    replicated network and tree, ``distributed_assemble`` does not), and their sum."""
+    ranks = meas["per_rank"]
     slow = {
-        f"seconds_{key}": max(pr[f"cpu_{key}"] for pr in meas["per_rank"])
-        for key in ("assemble", "factor", "solve")
+        "seconds_assemble": max(pr["cpu_network"] + pr["cpu_assemble"] for pr in ranks),
+        **{f"seconds_{key}": max(pr[f"cpu_{key}"] for pr in ranks) for key in ("factor", "solve")},
     }
     slow["seconds_total"] = sum(slow.values())
+    slow["seconds_distributed_assemble"] = max(pr["cpu_assemble"] for pr in ranks)
     return slow
 
 
@@ -471,7 +478,8 @@ def model(args: argparse.Namespace) -> None:
     growth = rank_growth(runs)
     singles = [m for m in runs if m["ranks"] == 1]
     exponent = slope_of(
-        [m["n"] for m in singles], [measured_phases(m)["seconds_assemble"] for m in singles]
+        [m["n"] for m in singles],
+        [measured_phases(m)["seconds_distributed_assemble"] for m in singles],
     )
     if math.isnan(exponent) or not base["matrix_free"]:
         # stored rows: n^2 entries, whose cost per entry does not fall with n; at the measured n

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The measurements and fits of benchmarks/perfmodel (see docs/performance-model.md).
-#   benchmarks/perfmodel/measure.sh            # measure (about 12 minutes on 2 cores), then fit
+#   benchmarks/perfmodel/measure.sh            # measure (about 2 minutes on 2 cores), then fit
 #   benchmarks/perfmodel/measure.sh fit        # fit again from the stored measurements
 set -eu
 R=$(cd "$(dirname "$0")/../.." && pwd)
