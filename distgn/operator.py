@@ -92,6 +92,10 @@ class Operator:
         A general diagonal added to the matrix (``shifted``), shape (N,) in tree order, the same
         on every rank; stored rows already carry it, ``entries`` and the matrix-free products add
         it.
+    rank_bound : int or None
+        A bound on the rank of every off-diagonal block row ``M(I, I^c)`` of a contiguous index
+        range I, when the structure gives one (the 1D value-coordinate system: ``2 band + 2 |N|``,
+        ``nodal_operator``), else None. The hss skeletons never exceed it.
     """
 
     name: str
@@ -106,6 +110,7 @@ class Operator:
     regularization: float = 0.0
     shift: np.ndarray | None = None
     diagonal_shift: np.ndarray | None = None
+    rank_bound: int | None = None
 
     @property
     def block(self) -> int:
@@ -376,6 +381,8 @@ def nodal_operator(operator: Operator, config: SolverConfig, bias: bool = False)
     )
     system = NodalSystem(span)
     tree = build_tree(np.arange(system.size), operator.comm.size, config.leaf_size, system.offsets)
+    # K(I, I^c) = (band coupling at both ends of I) + [N_I, (Ms N)_I] x (2 |N| rows).
+    bound = 2 * system.band + 2 * system.span.null.shape[1]
     nodal = Operator(
         operator.name,
         operator.comm,
@@ -386,6 +393,7 @@ def nodal_operator(operator: Operator, config: SolverConfig, bias: bool = False)
         None,
         None,
         system,
+        rank_bound=bound,
     )
     if config.matrix_free:
         return nodal

@@ -169,3 +169,25 @@ def test_three_neurons_at_one_kink_are_dependent_on_every_rank(comm):
     mine = slice(cuts[comm.rank], cuts[comm.rank + 1])
     with pytest.raises(SolverError, match="linearly dependent"):
         NeuronSpan("A", 0.0, 1.0, w[mine], b[mine], comm=comm)
+
+
+@pytest.mark.parametrize(
+    ("layout", "bias", "bound"),
+    # |N| = 2 less one per affine function in the span (the bias, the pair at a shared kink)
+    [("even", False, 6), ("even", True, 4), ("shared", False, 4), ("shared", True, 2)],
+)
+def test_off_diagonal_block_rows_have_the_rank_the_hss_caps_at(layout, bias, bound):
+    # The hss skeletons of the value-coordinate system are capped at 2 band + 2 |N|
+    # (Operator.rank_bound): every block row K(I, I^c) of a contiguous I must have at most that
+    # rank (dense SVD), and a block in the middle reaches it.
+    w, b, _ = neurons("A", layout, 1)
+    system = NodalSystem(NeuronSpan("A", 0.0, 1.0, w, b, bias))
+    assert 2 * system.band + 2 * system.span.null.shape[1] == bound
+    V = system.size
+    K = system.entries(np.arange(V), np.arange(V))
+    ranks = []
+    for lo, hi in [(0, 7), (3, 20), (V // 3, 2 * V // 3), (V - 9, V)]:
+        rest = np.concatenate([np.arange(lo), np.arange(hi, V)])
+        s = np.linalg.svd(K[lo:hi][:, rest], compute_uv=False)
+        ranks.append(int(np.count_nonzero(s > 1e-13 * s[0])))
+    assert max(ranks) == ranks[2] == bound, ranks

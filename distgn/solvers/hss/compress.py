@@ -147,10 +147,14 @@ def sketch(operator: Operator, omega: np.ndarray) -> np.ndarray:
     return operator.matvec(omega)
 
 
-def row_id(Z: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def row_id(
+    Z: np.ndarray, threshold: float, bound: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Row interpolative decomposition ``Z ~ U Z[J]`` by pivoted QR of ``Z^T``.
 
-    The rank is the number of pivots ``|R_jj| > threshold``; ``U`` has the identity in rows J.
+    The rank is the number of pivots ``|R_jj| > threshold``, at most ``bound`` when given (a
+    known bound on the rank of what Z samples: pivots past it are noise); ``U`` has the identity
+    in rows J.
 
     Returns
     -------
@@ -166,6 +170,8 @@ def row_id(Z: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     piv = jpvt.astype(np.int64) - 1
     diag = np.abs(np.diagonal(R))
     r = int(np.count_nonzero(diag > threshold))
+    if bound is not None:
+        r = min(r, bound)
     U = np.zeros((s, r))
     U[piv[:r], np.arange(r)] = 1.0
     if 0 < r < s:
@@ -222,7 +228,8 @@ class Scheme:
 class SkeletonScheme(Scheme):
     """Nested interpolative skeletons; couplings are exact entries ``M(J_a, J_b)``.
 
-    Accurate and O(n) (matrix-free capable), eliminated by the orthogonal ULV. The approximation
+    Accurate and O(n) (matrix-free capable), eliminated by the orthogonal ULV. Skeleton ranks are
+    capped at the operator's ``rank_bound`` when it knows one. The approximation
     itself is not guaranteed SPD at loose tolerance (the ULV then shifts its Cholesky factors), so
     use ``ProjectionScheme`` for preconditioners. ``threshold`` is absolute; ``scale`` estimates
     ``||M||``. Cholesky pivots below ``floor * scale`` are shifted up: with ``floor`` a tenth of
@@ -318,7 +325,8 @@ class SkeletonScheme(Scheme):
         transfers (parents), which turn an interpolation R into the nested basis
         ``diag(T_a, T_b) R``.
         """
-        decompositions = [row_id(z, self.threshold) for z in sample - local]
+        bound = self.operator.rank_bound
+        decompositions = [row_id(z, self.threshold, bound) for z in sample - local]
         groups = []
         for sel in batches(nodes, [J.size for J, _ in decompositions]):
             J = np.stack([decompositions[i][0] for i in sel])
