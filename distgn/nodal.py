@@ -16,10 +16,16 @@ Gram matrix (the P1 mass matrix for A, the identity for H and G after diagonal s
   condition number is that of ``Ms`` restricted to the span (at most 3 for A), whatever n and the
   spread of the cells. It offers exact entries, a distributed product (halo exchange of
   ``band`` values with the neighbouring ranks plus one reduction of ``2 |N|`` numbers), the exact
-  O(n) inverse, the right-hand side from quadrature and the fit error from the nodal values.
+  O(n) inverse (``BandedRows``: partitioned banded solves and the global Cholesky factor by a
+  scan over the ranks), the right-hand side from quadrature and the fit error from the nodal
+  values.
 
-Everything here is rank-local except ``NodalSystem.matvec``, ``right_hand_side`` and ``l2_error``
-(collective over the communicator given).
+``NeuronSpan`` and ``NodalSystem`` are distributed: each rank passes its own neurons (a contiguous
+block of the breakpoint order) and holds O(n/P) of the transform (``move_rows`` brings the node
+data its value rows need; docs/large-n.md section 4). Their construction and every method that
+takes or returns distributed rows are collective over the span's communicator (``matvec`` and
+``solve_rows`` over the one given, a counting wrapper of it); ``piecewise_basis``,
+``neuron_rows``, ``entries``, ``rows_at`` and ``learn`` are rank-local.
 """
 
 from __future__ import annotations
