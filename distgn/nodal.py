@@ -390,9 +390,14 @@ class NeuronSpan:
         if self.units.size != P + 1 or self.units[0] != 0 or self.units[-1] != count:
             raise ValueError(f"units {self.units} do not split the {count} units over {P} ranks")
         u0, u1 = (int(u) for u in self.units[rank : rank + 2])
-        # The window: mesh points z_zw0 .. z_zw1 (two units of halo on each side).
-        zw0, zw1 = max(u0 - 2, 0), min(u1 + (1 if name == "A" else 2), K)
-        zw1 = max(zw1, zw0 + 1)
+        # The window: mesh points z_zw0 .. z_zw1 (two units of halo on each side); every rank's
+        # window as a range of interior nodes (node i is the mesh point z_{i+1}).
+        windows = [
+            _window(name, int(a), int(c), K)
+            for a, c in zip(self.units[:-1], self.units[1:], strict=True)
+        ]
+        zw0, zw1 = windows[rank]
+        window = np.array([[max(a - 1, 0), min(c, K - 1)] for a, c in windows])
         self.cells = K
         m = self.Z.shape[1]
         records = np.column_stack(
@@ -403,13 +408,6 @@ class NeuronSpan:
                 node_null.reshape(nodes.size, q * m),
             ]
         )
-        window = np.array(
-            [
-                [max(int(a) - 2, 0) - 1, min(int(c) + (1 if name == "A" else 2), K)]
-                for a, c in zip(self.units[:-1], self.units[1:], strict=True)
-            ]
-        )
-        window = np.clip(window, 0, K - 1)
         got = move_rows(comm, records, self.node_offsets, window)
         z = np.concatenate([[L] if zw0 == 0 else [], got[:, 0], [R] if zw1 == K else []])
         inner = got[int(zw0 > 0) : got.shape[0] - int(zw1 < K)]
@@ -558,6 +556,12 @@ class NeuronSpan:
             for r in self._borrowers:
                 x[self.main[-1]] += every[r]
         return x.reshape(-1, k)
+
+
+def _window(name: str, u0: int, u1: int, cells: int) -> tuple[int, int]:
+    """The mesh points ``z_zw0 .. z_zw1`` that the units ``[u0, u1)`` need: two units on each
+    side (A: nodal values; H, G: cells, which end one point further). Rank-local."""
+    return max(u0 - 2, 0), min(u1 + (1 if name == "A" else 2), cells)
 
 
 def _shared_nodes(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
