@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from distgn.domain import interval
 from distgn.errors import SolverError
-from distgn.nodal import SHAPES, NeuronSpan, NodalSystem
+from distgn.nodal import SHAPES, BandedRows, NeuronSpan, NodalSystem, PiecewiseBasis
 from distgn.targets import make_target
 
 N_NEURONS = 40
@@ -191,3 +192,31 @@ def test_off_diagonal_block_rows_have_the_rank_the_hss_caps_at(layout, bias, bou
         s = np.linalg.svd(K[lo:hi][:, rest], compute_uv=False)
         ranks.append(int(np.count_nonzero(s > 1e-13 * s[0])))
     assert max(ranks) == ranks[2] == bound, ranks
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(60)
+def test_every_rank_holds_only_its_part_of_the_transform(comm):
+    if comm.size < 2:
+        pytest.skip("needs two ranks")
+    n = 4000
+    rng = np.random.default_rng(2)
+    t = np.sort(rng.uniform(0.0, 1.0, n))
+    w = rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 2.0, n)
+    cuts = np.linspace(0, n, comm.size + 1).astype(int)
+    mine = slice(cuts[comm.rank], cuts[comm.rank + 1])
+    system = NodalSystem(NeuronSpan("A", 0.0, 1.0, w[mine], -w[mine] * t[mine], True, comm))
+    limit = n // comm.size + 16  # the rank's rows plus the window's halo
+    seen = {}
+
+    def visit(prefix: str, obj: object) -> None:
+        for name, value in vars(obj).items():
+            key = f"{prefix}{name}"
+            if isinstance(value, np.ndarray) or sp.issparse(value):
+                seen[key] = max(value.shape, default=1)
+            elif isinstance(value, (PiecewiseBasis, BandedRows, NeuronSpan)):
+                visit(f"{key}.", value)
+
+    visit("", system)
+    assert "span.basis.z" in seen and "banded.cholesky" in seen and "span.null" in seen
+    assert {key: size for key, size in seen.items() if size > limit} == {}
