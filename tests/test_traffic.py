@@ -17,6 +17,7 @@ from distgn.config import load_config
 from distgn.operator import build, local_gaussian, nodal_operator
 from distgn.problem import build_problem
 from distgn.solvers import factor
+from distgn.solvers.hat import HatSolver
 
 
 class Tally(MPI.Intracomm):
@@ -173,3 +174,28 @@ def test_fast_product_sends_a_few_numbers_per_column(comm, name):
         before = (tally.nbytes, tally.calls)
         operator.matvec(x)
         assert (tally.nbytes - before[0], tally.calls - before[1]) == (8 * (4 + top) * k, 2)
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["A", "H", "G"])
+def test_neuron_basis_hat_solve_sends_no_vector(comm, name):
+    """The hat inverse in the neuron basis moves rows between the neuron and the value partition
+    only where the two differ, plus reductions and boundary values: what a rank sends per solve
+    does not grow with n (gathering the vector would send 8 n k / P bytes)."""
+    k = 3
+    sent = {}
+    for n in (256, 8192):
+        sets = [f"network.n={n}", 'network.init="random"', 'network.orientation="random"']
+        config = load_config(None, sets + ["solver.matrix_free=true", 'solver.basis="relu"'])
+        tally = Tally(comm)
+        operator = build(build_problem(config), config.solver, tally, name)[0]
+        solver = HatSolver(operator)
+        start, stop = operator.local_range
+        rhs = local_gaussian(4, start, stop, k)
+        solver.solve(rhs)
+        before = tally.nbytes
+        solver.solve(rhs)
+        sent[n] = tally.nbytes - before
+    assert sent[8192] <= sent[256] + 512 * k, sent
+    assert sent[8192] < 8 * 8192 * k / comm.size / 20, sent
