@@ -529,7 +529,9 @@ class NeuronSpan:
         q = self.q
         nodes = jumps[q * self.value_nodes.start : q * self.value_nodes.stop]
         if self.comm.size > 1:
-            glob = self.comm.allreduce(glob if self.units[self.comm.rank] == 0 else 0.0 * glob)
+            rank = self.comm.rank
+            holds_first = self.units[rank] == 0 < self.units[rank + 1]  # the rank of unit 0
+            glob = self.comm.allreduce(glob if holds_first else 0.0 * glob)
         return nodes, glob
 
     def from_augmented(self, a_nodes: np.ndarray, a_glob: np.ndarray) -> np.ndarray:
@@ -608,7 +610,7 @@ class BandedRows:
     one Allgather of 4 numbers per rank gives every rank its shift (a scan over the ranks).
     Triangular solves with U are linear recurrences: each rank solves its block and, for the one
     unknown coupling to the neighbouring block, one extra column; the couplings follow from one
-    Allgather of 2 k numbers per rank. Construction and the solves are collective; O(n/P) work
+    Allgather of k + 2 numbers per rank. Construction and the solves are collective; O(n/P) work
     and memory per rank, O(P) in the reduced systems (docs/large-n.md).
     """
 
@@ -632,7 +634,7 @@ class BandedRows:
         self.upper = upper
         self.cholesky = sla.cholesky_banded(upper, check_finite=False) if self.rows else upper
         self.reduced: np.ndarray | None = None
-        self._factor: tuple[np.ndarray, float, float] | None = None
+        self._factor: tuple[np.ndarray, float] | None = None
         if band == 0:
             return
         mine = np.zeros(4)

@@ -44,13 +44,14 @@ def neurons(name: str, layout: str, P: int, seed: int = 3) -> tuple[np.ndarray, 
 
 
 def units_of(layout: str, count: int, P: int) -> np.ndarray | None:
-    """The value partition: even, or (``empty``) with rank 1 holding none (and rank 0 one unit
-    when P > 2)."""
+    """The value partition: even, or (``empty``) with ranks holding none: the last of 2; the
+    first (and the third of 4 or more) when P > 2, rank 1 then holding one unit."""
     if layout != "empty" or P == 1:
         return None
     if P == 2:
         return np.array([0, count, count])
-    return np.concatenate([[0, 1, 1], np.linspace(1, count, P - 1).astype(int)[1:]])
+    head = [0, 0, 1, 1] if P > 3 else [0, 0, 1]
+    return np.concatenate([head, np.linspace(1, count, P - len(head) + 2).astype(int)[1:]])
 
 
 def pair(comm, name: str, bias: bool, layout: str) -> tuple[NodalSystem, NodalSystem, slice]:

@@ -38,6 +38,7 @@ from distgn.solvers.hss.compress import (
     Group,
     ProjectionScheme,
     Scheme,
+    Skeleton,
     SkeletonScheme,
     gaussian_sketch,
     sketch,
@@ -186,7 +187,12 @@ class HSSFactorization(Disposable):
             coupling = self._coupling(scheme, node, left, right)
         if rank == right.rank_lo:
             summary = summaries.pop(right.id)
-            rows = self.operator.skeleton_rows(summary.index) if hasattr(summary, "index") else None
+            # Interpolative skeletons' couplings are exact entries at the skeleton rows.
+            rows = (
+                self.operator.skeleton_rows(summary.index)
+                if isinstance(summary, Skeleton)
+                else None
+            )
             self._send((summary, rows), node.rank_lo, node.id)
         if rank == node.rank_lo:
             summary, rows = self._recv(right.rank_lo, node.id)
