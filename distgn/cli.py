@@ -23,7 +23,6 @@ import json
 import resource
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,9 @@ from distgn.assembly import MATRICES, assemble_block_rows
 from distgn.config import Config, load_config
 from distgn.errors import InputError
 from distgn.fit import solve_output_weights
-from distgn.operator import build
+from distgn.operator import build, problem_tree
 from distgn.parallel import log, print0, run_collectively, setup_logging, timed
-from distgn.problem import Problem, build_problem
+from distgn.problem import Problem, build_problem, check_problem
 from distgn.solvers import KINDS, backward_error, factor, initialize, log_stage
 from distgn.solvers.traffic import CountingComm, summary
 from distgn.training import train
@@ -283,7 +282,7 @@ def _prepare(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> tupl
     def work() -> str:
         config = _config(args)
         check_petsc_options(petsc)
-        build_problem(config)
+        check_problem(config)  # the network itself is checked where it is built (collectively)
         path = output_path(args, config)
         io.check_output(
             path,
@@ -366,16 +365,20 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int
 
     ``solver.matrix = "A"`` solves the least-squares system ``A c = F`` (with the output bias if
     configured) and reports the fit error; "H" and "G" solve with right-hand sides
-    ``int u h_i`` and ``int u h_i xhat``.
+    ``int u h_i`` and ``int u h_i xhat``. A 1D network is split by rank (``build_problem`` with
+    the communicator): each rank builds, solves for and writes only its neurons unless the
+    neuron basis needs them all.
     """
     config, path = _prepare(args, comm, petsc)
     cfg = config.solver
-    problem = build_problem(config)
-    tree = _tree(problem, config, comm)
     timings: dict[str, float] = {}
     counted = CountingComm(comm)  # every byte the solve path sends is counted (--json)
+    with log_stage("distgn: network"), timed(comm, timings, "seconds_network"):
+        problem = build_problem(config, counted)
+        tree = problem_tree(problem, cfg, counted)
     with log_stage("distgn: assembly"), timed(comm, timings, "seconds_assemble"):
         operator, blocks = build(problem, cfg, counted, cfg.matrix, tree)
+    tree = blocks.tree  # the whole tree when the neuron basis gathered the network
     result: dict = {
         "n": tree.n,
         "d": problem.domain.dim,
@@ -385,11 +388,10 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int
         "tol": cfg.tol,
         "matrix_free": cfg.matrix_free,
     }
+    c = c0 = None
     if cfg.matrix == "A":
         fit = solve_output_weights(problem, blocks, operator, cfg, forward_error=True)
-        c = np.empty(tree.n)
-        c[tree.perm] = fit.c
-        network = replace(problem.network, c=c, c0=fit.c0)
+        c, c0 = fit.c, fit.c0
         result.update(fit.stats, backward_error=fit.backward_error, fit_l2_error=fit.l2_error)
         # the 1D value-coordinate system is assembled inside the least-squares solve
         timings["seconds_assemble"] += fit.stats.get("seconds_assemble_nodal", 0.0)
@@ -402,10 +404,15 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int
             x = solver.solve(rhs)
             result.update(solver.stats())
         result["backward_error"] = backward_error(operator, x, rhs, operator.norm_estimate())
-        network = problem.network
-        result["solution_norm"] = float(np.linalg.norm(operator.gather(x)))
+        result["solution_norm"] = float(np.sqrt(comm.allreduce(float(x @ x))))
     result.update(timings, **summary(counted), peak_memory_bytes=_memory(comm))
-    _write_solution(path, comm, config, network, result)
+    lo, hi = tree.rank_range(comm.rank)
+    first = blocks.first
+    rows = {"W": blocks.W[lo - first : hi - first], "b": blocks.b[lo - first : hi - first]}
+    if c is not None:
+        rows["c"] = c
+    result = comm.bcast(result, root=0)  # the attributes every rank writes
+    _write_solution(path, comm, config, tree.users(lo, hi), rows, c0, result)
     print0(
         comm,
         f"solved {cfg.matrix} (n = {tree.n}, {comm.size} rank(s)) with {cfg.kind}: "
@@ -418,15 +425,27 @@ def cmd_solve(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int
 
 
 def _write_solution(
-    path: str, comm: MPI.Comm, config: Config, network: object, result: dict
+    path: str,
+    comm: MPI.Comm,
+    config: Config,
+    users: np.ndarray,
+    rows: dict[str, np.ndarray],
+    c0: float | None,
+    result: dict,
 ) -> None:
-    """The solve file: ``network/*`` (user order) and ``result`` attributes. Collective."""
+    """The solve file: ``network/*`` in user order, from each rank's rows (``users``: their user
+    indices), and ``result`` attributes. Collective (parallel HDF5 with more than one rank)."""
+    n = comm.allreduce(users.size)
+    d = rows["W"].shape[1]
 
     def fill(fh: object) -> None:
-        io.write_network(fh.create_group("network"), network)
+        group = fh.create_group("network")
+        io.write_rows(group, comm, n, users, rows)
+        if c0 is not None:
+            group.create_dataset("c0", data=float(c0))
         io.write_attrs(fh.create_group("result"), result)
 
-    io.write_file(path, comm, io.stamp(config, "solve", comm, n=network.n, d=network.dim), fill)
+    io.write_file(path, comm, io.stamp(config, "solve", comm, n=n, d=d), fill, parallel=True)
 
 
 def cmd_train(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int:

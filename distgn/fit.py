@@ -48,8 +48,9 @@ class OutputWeights:
 
     Attributes
     ----------
-    c : ndarray, shape (n,)
-        Output weights, tree order, on every rank.
+    c : ndarray, shape (m,)
+        This rank's output weights: its block rows of the neuron tree (``operator.gather`` of
+        the neuron-basis operator gives all of them, in tree order).
     c0 : float or None
         Output bias (None without one).
     l2_error : float
@@ -120,8 +121,8 @@ def solve_output_weights(
                 f"backward error {berr:.1e} = {cond * berr:.1e}, is above the requested "
                 f"tolerance {requested:.0e}"
             )
-    c = operator.gather(x)
     if problem.domain.dim == 1:
+        c = operator.gather(x)
         l2 = l2_error_1d(problem.domain.bounds, blocks.W, blocks.b, c, c0, problem.target)
     else:
         Ac = operator.matvec(x)
@@ -147,7 +148,7 @@ def solve_output_weights(
             "fit_l2_error_resolved": bool(e2 > floor),
         }
         l2 = float(np.sqrt(e2)) if e2 > floor else float(np.sqrt(floor))
-    return OutputWeights(c, c0, l2, berr, stats)
+    return OutputWeights(x, c0, l2, berr, stats)
 
 
 def inverse_norm_estimate(operator: Operator, solver: object) -> float:
@@ -200,7 +201,6 @@ def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> 
     if problem.output_bias:
         last = nodal.comm.size - 1
         c0 = float(nodal.comm.bcast(local[m] if nodal.comm.rank == last else None, root=last))
-    coefficients = operator.gather(local[:m])
     l2 = system.l2_error(values[:, 0], problem.target)
     stats = {
         **stats,
@@ -219,7 +219,7 @@ def _solve_nodal(problem: Problem, operator: Operator, config: SolverConfig) -> 
                 f"{l2:.1e} (true relative residual {stats['true_relative_residual']:.1e}, "
                 f"solver.rtol = {config.rtol:g}); a smaller solver.rtol resolves the fit"
             )
-    return OutputWeights(coefficients, c0, l2, berr, stats)
+    return OutputWeights(local[:m], c0, l2, berr, stats)
 
 
 def cell_errors_1d(

@@ -51,6 +51,7 @@ from distgn.assembly import BlockRows
 from distgn.config import Config, loads, problem_id, problem_signature, to_toml
 from distgn.errors import InputError
 from distgn.network import Network
+from distgn.tree import split_offsets
 
 SCHEMA_VERSION = 2
 HASH_ROWS = 1 << 16  # rows hashed per read of a large dataset
@@ -278,6 +279,46 @@ def _runs(index: np.ndarray) -> list[tuple[int, int, int]]:
 def _expand(neurons: np.ndarray, block: int) -> np.ndarray:
     """Scalar indices of the neurons' ``block`` unknowns (neuron-major)."""
     return (neurons[:, None] * block + np.arange(block)[None, :]).ravel()
+
+
+def write_rows(
+    group: h5py.Group, comm: MPI.Comm, n: int, users: np.ndarray, rows: Mapping[str, np.ndarray]
+) -> None:
+    """Datasets ``name`` of shape (n, ...) in the user order, from each rank's ``rows[name]``
+    at user indices ``users``. Collective (``group`` of a file opened with the mpio driver, or
+    of the only rank's).
+
+    The rows go to the rank that writes their block of the user order (``split_offsets``; one
+    ``Alltoallv``, nothing sent when a rank's rows are its block already, as for a 1D network
+    split by rank) and every rank writes one contiguous slab of each dataset.
+    """
+    offsets = split_offsets(n, comm.size)
+    names = list(rows)
+    tails = [rows[name].shape[1:] for name in names]
+    flat = np.hstack(
+        [np.asarray(rows[name], dtype=float).reshape(users.size, -1) for name in names]
+        + [users[:, None].astype(float)]
+    )
+    dest = np.searchsorted(offsets, users, side="right") - 1
+    order = np.argsort(dest, kind="stable")
+    flat = np.ascontiguousarray(flat[order])
+    width = flat.shape[1]
+    send = np.bincount(dest, minlength=comm.size)
+    recv = np.asarray(comm.alltoall(send.tolist()))
+    got = np.empty((int(recv.sum()), width))
+    comm.Alltoallv(
+        [flat, send * width, np.concatenate([[0], np.cumsum(send)[:-1]]) * width, MPI.DOUBLE],
+        [got, recv * width, np.concatenate([[0], np.cumsum(recv)[:-1]]) * width, MPI.DOUBLE],
+    )
+    lo, hi = int(offsets[comm.rank]), int(offsets[comm.rank + 1])
+    mine = np.empty_like(got)
+    mine[got[:, -1].astype(np.int64) - lo] = got
+    column = 0
+    for name, tail in zip(names, tails, strict=True):
+        size = int(np.prod(tail))
+        dset = group.create_dataset(name, shape=(n, *tail), dtype="f8")
+        dset[lo:hi] = mine[:, column : column + size].reshape((hi - lo, *tail))
+        column += size
 
 
 def write_network(group: h5py.Group, network: Network, removed: np.ndarray | None = None) -> None:

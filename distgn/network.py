@@ -1,8 +1,9 @@
 """Shallow ReLU network parameters: initialisation, validation, evaluation.
 
 ``v(x) = c0 + sum_i c_i relu(w_i . x + b_i)``. Parameters are held in the user's neuron order;
-the cluster-tree permutation is applied by the callers that need it. Rank-local: nothing here calls
-MPI (every rank builds the same network from the same seed or file).
+the cluster-tree permutation is applied by the callers that need it. Rank-local (every rank builds
+the same network, or its own rows of it, from the same seed or file), except ``validate`` of a
+network split by rank, which is collective.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+from mpi4py import MPI
 
 from distgn.domain import Domain
 from distgn.errors import InputError
+from distgn.parallel import agree
 
 
 @dataclass(frozen=True)
@@ -115,38 +118,85 @@ def activity(W: np.ndarray, b: np.ndarray, domain: Domain) -> tuple[np.ndarray, 
     return np.all(z <= slack, axis=0), np.all(z >= -slack, axis=0)
 
 
-def validate(net: Network, domain: Domain) -> None:
-    """Raise InputError, naming the neurons, for parameters that give a singular or NaN problem."""
+def validate(
+    net: Network, domain: Domain, comm: MPI.Comm | None = None, users: np.ndarray | None = None
+) -> None:
+    """Raise InputError, naming the neurons, for parameters that give a singular or NaN problem.
+
+    With ``comm``, ``net`` is this rank's part of a 1D network split by rank in breakpoint order
+    (``users``: the user index of each of its neurons) and the check is collective: each rank
+    checks its neurons, the affine ones are counted over all ranks, duplicates are looked for
+    among its neurons and the first ``DUPLICATE_HALO`` of the next rank, and every rank raises
+    the error of the first rank that found one.
+    """
+    names = np.arange(net.n) if users is None else np.asarray(users)
+    error = _row_error(net, domain, names)
+    _raise(comm, error)
+    _, affine = activity(net.W, net.b, domain)
+    count = int(np.count_nonzero(affine))
+    if comm is not None:
+        count = comm.allreduce(count)
+    error = None
+    if count > domain.dim + 1 and affine.any():
+        error = (
+            f"neurons {_names(names[affine])} are active on the whole domain: more than "
+            f"d+1 = {domain.dim + 1} affine neurons ({count} in all) make A singular"
+        )
+    _raise(comm, error)
+    W, b, local = net.W, net.b, net.n
+    if comm is not None and comm.size > 1:
+        rank = comm.rank
+        halo = comm.sendrecv(
+            (W[:DUPLICATE_HALO], b[:DUPLICATE_HALO], names[:DUPLICATE_HALO]),
+            dest=rank - 1 if rank > 0 else MPI.PROC_NULL,
+            source=rank + 1 if rank + 1 < comm.size else MPI.PROC_NULL,
+        )
+        if halo is not None:
+            W, b, names = (np.concatenate(pair) for pair in zip((W, b, names), halo, strict=True))
+    dup = duplicate_pairs(W, b)
+    dup = names[dup[np.min(dup, axis=1) < local]] if dup.size else dup
+    error = (
+        "duplicate neurons (same hyperplane and orientation, singular A): "
+        + ", ".join(f"{i} = {j}" for i, j in np.sort(dup, axis=1)[:8])
+        + (" ..." if len(dup) > 8 else "")
+        if len(dup)
+        else None
+    )
+    _raise(comm, error)
+
+
+def _raise(comm: MPI.Comm | None, error: str | None) -> None:
+    """Raise InputError(error) here, or with ``comm`` on every rank when any rank has one."""
+    if comm is not None:
+        agree(comm, error)
+    elif error:
+        raise InputError(error)
+
+
+# Neurons of the next rank searched for duplicates of a rank's own (``validate``): exact
+# duplicates within a few ulps, and at most a handful of other neurons between them.
+DUPLICATE_HALO = 32
+
+
+def _row_error(net: Network, domain: Domain, names: np.ndarray) -> str | None:
+    """The first problem of a neuron on its own (shape, NaN, w = 0, never active), or None."""
     if net.W.ndim != 2 or net.W.shape[1] != domain.dim or net.b.shape != (net.n,):
-        raise InputError(
+        return (
             f"network W has shape {net.W.shape} and b {net.b.shape}; "
             f"expected (n, {domain.dim}) and (n,)"
         )
-    if net.n < 1:
-        raise InputError("network.n = 0: at least one neuron is needed")
-    bad = np.flatnonzero(~(np.all(np.isfinite(net.W), axis=1) & np.isfinite(net.b)))
-    if bad.size:
-        raise InputError(f"network has NaN/inf parameters in neurons {_names(bad)}")
-    zero = np.flatnonzero(np.all(net.W == 0.0, axis=1))
-    if zero.size:
-        raise InputError(f"network has w = 0 in neurons {_names(zero)}")
-    dead, affine = activity(net.W, net.b, domain)
+    if names.size < 1:
+        return "network.n = 0: at least one neuron is needed"
+    bad = ~(np.all(np.isfinite(net.W), axis=1) & np.isfinite(net.b))
+    if bad.any():
+        return f"network has NaN/inf parameters in neurons {_names(names[bad])}"
+    zero = np.all(net.W == 0.0, axis=1)
+    if zero.any():
+        return f"network has w = 0 in neurons {_names(names[zero])}"
+    dead, _ = activity(net.W, net.b, domain)
     if np.any(dead):
-        raise InputError(
-            f"neurons {_names(np.flatnonzero(dead))} are never active in the domain (zero rows)"
-        )
-    if np.count_nonzero(affine) > domain.dim + 1:
-        raise InputError(
-            f"neurons {_names(np.flatnonzero(affine))} are active on the whole domain: more than "
-            f"d+1 = {domain.dim + 1} affine neurons make A singular"
-        )
-    dup = duplicate_pairs(net.W, net.b)
-    if dup.size:
-        raise InputError(
-            "duplicate neurons (same hyperplane and orientation, singular A): "
-            + ", ".join(f"{i} = {j}" for i, j in dup[:8])
-            + (" ..." if len(dup) > 8 else "")
-        )
+        return f"neurons {_names(names[dead])} are never active in the domain (zero rows)"
+    return None
 
 
 def duplicate_pairs(W: np.ndarray, b: np.ndarray, ulps: float = 4.0) -> np.ndarray:
@@ -171,9 +221,15 @@ def _names(index: np.ndarray, most: int = 10) -> str:
 
 
 def initial_network(
-    domain: Domain, n: int, init: str, seed: int = 0, orientation: str = "positive"
+    domain: Domain,
+    n: int,
+    init: str,
+    seed: int = 0,
+    orientation: str = "positive",
+    rows: tuple[int, int] | None = None,
 ) -> Network:
-    """Deterministic initial network (the same on every rank for a given seed).
+    """Deterministic initial network (the same on every rank for a given seed), or its neurons
+    ``rows = (start, stop)`` of the user order.
 
     Parameters
     ----------
@@ -183,32 +239,39 @@ def initial_network(
         Number of neurons.
     init : {"uniform", "random"}
         1D: equispaced breakpoints ``L + k (R - L) / n`` (left-facing neurons half a cell later)
-        or uniformly random ones. 2D and up:
-        equispaced or random directions, with offsets placing every hyperplane across the domain.
+        or n independent uniform ones, sorted (``sorted_uniform``). 2D and up: equispaced or
+        random directions, with offsets placing every hyperplane across the domain.
     seed : int
         Seed of the random generator (``init = "random"`` and random orientations).
     orientation : {"positive", "alternating", "random"}
-        1D only: sign of w_i.
+        1D only: sign of w_i (random: ``random_signs``).
+    rows : (int, int), optional
+        Only these neurons. In 1D they are computed alone, O(stop - start) work and memory (plus
+        O(n / RANDOM_BLOCK) for random breakpoints), with the same bits as in the whole network;
+        1D networks are in breakpoint order (a rank's rows are its block of the neuron tree).
+        In 2D and up the whole network is generated and sliced.
     """
     if n < 1:
         raise InputError(f"network.n = {n} must be at least 1")
-    rng = np.random.default_rng(seed)
+    start, stop = (0, n) if rows is None else rows
     if domain.dim == 1:
         L, R = domain.bounds[0]
+        k = np.arange(start, stop)
         if orientation == "positive":
-            w = np.ones(n)
+            w = np.ones(k.size)
         elif orientation == "alternating":
-            w = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+            w = np.where(k % 2 == 0, 1.0, -1.0)
         else:
-            w = rng.choice([-1.0, 1.0], size=n)
+            w = random_signs(seed, start, stop)
         if init == "uniform":
             # Grid points L + k h; a neuron facing left sits half a cell later: never dead, and
             # never on a right-facing neuron's breakpoint (such a pair spans an affine function,
             # and three pairs would make A singular).
-            t = L + (np.arange(n) + 0.5 * (w < 0)) * (R - L) / n
+            t = L + (k + 0.5 * (w < 0)) * (R - L) / n
         else:
-            t = np.sort(rng.uniform(L, R, size=n))
+            t = L + (R - L) * sorted_uniform(n, seed, start, stop)
         return Network(w[:, None], -w * t)
+    rng = np.random.default_rng(seed)
     if init == "uniform":
         # An odd number of directions: with an even one, each line at angle theta + pi would
         # coincide with one at theta (same offset fractions, opposite orientation), and such pairs
@@ -225,7 +288,55 @@ def initial_network(
     extent = domain.corners @ normals.T
     lo, hi = extent.min(axis=0), extent.max(axis=0)
     offsets = lo + fraction * (hi - lo)
-    return Network(normals, -offsets)
+    return Network(normals[start:stop], -offsets[start:stop])
+
+
+# Random 1D networks are drawn in blocks of this many values, each from its own counter-based
+# stream, so that any range of neurons is computed alone and with the same bits.
+RANDOM_BLOCK = 4096
+_SPACINGS, _SIGNS, _TOTALS = 1, 2, 3
+
+
+def _stream(seed: int, kind: int, block: int) -> np.random.Generator:
+    """The generator of one block: Philox keyed by (seed, kind, block)."""
+    if not 0 <= seed < 2**60:
+        raise InputError(f"network.seed = {seed} must be in [0, 2^60)")
+    return np.random.Generator(np.random.Philox(key=((seed << 2 | kind) << 64) | block))
+
+
+def random_signs(seed: int, start: int, stop: int) -> np.ndarray:
+    """Signs +-1 of neurons ``[start, stop)``, independent and equally likely."""
+    first, last = start // RANDOM_BLOCK, max(start, stop - 1) // RANDOM_BLOCK
+    bits = np.concatenate(
+        [_stream(seed, _SIGNS, j).integers(0, 2, RANDOM_BLOCK) for j in range(first, last + 1)]
+    )
+    offset = start - first * RANDOM_BLOCK
+    return np.where(bits[offset : offset + stop - start] == 1, 1.0, -1.0)
+
+
+def sorted_uniform(n: int, seed: int, start: int, stop: int) -> np.ndarray:
+    """Entries ``[start, stop)`` of n independent uniform numbers in (0, 1), sorted.
+
+    The k-th smallest is ``S_k / S_(n+1)``, with ``S_k`` the sum of the first k of n + 1
+    independent exponential spacings. The spacings come in blocks of ``RANDOM_BLOCK``: the
+    block sums (Gamma distributed, one draw each, O(n / RANDOM_BLOCK) on every caller) and, in
+    each block the range touches, the spacings divided by their sum (a flat Dirichlet vector,
+    independent of the sum) times the block's sum: the same joint law as n + 1 exponentials,
+    computed for any range alone, with the same bits, non-decreasing across blocks.
+    """
+    sizes = np.full((n + 1 + RANDOM_BLOCK - 1) // RANDOM_BLOCK, RANDOM_BLOCK)
+    sizes[-1] = n + 1 - RANDOM_BLOCK * (sizes.size - 1)
+    totals = _stream(seed, _TOTALS, 0).standard_gamma(sizes.astype(float))
+    before = np.concatenate([[0.0], np.cumsum(totals)])
+    out = np.empty(stop - start)
+    for j in range(start // RANDOM_BLOCK, (stop - 1) // RANDOM_BLOCK + 1 if stop > start else 0):
+        spacing = _stream(seed, _SPACINGS, j).standard_exponential(sizes[j])
+        partial = np.cumsum(spacing)
+        partial = before[j] + totals[j] * (partial / partial[-1])
+        partial[-1] = before[j + 1]  # the next block starts exactly there
+        a, z = max(start, j * RANDOM_BLOCK), min(stop, (j + 1) * RANDOM_BLOCK)
+        out[a - start : z - start] = partial[a - j * RANDOM_BLOCK : z - j * RANDOM_BLOCK]
+    return out / before[-1]
 
 
 def _unit_vectors(theta: np.ndarray, dim: int, rng: np.random.Generator | None) -> np.ndarray:

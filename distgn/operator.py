@@ -32,6 +32,7 @@ from distgn.config import SolverConfig
 from distgn.domain import Domain
 from distgn.errors import InputError
 from distgn.fastmv import fast_matvec_1d
+from distgn.network import Network
 from distgn.nodal import NeuronSpan, NodalSystem
 from distgn.problem import Problem
 from distgn.tree import ClusterTree, build_tree, network_tree
@@ -73,7 +74,9 @@ class Operator:
     domain : Domain
         Integration domain (for entry extraction).
     W, b : ndarray
-        All neurons' parameters in tree order.
+        The neurons' parameters in tree order: all of them, or this rank's only (a 1D network
+        split by rank, ``problem.Layout``, in the value coordinates: their entries come from the
+        system; ``own_neurons``).
     rows : ndarray or None
         This rank's block rows (m block, n block), or None when matrix-free.
     fast_matvec : callable or None
@@ -137,6 +140,16 @@ class Operator:
         """Scalar row offsets of all ranks, shape (P + 1,)."""
         return self.tree.rank_offsets() * self.block
 
+    def own_neurons(self) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's neurons ``(W, b)``, its block rows of the neuron tree (neuron-basis
+        operators, and the neurons a value-coordinate operator was built from). Rank-local."""
+        if self.system is not None:
+            return self.W, self.b
+        lo, hi = self.tree.rank_range(self.comm.rank)
+        if self.W.shape[0] == self.tree.n:
+            return self.W[lo:hi], self.b[lo:hi]
+        return self.W, self.b
+
     def entries(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
         """Exact entries ``M[I][:, J]`` at global tree-order scalar indices; for stacked I
         (B, a) and J (B, b), the stack of blocks (B, a, b). Rank-local.
@@ -162,6 +175,8 @@ class Operator:
     def _exact(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
         """Exact entries ``M[I][:, J]`` of the unshifted neuron-basis matrix (1D index arrays)."""
         k = self.block
+        if self.W.shape[0] != self.tree.n:
+            raise ValueError("neuron-basis entries need the whole network (this rank has its own)")
         neurons, inverse = np.unique(np.concatenate([I, J]) // k, return_inverse=True)
         li, lj = inverse[: I.size], inverse[I.size :]
         part = pair_integrals(self.domain, self.W[neurons], self.b[neurons], li, lj, (self.name,))[
@@ -330,6 +345,42 @@ def uses_nodal(problem: Problem, config: SolverConfig, name: str) -> bool:
     return problem.domain.dim == 1 and name == "A" and config.basis == "auto"
 
 
+def problem_tree(problem: Problem, config: SolverConfig, comm: MPI.Comm) -> ClusterTree:
+    """The neuron tree of ``problem`` on ``comm``: the whole tree (``solver.ordering``,
+    ``solver.leaf_size``), or this rank's tree of a network split by rank (its neurons are its
+    block, already in breakpoint order). Rank-local."""
+    layout = problem.layout
+    if layout is not None:
+        return build_tree(layout.users, comm.size, config.leaf_size, layout.offsets, comm.rank)
+    net = problem.network
+    return network_tree(problem.domain, net.W, net.b, config.ordering, comm.size, config.leaf_size)
+
+
+def whole_problem(problem: Problem, comm: MPI.Comm) -> Problem:
+    """``problem`` with the whole network on every rank (user order) when it is split by rank
+    (one Allgatherv of the neurons: 8 (d + 2) bytes each). Collective when split."""
+    layout = problem.layout
+    if layout is None:
+        return problem
+    net = problem.network
+    counts = np.diff(layout.offsets)
+    columns = [net.W, net.b[:, None], layout.users[:, None].astype(float)]
+    if net.c is not None:
+        columns.append(net.c[:, None])
+    local = np.ascontiguousarray(np.hstack(columns))
+    width = local.shape[1]
+    full = np.empty((layout.n, width))
+    comm.Allgatherv(local, [full, counts * width, layout.offsets[:-1] * width, MPI.DOUBLE])
+    user = np.empty(layout.n, dtype=np.int64)
+    user[full[:, net.dim + 1].astype(np.int64)] = np.arange(layout.n)
+    full = full[user]
+    dim = net.dim
+    network = Network(
+        full[:, :dim], full[:, dim], None if net.c is None else full[:, dim + 2], net.c0
+    )
+    return replace(problem, network=network, layout=None)
+
+
 def build(
     problem: Problem,
     config: SolverConfig,
@@ -339,19 +390,20 @@ def build(
 ) -> tuple[Operator, BlockRows]:
     """Matrix ``name`` of ``problem`` over ``comm``, and this rank's assembled block rows.
 
-    The tree comes from ``config`` (ordering, leaf size) unless given. With
+    The tree is ``problem_tree`` unless given. With
     ``config.matrix_free`` no matrix rows are stored: 1D gets the exact fast product, other
     dimensions exact entries tile by tile; the block rows then carry only the right-hand sides.
     The neuron-basis rows of A and the target moments are not assembled in 1D when ``uses_nodal``
     (every solve with A then goes through ``nodal_operator``, which integrates its own right-hand
-    side). Rank-local.
+    side). A network split by rank (``problem.layout``) stays split for the value coordinates;
+    the neuron basis needs every neuron, so it is gathered first (``whole_problem``; the tree is
+    then the whole tree). Rank-local, except that gathering.
     """
-    net = problem.network
-    if tree is None:
-        tree = network_tree(
-            problem.domain, net.W, net.b, config.ordering, comm.size, config.leaf_size
-        )
     nodal = uses_nodal(problem, config, name)
+    if problem.layout is not None and not nodal:
+        problem, tree = whole_problem(problem, comm), None
+    if tree is None:
+        tree = problem_tree(problem, config, comm)
     store = not config.matrix_free and not nodal
     blocks = assemble_block_rows(problem, tree, comm.rank, (name,) if store else (), not nodal)
     if store:
@@ -359,8 +411,9 @@ def build(
     fast = None
     if problem.domain.dim == 1:
         lo, hi = tree.rank_range(comm.rank)
-        bounds = problem.domain.bounds
-        fast = fast_matvec_1d(bounds, blocks.W[lo:hi], blocks.b[lo:hi], name, comm)
+        first = blocks.first
+        W, b = blocks.W[lo - first : hi - first], blocks.b[lo - first : hi - first]
+        fast = fast_matvec_1d(problem.domain.bounds, W, b, name, comm)
     return Operator(name, comm, tree, problem.domain, blocks.W, blocks.b, None, fast), blocks
 
 
@@ -375,10 +428,8 @@ def nodal_operator(operator: Operator, config: SolverConfig, bias: bool = False)
     linearly dependent. Collective.
     """
     L, R = (float(v) for v in operator.domain.bounds[0])
-    lo, hi = operator.tree.rank_range(operator.comm.rank)
-    span = NeuronSpan(
-        operator.name, L, R, operator.W[lo:hi, 0], operator.b[lo:hi], bias, operator.comm
-    )
+    W, b = operator.own_neurons()
+    span = NeuronSpan(operator.name, L, R, W[:, 0], b, bias, operator.comm)
     system = NodalSystem(span)
     tree = build_tree(np.arange(system.size), operator.comm.size, config.leaf_size, system.offsets)
     # K(I, I^c) = (band coupling at both ends of I) + [N_I, (Ms N)_I] x (2 |N| rows).
@@ -388,8 +439,8 @@ def nodal_operator(operator: Operator, config: SolverConfig, bias: bool = False)
         operator.comm,
         tree,
         operator.domain,
-        operator.W,
-        operator.b,
+        W,
+        b,
         None,
         None,
         system,

@@ -3,8 +3,9 @@
 Outcomes of a command and their exit statuses (the same on every rank):
 
 - ``InputError``/``SolverError`` raised identically on every rank (input is replicated and checked
-  on rank 0 before the work, so validation is too): one line ``distgn: error: ...`` from rank 0,
-  every rank returns 2 (3 for a ``ConvergenceError``), no ``MPI_Abort``.
+  on rank 0 before the work, so validation is too; a 1D network split by rank is validated
+  collectively, ``agree``): one line ``distgn: error: ...`` from rank 0, every rank returns 2 (3
+  for a ``ConvergenceError``), no ``MPI_Abort``.
 - ``signals.Interrupted`` (agreed by all ranks, checkpoint written): one line from rank 0, status
   75 (SIGTERM, SIGUSR1) or 130 (SIGINT).
 - ``KeyboardInterrupt`` (SIGINT outside training): one line, status 130, the process ends at once

@@ -1,6 +1,8 @@
 """The problem a run solves: domain, target and network, built and validated from the config.
 
-Rank-local: every rank builds the same problem (same file, same seed).
+Rank-local: every rank builds the same problem (same file, same seed), except that
+``build_problem`` with a communicator splits a 1D network by rank (``Layout``): each rank then
+builds and validates only its neurons (collective).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 
 import h5py
 import numpy as np
+from mpi4py import MPI
 
 from distgn import domain as domains
 from distgn.config import CHOICES, Config
@@ -16,16 +19,41 @@ from distgn.domain import Domain
 from distgn.errors import InputError
 from distgn.network import Network, initial_network, validate
 from distgn.targets import Target, make_target
+from distgn.tree import neuron_order, split_offsets
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A 1D network split by rank: rank p holds the neurons at positions
+    ``offsets[p]:offsets[p + 1]`` of the breakpoint order (its block rows of the neuron tree).
+
+    Attributes
+    ----------
+    offsets : ndarray of int, shape (P + 1,)
+        ``tree.split_offsets(n, P)``: the rank ranges of the neuron tree.
+    users : ndarray of int
+        The user index of each of this rank's neurons.
+    """
+
+    offsets: np.ndarray
+    users: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of neurons of the whole network."""
+        return int(self.offsets[-1])
 
 
 @dataclass(frozen=True)
 class Problem:
-    """What to fit: ``u`` on ``domain`` with ``network`` (user neuron order)."""
+    """What to fit: ``u`` on ``domain`` with ``network``: all neurons in the user order, or with
+    ``layout`` this rank's neurons in breakpoint order."""
 
     domain: Domain
     target: Target
     network: Network
     output_bias: bool = False
+    layout: Layout | None = None
 
 
 def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -80,17 +108,57 @@ def read_parameters(path: str, dim: int) -> Network:
     return Network(W, b, c, c0)
 
 
-def build_problem(config: Config) -> Problem:
-    """Domain, target and validated network from the configuration."""
+def check_problem(config: Config) -> tuple[Domain, Target]:
+    """The domain and target of the configuration, and its network keys checked without
+    building the network (InputError naming the key). Rank-local."""
     domain = build_domain(config)
     cfg = config.network
     check_choice("network.init", cfg.init, CHOICES["network.init"])
     check_choice("network.orientation", cfg.orientation, CHOICES["network.orientation"])
+    target = make_target(config.target.name, domain)
+    if cfg.init != "file" and cfg.n < 1:
+        raise InputError(f"config key network.n = {cfg.n} must be at least 1")
+    return domain, target
+
+
+def build_problem(config: Config, comm: MPI.Comm | None = None) -> Problem:
+    """Domain, target and validated network from the configuration.
+
+    With ``comm`` a 1D network is split by rank (``Layout``, collective): a generated network
+    (already in breakpoint order) is built by rows, O(n / P) per rank; a network from a file is
+    read and validated whole on every rank, ordered, and each rank keeps its block. Other
+    dimensions, and calls without ``comm``, build the whole network on every rank (rank-local).
+    """
+    domain, target = check_problem(config)
+    cfg = config.network
+    if comm is not None and domain.dim == 1:
+        network, layout = _split_network(config, domain, comm)
+        return Problem(domain, target, network, cfg.output_bias, layout)
     if cfg.init == "file":
         network = read_parameters(cfg.file, domain.dim)
     else:
-        if cfg.n < 1:
-            raise InputError(f"config key network.n = {cfg.n} must be at least 1")
         network = initial_network(domain, cfg.n, cfg.init, cfg.seed, cfg.orientation)
     validate(network, domain)
-    return Problem(domain, make_target(config.target.name, domain), network, cfg.output_bias)
+    return Problem(domain, target, network, cfg.output_bias)
+
+
+def _split_network(config: Config, domain: Domain, comm: MPI.Comm) -> tuple[Network, Layout]:
+    """This rank's neurons of a 1D network split by rank, validated (collective)."""
+    cfg = config.network
+    whole = read_parameters(cfg.file, domain.dim) if cfg.init == "file" else None
+    n = cfg.n if whole is None else whole.n
+    if n < comm.size:
+        raise InputError(f"network.n = {n} is smaller than the number of ranks {comm.size}")
+    offsets = split_offsets(n, comm.size)
+    start, stop = int(offsets[comm.rank]), int(offsets[comm.rank + 1])
+    if whole is None:
+        network = initial_network(
+            domain, n, cfg.init, cfg.seed, cfg.orientation, rows=(start, stop)
+        )
+        users = np.arange(start, stop)
+        validate(network, domain, comm, users)
+    else:
+        validate(whole, domain)
+        users = neuron_order(domain, whole.W, whole.b)[start:stop]
+        network = whole.subset(users)
+    return network, Layout(offsets, users)

@@ -10,7 +10,7 @@ Rank-local: nothing here calls MPI.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -51,36 +51,71 @@ class Node:
 
 @dataclass(frozen=True)
 class ClusterTree:
-    """Binary cluster tree over n neurons mapped onto ``n_ranks`` ranks.
+    """Binary cluster tree over n neurons mapped onto ``n_ranks`` ranks, whole or as one rank
+    holds it.
+
+    A rank's tree (``rank`` set) holds the nodes above the ranks' subtrees, the root of every
+    rank's subtree and the nodes of its own subtree, with their ids in the whole tree, and the
+    ordering of its own range only: O(n/P + P) instead of O(n).
 
     Attributes
     ----------
-    perm : ndarray of int, shape (n,)
-        ``perm[k]`` is the user index of the neuron at tree position k.
+    perm : ndarray of int
+        ``perm[k - first]`` is the user index of the neuron at tree position k, for the positions
+        held (all n, or the rank's range).
     nodes : tuple of Node
-        All nodes, parents before children; node 0 is the root.
+        The nodes held, parents before children (node 0, the root, first); ids are positions
+        in the whole tree's preorder.
     n_ranks : int
         Number of ranks the top levels are split over.
     leaf_size : int
         Largest leaf.
+    n : int
+        Number of neurons.
+    rank : int or None
+        The rank whose tree this is; None for the whole tree.
+    node_count : int
+        Number of nodes of the whole tree.
     """
 
     perm: np.ndarray
     nodes: tuple[Node, ...]
     n_ranks: int
     leaf_size: int
+    n: int
+    rank: int | None = None
+    node_count: int = 0
 
     @property
-    def n(self) -> int:
-        """Number of neurons."""
-        return int(self.perm.size)
+    def first(self) -> int:
+        """Tree position of ``perm[0]``: 0, or the start of the rank's range."""
+        return 0 if self.rank is None else self.rank_range(self.rank)[0]
+
+    def users(self, start: int, stop: int) -> np.ndarray:
+        """User indices of the tree positions ``[start, stop)`` (held by this tree)."""
+        first = self.first
+        if start < first or stop > first + self.perm.size:
+            raise ValueError(
+                f"tree positions [{start}, {stop}) are not held by rank {self.rank}'s tree"
+            )
+        return self.perm[start - first : stop - first]
 
     @property
     def iperm(self) -> np.ndarray:
-        """Inverse permutation: ``iperm[user index] = tree position``."""
+        """Inverse permutation: ``iperm[user index] = tree position`` (whole trees only)."""
+        if self.rank is not None:
+            raise ValueError("iperm needs the whole tree (this tree holds one rank's part)")
         inv = np.empty_like(self.perm)
         inv[self.perm] = np.arange(self.perm.size)
         return inv
+
+    @cached_property
+    def _by_id(self) -> dict[int, Node]:
+        return {nd.id: nd for nd in self.nodes}
+
+    def node(self, node_id: int) -> Node:
+        """The node with id ``node_id`` (KeyError when this rank's tree does not hold it)."""
+        return self._by_id[node_id]
 
     @cached_property
     def _rank_roots(self) -> dict[int, Node]:
@@ -105,63 +140,124 @@ class ClusterTree:
         return np.array([self.rank_range(p)[0] for p in range(self.n_ranks)] + [self.n])
 
     def depth(self) -> int:
-        """Number of levels below the root."""
-        return max(nd.level for nd in self.nodes)
+        """Number of levels below the root (of the whole tree)."""
+        return max(
+            root.level + _subtree_depth(root.size, self.leaf_size)
+            for root in self._rank_roots.values()
+        )
+
+
+@lru_cache(maxsize=4096)
+def _subtree_nodes(size: int, leaf_size: int) -> int:
+    """Number of nodes of a rank's subtree over ``size`` neurons (halved down to the leaves)."""
+    if size <= leaf_size:
+        return 1
+    half = size // 2
+    return 1 + _subtree_nodes(half, leaf_size) + _subtree_nodes(size - half, leaf_size)
+
+
+@lru_cache(maxsize=4096)
+def _subtree_depth(size: int, leaf_size: int) -> int:
+    """Levels below the root of a rank's subtree over ``size`` neurons."""
+    return 0 if size <= leaf_size else 1 + _subtree_depth(size - size // 2, leaf_size)
+
+
+def split_offsets(n: int, n_ranks: int) -> np.ndarray:
+    """The rank ranges of ``build_tree`` without given offsets: each node over several ranks is
+    split in proportion to the ranks on each side. Shape (n_ranks + 1,)."""
+    offsets = np.zeros(n_ranks + 1, dtype=np.int64)
+    offsets[-1] = n
+    stack = [(0, n, 0, n_ranks)]
+    while stack:
+        start, stop, r0, r1 = stack.pop()
+        if r1 - r0 < 2:
+            continue
+        left = (r1 - r0) // 2
+        mid = start + int(round((stop - start) * left / (r1 - r0)))
+        mid = min(max(mid, start + left), stop - (r1 - r0 - left))
+        offsets[r0 + left] = mid
+        stack += [(start, mid, r0, r0 + left), (mid, stop, r0 + left, r1)]
+    return offsets
 
 
 def build_tree(
-    perm: np.ndarray, n_ranks: int, leaf_size: int, offsets: np.ndarray | None = None
+    perm: np.ndarray,
+    n_ranks: int,
+    leaf_size: int,
+    offsets: np.ndarray | None = None,
+    rank: int | None = None,
 ) -> ClusterTree:
     """Cluster tree over ``perm`` with ``n_ranks`` rank subtrees and leaves <= ``leaf_size``.
 
-    The rank ranges are an even split, or ``[offsets[p], offsets[p + 1])`` when given (each
-    nonempty).
+    The rank ranges are ``split_offsets``, or ``[offsets[p], offsets[p + 1])`` when given (each
+    nonempty). With ``rank``, the tree as that rank holds it (``ClusterTree``): ``perm`` is then
+    the ordering of its range only, and ``offsets`` are required.
     """
-    n = int(perm.size)
+    if rank is not None and offsets is None:
+        raise ValueError("build_tree: a rank's tree needs the offsets of the rank ranges")
+    n = int(perm.size) if rank is None else int(offsets[-1])
     if n_ranks < 1 or n < n_ranks:
         raise InputError(f"network.n = {n} is smaller than the number of ranks {n_ranks}")
     if leaf_size < 1:
         raise InputError(f"solver.leaf_size = {leaf_size} must be at least 1")
-    if offsets is not None and np.any(np.diff(offsets) < 1):
+    if offsets is None:
+        offsets = split_offsets(n, n_ranks)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if np.any(np.diff(offsets) < 1):
         raise InputError(
             f"{n} rows cannot be split over {n_ranks} ranks as {np.diff(offsets).tolist()}: "
             "every rank needs at least one"
         )
+    if rank is not None and perm.size != offsets[rank + 1] - offsets[rank]:
+        raise ValueError(
+            f"build_tree: rank {rank} holds {offsets[rank + 1] - offsets[rank]} "
+            f"positions, perm has {perm.size}"
+        )
     nodes: list[dict] = []
+    count = 0
 
     def add(start: int, stop: int, level: int, parent: int, r0: int, r1: int) -> int:
-        nid = len(nodes)
-        nodes.append(
-            dict(
-                id=nid,
-                start=start,
-                stop=stop,
-                level=level,
-                parent=parent,
-                children=(),
-                rank_lo=r0,
-                rank_hi=r1,
-            )
+        nonlocal count
+        nid = count
+        count += 1
+        record = dict(
+            id=nid,
+            start=start,
+            stop=stop,
+            level=level,
+            parent=parent,
+            children=(),
+            rank_lo=r0,
+            rank_hi=r1,
         )
+        nodes.append(record)
         size = stop - start
         if r1 - r0 > 1:
             left_ranks = (r1 - r0) // 2
-            mid = start + int(round(size * left_ranks / (r1 - r0)))
-            mid = min(max(mid, start + left_ranks), stop - (r1 - r0 - left_ranks))
-            if offsets is not None:
-                mid = int(offsets[r0 + left_ranks])
+            mid = int(offsets[r0 + left_ranks])
             splits = ((start, mid, r0, r0 + left_ranks), (mid, stop, r0 + left_ranks, r1))
-        elif size > leaf_size:
+        elif size <= leaf_size:
+            return nid
+        elif rank is not None and r0 != rank:
+            # another rank's subtree: its root only, and the ids its nodes take
+            count += _subtree_nodes(size, leaf_size) - 1
+            record["children"] = (nid + 1, nid + 1 + _subtree_nodes(size // 2, leaf_size))
+            return nid
+        else:
             mid = start + size // 2
             splits = ((start, mid, r0, r1), (mid, stop, r0, r1))
-        else:
-            return nid
-        nodes[nid]["children"] = tuple(add(a, z, level + 1, nid, p, q) for a, z, p, q in splits)
+        record["children"] = tuple(add(a, z, level + 1, nid, p, q) for a, z, p, q in splits)
         return nid
 
     add(0, n, 0, -1, 0, n_ranks)
     return ClusterTree(
-        np.asarray(perm, dtype=np.int64), tuple(Node(**nd) for nd in nodes), n_ranks, leaf_size
+        np.asarray(perm, dtype=np.int64),
+        tuple(Node(**nd) for nd in nodes),
+        n_ranks,
+        leaf_size,
+        n,
+        rank,
+        count,
     )
 
 

@@ -191,10 +191,9 @@ def measure(comm: MPI.Comm, config_path: str, overrides: list[str]) -> dict:
     of ``distgn.operator.nodal_operator``; else the neuron basis); per-level records of every
     rank. Collective."""
     from distgn.config import load_config
-    from distgn.operator import build, nodal_operator, uses_nodal
+    from distgn.operator import build, nodal_operator, problem_tree, uses_nodal
     from distgn.problem import build_problem
     from distgn.solvers.hss import distributed
-    from distgn.tree import network_tree
 
     if (distributed.DEFAULT_SAMPLES, distributed.OVERSAMPLE) != (DEFAULT_SAMPLES, OVERSAMPLE):
         raise SystemExit("perfmodel: update DEFAULT_SAMPLES and OVERSAMPLE to the solver's")
@@ -203,10 +202,10 @@ def measure(comm: MPI.Comm, config_path: str, overrides: list[str]) -> dict:
     recorder = Recorder()
     recorder.install()
     clock = Clock(comm)
-    # The network and its tree are built whole on every rank (replicated, O(n log n)).
-    problem = build_problem(config)
-    net = problem.network
-    tree = network_tree(problem.domain, net.W, net.b, cfg.ordering, comm.size, cfg.leaf_size)
+    # The network and its tree, as ``distgn solve`` builds them: in 1D each rank its neurons and
+    # its part of the tree (O(n / P)); else whole on every rank (replicated, O(n log n)).
+    problem = build_problem(config, comm)
+    tree = problem_tree(problem, cfg, comm)
     phases = {"network": clock.lap()}
     operator, _ = build(problem, cfg, comm, "A", tree)
     if uses_nodal(problem, cfg, "A"):
@@ -234,7 +233,7 @@ def measure(comm: MPI.Comm, config_path: str, overrides: list[str]) -> dict:
     return {
         "config": config_path,
         "set": overrides,
-        "n": problem.network.n,
+        "n": tree.n,
         "size": operator.size,
         "basis": operator.basis,
         "d": problem.domain.dim,
@@ -337,6 +336,8 @@ class Model:
         self.base_n = n
         self.base_assemble = one["cpu_assemble"]
         self.base_network = one["cpu_network"]
+        self.base_ranks = len(base["per_rank"])
+        self.split_network = base["d"] == 1  # a 1D network is split by rank
         self.assembly_exponent = assembly_exponent
         # stored rows: 2 n^2 k flops of GEMM; matrix-free 1D: O(n / P) per column and rank
         work = n * self.samples * (1 if self.matrix_free else 2 * n)
@@ -406,9 +407,13 @@ class Model:
     def predict(self, n: int, P: int) -> dict:
         """Seconds per phase (the slowest rank, one core per rank) and per-rank memory and
         traffic for n on P."""
-        # the network and its tree on every rank, ~ n log n; then the rank's block rows (stored:
-        # n^2 / P entries; 1D matrix-free: its part of the value-coordinate system, ~ n / P)
-        network = self.base_network * (n / self.base_n) * math.log(n) / math.log(self.base_n)
+        # the network and its tree: in 1D each rank its neurons, ~ n / P; else whole on every
+        # rank, ~ n log n; then the rank's block rows (stored: n^2 / P entries; 1D matrix-free:
+        # its part of the value-coordinate system, ~ n / P)
+        if self.split_network:
+            network = self.base_network * (n / self.base_n) * self.base_ranks / P
+        else:
+            network = self.base_network * (n / self.base_n) * math.log(n) / math.log(self.base_n)
         assemble = network + self.base_assemble * (n / self.base_n) ** self.assembly_exponent / P
         widths = self.widths(n)
         passes = [self.construction(n, P, k) for k in widths]
@@ -446,7 +451,7 @@ def slope_of(x: list[float], y: list[float]) -> float:
 
 def measured_phases(meas: dict) -> dict:
     """CPU seconds per phase of the slowest rank (``seconds_*`` keys; ``assemble`` includes the
-    replicated network and tree, ``distributed_assemble`` does not), and their sum."""
+    network and its tree, ``distributed_assemble`` does not), and their sum."""
     ranks = meas["per_rank"]
     slow = {
         "seconds_assemble": max(pr["cpu_network"] + pr["cpu_assemble"] for pr in ranks),

@@ -98,7 +98,7 @@ def test_every_back_end_solves_the_ridge_problem(comm, case):
     if before is not None:
         assert np.array_equal(operator.rows, before)
     c_ref, c0_ref, fit_ref, penalty = reference(sets)
-    c = user_order(out.c, blocks.tree.perm)
+    c = user_order(operator.gather(out.c), blocks.tree.perm)
     assert np.linalg.norm(c - c_ref) <= 1e-6 * np.linalg.norm(c_ref)
     assert out.c0 == pytest.approx(c0_ref, rel=1e-5)
     assert out.l2_error == pytest.approx(fit_ref, rel=1e-6)

@@ -8,7 +8,7 @@ import pytest
 from distgn.domain import box, interval
 from distgn.errors import InputError
 from distgn.network import initial_network
-from distgn.tree import build_tree, neuron_order
+from distgn.tree import build_tree, neuron_order, split_offsets
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4, 5, 7])
@@ -57,3 +57,43 @@ def test_2d_orderings_are_permutations_and_cluster(ordering):
         left, right = foot[perm[:128]], foot[perm[128:]]
         axis = int(np.argmax(np.ptp(foot, axis=0)))
         assert left[:, axis].max() <= right[:, axis].min()
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 1000, 4099])
+@pytest.mark.parametrize("ranks", [1, 2, 3, 5])
+@pytest.mark.parametrize("leaf", [1, 16])
+def test_rank_tree_is_its_part_of_the_whole_tree(n, ranks, leaf):
+    """A rank's tree holds exactly the whole tree's nodes above the ranks, every rank's root and
+    its own subtree, with the same ids, counts and depth, and the ordering of its range only."""
+    if n < ranks:
+        return
+    rng = np.random.default_rng(n + ranks)
+    perm = rng.permutation(n)
+    layouts = [None]
+    if n >= 2 * ranks:
+        cuts = np.sort(rng.choice(np.arange(1, n), ranks - 1, replace=False))
+        layouts.append(np.concatenate([[0], cuts, [n]]))
+    for given in layouts:
+        whole = build_tree(perm, ranks, leaf, given)
+        offsets = whole.rank_offsets()
+        if given is None:
+            assert np.array_equal(offsets, split_offsets(n, ranks))
+        assert whole.node_count == len(whole.nodes)
+        for p in range(ranks):
+            lo, hi = offsets[p], offsets[p + 1]
+            part = build_tree(perm[lo:hi], ranks, leaf, offsets, rank=p)
+            expected = [
+                nd
+                for nd in whole.nodes
+                if not nd.is_local or nd == whole.rank_root(nd.rank_lo) or nd.rank_lo == p
+            ]
+            assert list(part.nodes) == expected
+            assert part.node_count == whole.node_count and part.n == n
+            assert part.depth() == whole.depth()
+            assert np.array_equal(part.rank_offsets(), offsets)
+            assert np.array_equal(part.users(lo, hi), perm[lo:hi])
+            assert part.first == lo
+            assert len(part.nodes) <= 2 * ranks + 2 * (hi - lo)
+            if ranks > 1:
+                with pytest.raises(ValueError, match="not held"):
+                    part.users(0, n)

@@ -76,7 +76,8 @@ class BlockRows:
     start, stop : int
         Tree-order neuron range owned by this rank.
     W, b : ndarray
-        All neurons' parameters in tree order.
+        The neurons' parameters in tree order: all of them, or this rank's (a network split by
+        rank, ``problem.Layout``).
     matrices : dict
         ``"A"``, ``"H"``: (m, n); ``"G"``: (m (d+1), n (d+1)), neuron-major; m = stop - start.
     moments : ndarray, shape (m, d+1), or None
@@ -97,11 +98,16 @@ class BlockRows:
     mass: np.ndarray | None
 
     @property
+    def first(self) -> int:
+        """Tree position of ``W[0]``: 0, or ``start`` when W, b hold this rank's neurons only."""
+        return 0 if self.W.shape[0] == self.tree.n else self.start
+
+    @property
     def F(self) -> np.ndarray:
         """Right-hand side ``F_i = int u phi_i`` of the local rows."""
         if self.moments is None:
             raise ValueError("BlockRows.F: the target moments were not assembled")
-        r = np.column_stack([self.W, self.b])[self.start : self.stop]
+        r = np.column_stack([self.W, self.b])[self.start - self.first : self.stop - self.first]
         return np.einsum("ik,ik->i", self.moments, r)
 
 
@@ -113,11 +119,20 @@ def assemble_block_rows(
     moments: bool = True,
 ) -> BlockRows:
     """Assemble the block rows of ``rank`` (tree order), chunk by chunk, and with ``moments``
-    the target moments and masses of its neurons. Rank-local."""
-    W, b = problem.network.W[tree.perm], problem.network.b[tree.perm]
+    the target moments and masses of its neurons. Rank-local.
+
+    A network split by rank (``problem.layout``) has no matrix rows here (they need every
+    neuron); its moments and masses are those of the rank's own neurons.
+    """
     start, stop = tree.rank_range(rank)
+    if problem.layout is None:
+        W, b, first = problem.network.W[tree.perm], problem.network.b[tree.perm], 0
+    elif which:
+        raise ValueError("assemble_block_rows: matrix rows need the whole network")
+    else:
+        W, b, first = problem.network.W, problem.network.b, start
     n, k = tree.n, problem.domain.dim + 1
-    J = np.arange(n)
+    J = np.arange(n) if which else None
     matrices = {
         name: np.empty((stop - start, n) if name != "G" else ((stop - start) * k, n * k))
         for name in which
@@ -133,7 +148,7 @@ def assemble_block_rows(
                 matrices[name][lo - start : hi - start] = part[name]
     if not moments:
         return BlockRows(tree, start, stop, W, b, matrices, None, None)
-    I = np.arange(start, stop)
+    I = np.arange(start, stop) - first
     return BlockRows(
         tree,
         start,

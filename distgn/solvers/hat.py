@@ -64,9 +64,8 @@ class HatSolver(Disposable):
             self.system = operator.system
         else:
             L, R = (float(v) for v in operator.domain.bounds[0])
-            lo, hi = operator.tree.rank_range(operator.comm.rank)
-            W, b = operator.W[lo:hi, 0], operator.b[lo:hi]
-            self.span = NeuronSpan(operator.name, L, R, W, b, comm=operator.comm)
+            W, b = operator.own_neurons()
+            self.span = NeuronSpan(operator.name, L, R, W[:, 0], b, comm=operator.comm)
             self.system = NodalSystem(self.span)
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:

@@ -4,8 +4,8 @@
 communicator is) that forwards every call it overrides to the communicator it wraps and counts,
 under the current ``label``, the bytes and messages this rank sends:
 
-- point to point (``send``, ``Send``, ``Isend``, ``Sendrecv``): the payload (pickled size for
-  the lower-case calls), one message;
+- point to point (``send``, ``Send``, ``Isend``, ``Sendrecv``, ``sendrecv``): the payload
+  (pickled size for the lower-case calls), one message;
 - collectives (``allreduce``, ``Allreduce``, ``allgather``, ``Allgather``, ``Allgatherv``,
   ``Alltoallv``, ``gather``, ``bcast`` on the root, ``Barrier``): this rank's contribution, one
   message each (what reaches the network depends on the MPI implementation's algorithm; this is
@@ -105,6 +105,20 @@ class CountingComm(MPI.Intracomm):
     ):
         self._count(payload(sendbuf))
         return self.inner.Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
+
+    def sendrecv(  # noqa: D102
+        self,
+        sendobj,
+        dest,
+        sendtag=0,
+        recvbuf=None,
+        source=MPI.ANY_SOURCE,
+        recvtag=MPI.ANY_TAG,
+        status=None,
+    ):
+        if dest != MPI.PROC_NULL:
+            self._count(payload(sendobj))
+        return self.inner.sendrecv(sendobj, dest, sendtag, recvbuf, source, recvtag, status)
 
     def recv(self, buf=None, source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=None):  # noqa: D102
         return self.inner.recv(buf, source, tag, status)

@@ -259,7 +259,7 @@ def _correction(
     out = solve_output_weights(sub, blocks, operator, ctx.solver)
     seconds = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
     c = np.empty(network.n)
-    c[tree.perm] = out.c
+    c[tree.perm] = operator.gather(out.c)
     return c, out.c0, out.backward_error, out.stats, seconds
 
 

@@ -417,7 +417,7 @@ class ProjectionScheme(Scheme):
     ) -> tuple[NodeFactor, Projection | None]:
         """Factor a parent; ``coupling`` is given for nodes over several ranks."""
         if coupling is None:
-            a, b = (self.operator.tree.nodes[c] for c in node.children)
+            a, b = (self.operator.tree.node(c) for c in node.children)
             coupling = self.partial_coupling(a, b, self.maps[b.id])
         D = coupled_block(coupling)
         if root:

@@ -86,7 +86,7 @@ class HSSFactorization(Disposable):
         self.samples = min(samples, operator.size)
         tree = operator.tree
         rank = self.comm.rank
-        self.nodes = tree.nodes
+        self.tree = tree
         self.groups: list[Group] = []  # this rank's factored nodes, children before parents
         self.singles: dict[int, Group] = {}  # nodes factored one at a time, by id
         omega = gaussian_sketch(operator, self.samples, seed)
@@ -111,10 +111,10 @@ class HSSFactorization(Disposable):
         if isinstance(scheme, SkeletonScheme):
             self._factor_subtree(scheme, tree.rank_root(rank), summaries)
         else:
-            for node in reversed(self.nodes):
+            for node in reversed(tree.nodes):
                 if node.is_local and node.rank_lo == rank:
                     self._factor_node(scheme, node, summaries)
-        for node in reversed(self.nodes):
+        for node in reversed(tree.nodes):
             if not node.is_local and node.children:
                 with self.comm.labelled(("level", node.level)):
                     self._merge_ranks(scheme, node, summaries)
@@ -135,7 +135,7 @@ class HSSFactorization(Disposable):
         while stack:
             node = stack.pop()
             levels.setdefault(node.level, []).append(node)
-            stack.extend(self.nodes[c] for c in node.children)
+            stack.extend(self.tree.node(c) for c in node.children)
         for level in sorted(levels, reverse=True):
             root = top.parent < 0 and level == top.level
             leaves = [nd for nd in levels[level] if nd.is_leaf]
@@ -181,7 +181,7 @@ class HSSFactorization(Disposable):
         """Factor a node over several ranks: the right child's leader sends its summary to the
         left child's leader, which factors the node. Every rank calls this, in the same order."""
         rank = self.comm.rank
-        left, right = (self.nodes[c] for c in node.children)
+        left, right = (self.tree.node(c) for c in node.children)
         coupling = None
         if isinstance(scheme, ProjectionScheme):
             coupling = self._coupling(scheme, node, left, right)
@@ -215,7 +215,7 @@ class HSSFactorization(Disposable):
         leader.
         """
         rank = self.comm.rank
-        tag = len(self.nodes) + node.id
+        tag = self.tree.node_count + node.id
         if right.rank_lo <= rank < right.rank_hi:
             for dest in range(left.rank_lo, left.rank_hi):
                 self._send(scheme.maps[right.id], dest, tag)
@@ -262,8 +262,8 @@ class HSSFactorization(Disposable):
     def _leaf_rows(self, group: Group) -> np.ndarray:
         """This rank's rows of a group of leaves (of equal size), stacked (B, s)."""
         block = self.operator.block
-        first = self.nodes[int(group.ids[0])]
-        starts = np.array([self.nodes[i].start for i in group.ids.tolist()])
+        first = self.tree.node(int(group.ids[0]))
+        starts = np.array([self.tree.node(i).start for i in group.ids.tolist()])
         offset = self.operator.local_range[0]
         return (starts * block - offset)[:, None] + np.arange(first.size * block)
 
@@ -276,13 +276,13 @@ class HSSFactorization(Disposable):
         stash = []
 
         def child_part(node: Node, child: int) -> np.ndarray:
-            leader = self.nodes[child].rank_lo
+            leader = self.tree.node(child).rank_lo
             if leader != rank:
                 return self.comm.recv(source=leader, tag=node.id)
             return kept.pop(child)
 
         for group in self.groups:
-            nodes = [self.nodes[i] for i in group.ids.tolist()]
+            nodes = [self.tree.node(i) for i in group.ids.tolist()]
             if nodes[0].is_leaf:
                 local = b[self._leaf_rows(group)]
             else:
@@ -292,21 +292,21 @@ class HSSFactorization(Disposable):
             up, down = group.factor.forward(local)
             stash.append(down)
             for node, part in zip(nodes, up, strict=True):
-                parent = self.nodes[node.parent] if node.parent >= 0 else node
+                parent = self.tree.node(node.parent) if node.parent >= 0 else node
                 if parent.rank_lo != rank:
                     self.comm.send(part, dest=parent.rank_lo, tag=parent.id)
                 else:
                     kept[node.id] = part
 
         def own_part(node: Node) -> np.ndarray:
-            leader = self.nodes[node.parent].rank_lo if node.parent >= 0 else rank
+            leader = self.tree.node(node.parent).rank_lo if node.parent >= 0 else rank
             if leader != rank:
                 return self.comm.recv(source=leader, tag=node.id)
             return kept.pop(node.id)
 
         x = np.empty_like(b)
         for group, down in zip(reversed(self.groups), reversed(stash), strict=True):
-            nodes = [self.nodes[i] for i in group.ids.tolist()]
+            nodes = [self.tree.node(i) for i in group.ids.tolist()]
             y = group.factor.backward(down, np.stack([own_part(nd) for nd in nodes]))
             if nodes[0].is_leaf:
                 x[self._leaf_rows(group)] = y
@@ -315,7 +315,7 @@ class HSSFactorization(Disposable):
             for node, part in zip(nodes, y, strict=True):
                 left, right = node.children
                 kept[left] = part[:r]
-                leader = self.nodes[right].rank_lo
+                leader = self.tree.node(right).rank_lo
                 if leader != rank:
                     self.comm.send(part[r:], dest=leader, tag=right)
                 else:
@@ -334,7 +334,7 @@ class HSSFactorization(Disposable):
         subtrees, by the sketch and by the last solve: the counts taken at the communicator,
         summed over ranks) and time. Collective."""
         comm = self.comm.inner
-        depth = max(nd.level for nd in self.nodes) + 1
+        depth = self.tree.depth() + 1
         ranks = np.zeros(depth, dtype=np.int64)
         for group in self.groups:
             ranks[group.level] = max(ranks[group.level], group.rank)

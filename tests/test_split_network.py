@@ -1,0 +1,203 @@
+"""A 1D network split by rank: each rank generates, validates, orders and solves for only its
+neurons, with the same bits as the whole network, and the solve file is the same on any number
+of ranks."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from mpi4py import MPI
+from scipy import stats
+
+from distgn.cli import main
+from distgn.config import load_config
+from distgn.domain import interval
+from distgn.errors import InputError
+from distgn.fit import solve_output_weights
+from distgn.network import RANDOM_BLOCK, initial_network, sorted_uniform, validate
+from distgn.operator import build, problem_tree
+from distgn.problem import build_problem
+from distgn.tree import neuron_order, split_offsets
+
+
+@pytest.mark.parametrize("init", ["uniform", "random"])
+@pytest.mark.parametrize("orientation", ["positive", "alternating", "random"])
+def test_rows_of_a_generated_network_are_computed_alone_with_the_same_bits(init, orientation):
+    domain = interval(-1.0, 2.0)
+    for n in (1, 5, RANDOM_BLOCK - 1, RANDOM_BLOCK, RANDOM_BLOCK + 1, 3 * RANDOM_BLOCK + 17):
+        whole = initial_network(domain, n, init, 11, orientation)
+        cuts = np.unique(np.concatenate([[0, n], np.random.default_rng(n).integers(0, n + 1, 5)]))
+        parts = [
+            initial_network(domain, n, init, 11, orientation, rows=(a, z))
+            for a, z in zip(cuts[:-1], cuts[1:], strict=True)
+        ]
+        assert np.array_equal(np.concatenate([p.W for p in parts]), whole.W)
+        assert np.array_equal(np.concatenate([p.b for p in parts]), whole.b)
+        # generated 1D networks are in breakpoint order: a rank's rows are its tree block
+        assert np.array_equal(neuron_order(domain, whole.W, whole.b), np.arange(n))
+        t = -whole.b / whole.W[:, 0]
+        assert np.all(t >= -1.0) and np.all(t < 2.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_breakpoints_are_sorted_independent_uniform_numbers(seed):
+    """Kolmogorov-Smirnov against the uniform law (the values) and, for the scaled spacings, the
+    exponential law (independence makes them so); fixed seeds, so the test is deterministic."""
+    n = 50_000
+    u = sorted_uniform(n, seed, 0, n)
+    assert np.all(np.diff(u) >= 0) and u[0] > 0 and u[-1] < 1
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
+    spacing = np.diff(np.concatenate([[0.0], u, [1.0]]))
+    assert stats.kstest(spacing * (n + 1), "expon").pvalue > 1e-3
+    # the blocks' sums are the sums of their spacings (no seam in the law at the block edges)
+    edges = spacing[RANDOM_BLOCK - 2 : RANDOM_BLOCK + 1] * (n + 1)
+    assert np.all(edges > 0) and np.all(edges < 30)
+    assert not np.array_equal(u, sorted_uniform(n, seed + 1, 0, n))
+
+
+def config(*sets: str):
+    return load_config(None, ['target.name="sine"', *sets])
+
+
+CASES = [
+    ["network.n=3000", 'network.init="uniform"'],
+    ["network.n=3000", 'network.init="random"', 'network.orientation="random"'],
+    ["network.n=3001", 'network.init="uniform"', 'network.orientation="alternating"'],
+]
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_split_problem_holds_its_block_of_the_whole_network(comm, case):
+    cfg = config(*CASES[case])
+    whole = build_problem(cfg)
+    split = build_problem(cfg, comm)
+    n = whole.network.n
+    offsets = split_offsets(n, comm.size)
+    lo, hi = offsets[comm.rank], offsets[comm.rank + 1]
+    order = neuron_order(whole.domain, whole.network.W, whole.network.b)
+    assert np.array_equal(split.layout.offsets, offsets)
+    assert np.array_equal(split.layout.users, order[lo:hi])
+    assert np.array_equal(split.network.W, whole.network.W[order[lo:hi]])
+    assert np.array_equal(split.network.b, whole.network.b[order[lo:hi]])
+    # the tree and the value-coordinate operator hold the rank's part only
+    tree = problem_tree(split, cfg.solver, comm)
+    assert tree.perm.size == hi - lo and len(tree.nodes) <= 2 * comm.size + 2 * (hi - lo)
+    operator, blocks = build(split, cfg.solver, comm, "A", tree)
+    assert blocks.W.shape[0] == hi - lo
+    whole_tree = problem_tree(whole, cfg.solver, comm)
+    assert tree.node_count == len(whole_tree.nodes) and tree.depth() == whole_tree.depth()
+    fit = solve_output_weights(split, blocks, operator, cfg.solver)
+    reference_operator, reference_blocks = build(whole, cfg.solver, MPI.COMM_SELF, "A")
+    reference = solve_output_weights(whole, reference_blocks, reference_operator, cfg.solver)
+    c = reference.c[lo:hi]  # one rank: tree order, here the user order
+    # hss (tol 1e-14) on P ranks against one: c differs where kinks are ~1/n^2 apart
+    assert np.max(np.abs(fit.c - c)) <= 1e-7 * np.max(np.abs(reference.c))
+    assert fit.l2_error == pytest.approx(reference.l2_error, rel=1e-9)
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+def test_a_network_from_a_file_is_ordered_and_split(comm, shared_tmp):
+    """Neurons in a file in any order: each rank keeps its block of the breakpoint order, with
+    the user indices that the solve file is written back in."""
+    domain = interval(0.0, 1.0)
+    net = initial_network(domain, 500, "random", 4, "random")
+    shuffle = np.random.default_rng(0).permutation(net.n)
+    path = shared_tmp / "net.h5"
+    if comm.rank == 0:
+        with h5py.File(path, "w") as fh:
+            fh["W"], fh["b"] = net.W[shuffle], net.b[shuffle]
+    comm.Barrier()
+    cfg = config('network.init="file"', f'network.file="{path}"')
+    split = build_problem(cfg, comm)
+    lo, hi = split.layout.offsets[comm.rank], split.layout.offsets[comm.rank + 1]
+    assert np.array_equal(shuffle[split.layout.users], np.arange(lo, hi))
+    assert np.array_equal(split.network.b, net.b[lo:hi])
+    out = shared_tmp / "solve.h5"
+    assert (
+        main(
+            [
+                "solve",
+                "--set",
+                f'network.file="{path}"',
+                "--set",
+                'network.init="file"',
+                "--set",
+                f'output.path="{out}"',
+                "--set",
+                'target.name="sine"',
+            ]
+        )
+        == 0
+    )
+    with h5py.File(out, "r") as fh:
+        assert np.array_equal(fh["network/b"][()], net.b[shuffle])
+        c = fh["network/c"][()]
+    reference = build_problem(
+        config(
+            "network.n=500",
+            'network.init="random"',
+            "network.seed=4",
+            'network.orientation="random"',
+        )
+    )
+    operator, blocks = build(reference, cfg.solver, MPI.COMM_SELF, "A")
+    expected = solve_output_weights(reference, blocks, operator, cfg.solver).c
+    assert np.max(np.abs(c - expected[shuffle])) <= 1e-9 * np.max(np.abs(expected))
+
+
+def defective(kind: str, n: int, cut: int) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform 1D network in breakpoint order with one bad neuron at ``cut``."""
+    net = initial_network(interval(0.0, 1.0), n, "uniform")
+    W, b = net.W.copy(), net.b.copy()
+    if kind == "duplicate":  # the same neuron as its left neighbour
+        b[cut] = b[cut - 1]
+    elif kind == "dead":
+        b[cut] = -5.0
+    elif kind == "nan":
+        b[cut] = np.nan
+    else:  # affine: three neurons active on all of [0, 1] (d + 1 = 2 allowed)
+        b[cut - 1 : cut + 2] = 0.5
+    return W, b
+
+
+MESSAGES = {
+    "duplicate": "duplicate neurons",
+    "dead": "never active",
+    "nan": "NaN",
+    "affine": "active on the whole domain",
+}
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", list(MESSAGES))
+def test_a_split_network_is_validated_on_every_rank(comm, kind):
+    """Each rank checks only its rows (with the next rank's first neurons for duplicates); the
+    bad neuron sits first on the last rank (the duplicate: of the previous rank's last neuron,
+    the affine ones: across that boundary), and every rank raises the same error naming it by
+    its user index."""
+    n = 64
+    offsets = split_offsets(n, comm.size)
+    cut = int(offsets[-2]) if comm.size > 1 else 40
+    W, b = defective(kind, n, cut)
+    lo, hi = offsets[comm.rank], offsets[comm.rank + 1]
+    part = initial_network(interval(0.0, 1.0), n, "uniform", rows=(lo, hi))
+    part = type(part)(W[lo:hi], b[lo:hi])
+    with pytest.raises(InputError, match=MESSAGES[kind]) as caught:
+        validate(part, interval(0.0, 1.0), comm, np.arange(lo, hi))
+    text = str(caught.value)
+    assert len(set(comm.allgather(text))) == 1
+    if kind != "affine":
+        assert str(cut) in text
+    with pytest.raises(InputError, match=MESSAGES[kind]):  # the whole network, one rank
+        validate(type(part)(W, b), interval(0.0, 1.0))
+    validate(
+        initial_network(interval(0.0, 1.0), n, "uniform", rows=(lo, hi)),
+        interval(0.0, 1.0),
+        comm,
+        np.arange(lo, hi),
+    )  # the good network passes
