@@ -148,7 +148,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "network.n": (1, False, None, False),
-    "network.seed": (0, False, None, False),
+    "network.seed": (0, False, 2**60, True),
     "solver.tol": (0.0, True, 1.0, True),
     "solver.rtol": (0.0, True, 1.0, True),
     "solver.regularization": (0.0, False, 1.0, True),

@@ -298,9 +298,7 @@ _SPACINGS, _SIGNS, _TOTALS = 1, 2, 3
 
 
 def _stream(seed: int, kind: int, block: int) -> np.random.Generator:
-    """The generator of one block: Philox keyed by (seed, kind, block)."""
-    if not 0 <= seed < 2**60:
-        raise InputError(f"network.seed = {seed} must be in [0, 2^60)")
+    """The generator of one block: Philox keyed by (seed, kind, block); seed in [0, 2^60)."""
     return np.random.Generator(np.random.Philox(key=((seed << 2 | kind) << 64) | block))
 
 
