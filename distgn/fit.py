@@ -122,8 +122,12 @@ def solve_output_weights(
                 f"tolerance {requested:.0e}"
             )
     if problem.domain.dim == 1:
-        c = operator.gather(x)
-        l2 = l2_error_1d(problem.domain.bounds, blocks.W, blocks.b, c, c0, problem.target)
+        # Gauss rules between all breakpoints: the whole network and c (gathered when split)
+        W, b = operator.own_neurons()
+        params = operator.gather(np.column_stack([W, b, x]))
+        l2 = l2_error_1d(
+            problem.domain.bounds, params[:, :1], params[:, 1], params[:, 2], c0, problem.target
+        )
     else:
         Ac = operator.matvec(x)
         parts = comm.allreduce(np.array([x @ Ac, x @ F, x @ blocks.mass]))

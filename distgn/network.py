@@ -16,6 +16,7 @@ from mpi4py import MPI
 from distgn.domain import Domain
 from distgn.errors import InputError
 from distgn.parallel import agree
+from distgn.tree import split_offsets
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,74 @@ def initial_network(
     lo, hi = extent.min(axis=0), extent.max(axis=0)
     offsets = lo + fraction * (hi - lo)
     return Network(normals[start:stop], -offsets[start:stop])
+
+
+def sort_by_breakpoint(
+    comm: MPI.Comm, part: Network, users: np.ndarray
+) -> tuple[Network, np.ndarray]:
+    """A 1D network held in pieces (``part``: this rank's neurons, ``users`` their user indices)
+    redistributed in breakpoint order: rank p gets the neurons at positions
+    ``split_offsets(n, P)[p:p + 2]`` of the order of ``tree.neuron_order`` (breakpoint, then
+    orientation, then user index), and their user indices. Collective.
+
+    A sample sort: every rank sorts its neurons and offers P evenly spaced keys, the P - 1
+    splitters are taken evenly from all P^2 offers, one ``Alltoallv`` sends every neuron to the
+    rank of its splitter interval, and a second one evens the counts out to the exact ranges.
+    O(n/P log n) work per rank, O(P^2) keys and the neurons themselves sent.
+    """
+    P = comm.size
+    c = part.c if part.c is not None else np.zeros(part.n)
+    rows = np.column_stack([part.W[:, 0], part.b, c, users.astype(float)])
+
+    def keys(block: np.ndarray) -> np.ndarray:
+        """(breakpoint, orientation, user index); w = 0 (refused later by ``validate``) and NaN
+        sort last, without a warning."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = -block[:, 1] / block[:, 0]
+        return np.column_stack([t, np.sign(block[:, 0]), block[:, 3]])
+
+    def order(block: np.ndarray) -> np.ndarray:
+        return np.lexsort(keys(block).T[::-1])
+
+    rows = rows[order(rows)]
+    if P > 1:
+        at = (np.arange(P) * rows.shape[0]) // P
+        offered = np.vstack(comm.allgather(keys(rows)[at] if rows.shape[0] else np.zeros((0, 3))))
+        offered = offered[np.lexsort(offered.T[::-1])]
+        splitters = offered[(np.arange(1, P) * offered.shape[0]) // P]
+        # destination: the number of splitters before a neuron (a neuron equal to a splitter
+        # goes above it: the flag orders the neuron first among equal keys)
+        both = np.vstack([keys(rows), splitters])
+        flag = np.concatenate([np.zeros(rows.shape[0]), np.ones(P - 1)])
+        ranked = np.lexsort((flag, both[:, 2], both[:, 1], both[:, 0]))
+        is_splitter = ranked >= rows.shape[0]
+        before = np.cumsum(is_splitter)[~is_splitter]
+        rows = _exchange(comm, rows, before)
+        rows = rows[order(rows)]
+        n = comm.allreduce(rows.shape[0])
+        start = comm.exscan(rows.shape[0]) or 0
+        exact = np.searchsorted(split_offsets(n, P), start + np.arange(rows.shape[0]), "right") - 1
+        rows = _exchange(comm, rows, exact)  # already in order: ranges arrive by rank
+    network = Network(rows[:, :1], rows[:, 1], rows[:, 2] if part.c is not None else None, part.c0)
+    return network, rows[:, 3].astype(np.int64)
+
+
+def _exchange(comm: MPI.Comm, rows: np.ndarray, dest: np.ndarray) -> np.ndarray:
+    """Send each row to rank ``dest`` (non-decreasing) in one ``Alltoallv``; rows arrive in
+    rank order. Collective."""
+    width = rows.shape[1]
+    send = np.bincount(dest, minlength=comm.size)
+    recv = np.asarray(comm.alltoall(send.tolist()))
+    out = np.empty((int(recv.sum()), width))
+    comm.Alltoallv(
+        [np.ascontiguousarray(rows), send * width, _starts(send) * width, MPI.DOUBLE],
+        [out, recv * width, _starts(recv) * width, MPI.DOUBLE],
+    )
+    return out
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)[:-1]])
 
 
 # Random 1D networks are drawn in blocks of this many values, each from its own counter-based

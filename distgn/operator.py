@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from mpi4py import MPI
@@ -59,6 +59,22 @@ def local_gaussian(seed: int, lo: int, hi: int, width: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class KnownNeurons:
+    """Parameters ``(w, b)`` of other ranks' neurons that this rank received with skeletons
+    (``Operator.learn``), by tree position: a neuron-basis operator of a network split by rank
+    evaluates entries from its own neurons and these. Rank-local."""
+
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    params: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+    def learn(self, ids: np.ndarray, params: np.ndarray) -> None:
+        """Keep ``params`` (one row ``(w, b)`` per neuron) of the neurons ``ids``."""
+        stacked = params if self.ids.size == 0 else np.vstack([self.params, params])
+        self.ids, first = np.unique(np.concatenate([self.ids, ids]), return_index=True)
+        self.params = stacked[first]
+
+
 @dataclass(frozen=True)
 class Operator:
     """A symmetric matrix over neurons, distributed by block rows in tree order.
@@ -75,8 +91,9 @@ class Operator:
         Integration domain (for entry extraction).
     W, b : ndarray
         The neurons' parameters in tree order: all of them, or this rank's only (a 1D network
-        split by rank, ``problem.Layout``, in the value coordinates: their entries come from the
-        system; ``own_neurons``).
+        split by rank, ``problem.Layout``; ``own_neurons``). The entries of the value
+        coordinates come from the system; those of the neuron basis then from the rank's own
+        neurons and the ones received with skeletons (``known``).
     rows : ndarray or None
         This rank's block rows (m block, n block), or None when matrix-free.
     fast_matvec : callable or None
@@ -114,6 +131,7 @@ class Operator:
     shift: np.ndarray | None = None
     diagonal_shift: np.ndarray | None = None
     rank_bound: int | None = None
+    known: KnownNeurons = field(default_factory=KnownNeurons)
 
     @property
     def block(self) -> int:
@@ -175,11 +193,10 @@ class Operator:
     def _exact(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
         """Exact entries ``M[I][:, J]`` of the unshifted neuron-basis matrix (1D index arrays)."""
         k = self.block
-        if self.W.shape[0] != self.tree.n:
-            raise ValueError("neuron-basis entries need the whole network (this rank has its own)")
         neurons, inverse = np.unique(np.concatenate([I, J]) // k, return_inverse=True)
         li, lj = inverse[: I.size], inverse[I.size :]
-        part = pair_integrals(self.domain, self.W[neurons], self.b[neurons], li, lj, (self.name,))[
+        params = self._parameters(neurons)
+        part = pair_integrals(self.domain, params[:, :-1], params[:, -1], li, lj, (self.name,))[
             self.name
         ]
         if k == 1:
@@ -204,15 +221,46 @@ class Operator:
         return full
 
     def skeleton_rows(self, index: np.ndarray) -> object:
-        """What another rank needs to evaluate ``entries`` at rows ``index`` of this rank (the
-        value-coordinate system's rows of N, ``Ms N`` and band values; None for the neuron
-        basis, whose entries need only W and b). Rank-local."""
-        return None if self.system is None else self.system.rows_at(index)
+        """What another rank needs to evaluate ``entries`` at rows ``index`` of this rank: the
+        value-coordinate system's rows of N, ``Ms N`` and band values; for the neuron basis the
+        neurons' ``(w, b)`` when the network is split by rank (else None: every rank has them).
+        Rank-local."""
+        if self.system is not None:
+            return self.system.rows_at(index)
+        if self.W.shape[0] == self.tree.n:
+            return None
+        ids = np.unique(np.asarray(index, dtype=np.int64) // self.block)
+        return ids, self._parameters(ids)
 
     def learn(self, rows: object) -> None:
         """Keep rows received from another rank (``skeleton_rows``). Rank-local."""
-        if rows is not None and self.system is not None:
+        if rows is None:
+            return
+        if self.system is not None:
             self.system.learn(rows)
+        else:
+            self.known.learn(*rows)
+
+    def _parameters(self, neurons: np.ndarray) -> np.ndarray:
+        """``(w, b)`` of the neurons at tree positions ``neurons`` (sorted, unique): this rank's
+        own, or received (``learn``). Rank-local."""
+        first = 0 if self.W.shape[0] == self.tree.n else self.tree.rank_range(self.comm.rank)[0]
+        local = neurons - first
+        own = (local >= 0) & (local < self.W.shape[0])
+        params = np.empty((neurons.size, self.W.shape[1] + 1))
+        params[own] = np.column_stack([self.W[local[own]], self.b[local[own]]])
+        if not own.all():
+            other = neurons[~own]
+            at = np.searchsorted(self.known.ids, other)
+            found = at < self.known.ids.size
+            found[found] = self.known.ids[at[found]] == other[found]
+            if not found.all():
+                raise ValueError(
+                    f"entries at neurons {other[~found][:5].tolist()} that rank "
+                    f"{self.comm.rank} neither holds nor received"
+                )
+            params[~own] = self.known.params[at]
+        return params
 
     def matvec(self, x_local: np.ndarray) -> np.ndarray:
         """``M x`` on this rank's rows for a block-row-distributed x (m,) or (m, r). Collective.
@@ -395,16 +443,16 @@ def build(
     dimensions exact entries tile by tile; the block rows then carry only the right-hand sides.
     The neuron-basis rows of A and the target moments are not assembled in 1D when ``uses_nodal``
     (every solve with A then goes through ``nodal_operator``, which integrates its own right-hand
-    side). A network split by rank (``problem.layout``) stays split for the value coordinates;
-    the neuron basis needs every neuron, so it is gathered first (``whole_problem``; the tree is
-    then the whole tree). Rank-local, except that gathering.
+    side). A network split by rank (``problem.layout``) stays split, except that stored
+    neuron-basis rows need every neuron: it is gathered first then (``whole_problem``; the tree
+    is then the whole tree). Rank-local, except that gathering.
     """
     nodal = uses_nodal(problem, config, name)
-    if problem.layout is not None and not nodal:
+    store = not config.matrix_free and not nodal
+    if problem.layout is not None and store:
         problem, tree = whole_problem(problem, comm), None
     if tree is None:
         tree = problem_tree(problem, config, comm)
-    store = not config.matrix_free and not nodal
     blocks = assemble_block_rows(problem, tree, comm.rank, (name,) if store else (), not nodal)
     if store:
         return operator_from_block_rows(blocks, name, comm, problem.domain), blocks

@@ -17,9 +17,10 @@ from distgn import domain as domains
 from distgn.config import CHOICES, Config
 from distgn.domain import Domain
 from distgn.errors import InputError
-from distgn.network import Network, initial_network, validate
+from distgn.network import Network, initial_network, sort_by_breakpoint, validate
+from distgn.parallel import agree
 from distgn.targets import Target, make_target
-from distgn.tree import neuron_order, split_offsets
+from distgn.tree import split_offsets
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ def build_domain(config: Config) -> Domain:
         raise InputError(f"domain {cfg.kind} is malformed: {exc}") from None
 
 
-def read_parameters(path: str, dim: int) -> Network:
-    """Network parameters from HDF5 datasets ``W`` (n x d), ``b`` (n) and optional ``c``, ``c0``.
+def read_parameters(path: str, dim: int, part: tuple[int, int] | None = None) -> Network:
+    """Network parameters from HDF5 datasets ``W`` (n x d), ``b`` (n) and optional ``c``, ``c0``,
+    all of them or the rows ``part = (p, P)`` of an even split (``split_offsets``) over P readers.
 
     A training output file is accepted too (datasets under ``network/``).
     """
@@ -90,21 +92,37 @@ def read_parameters(path: str, dim: int) -> Network:
             group = fh["network"] if "network" in fh and "W" not in fh else fh
             if "W" not in group or "b" not in group:
                 raise InputError(f"network.file = {path!r} has no datasets W and b")
-            W = np.asarray(group["W"], dtype=float)
-            b = np.asarray(group["b"], dtype=float)
-            c = np.asarray(group["c"], dtype=float) if "c" in group else None
+            shape_w, shape_b = group["W"].shape, group["b"].shape
+            n = shape_b[0] if len(shape_b) == 1 else -1
+            shape_c = group["c"].shape if "c" in group else None
+            if (
+                len(shape_w) not in (1, 2)
+                or shape_w[0] != n
+                or (len(shape_w) == 2 and shape_w[1] != dim)
+                or (len(shape_w) == 1 and dim != 1)
+            ):
+                raise InputError(
+                    f"network.file = {path!r}: W has shape {shape_w} and b {shape_b}; "
+                    f"expected (n, {dim}) and (n,)"
+                )
+            if shape_c is not None and shape_c != shape_b:
+                raise InputError(
+                    f"network.file = {path!r}: c has shape {shape_c}, expected {shape_b}"
+                )
+            rows = slice(None)
+            if part is not None:
+                if n < part[1]:
+                    raise InputError(
+                        f"network.n = {n} is smaller than the number of ranks {part[1]}"
+                    )
+                offsets = split_offsets(n, part[1])
+                rows = slice(int(offsets[part[0]]), int(offsets[part[0] + 1]))
+            W = np.asarray(group["W"][rows], dtype=float).reshape(-1, dim)
+            b = np.asarray(group["b"][rows], dtype=float)
+            c = np.asarray(group["c"][rows], dtype=float) if shape_c is not None else None
             c0 = float(np.asarray(group["c0"])) if "c0" in group else None
     except OSError as exc:
         raise InputError(f"network.file = {path!r} cannot be read: {exc}") from None
-    if W.ndim == 1:
-        W = W[:, None]
-    if W.ndim != 2 or W.shape[1] != dim or b.shape != (W.shape[0],):
-        raise InputError(
-            f"network.file = {path!r}: W has shape {W.shape} and b {b.shape}; "
-            f"expected (n, {dim}) and (n,)"
-        )
-    if c is not None and c.shape != b.shape:
-        raise InputError(f"network.file = {path!r}: c has shape {c.shape}, expected {b.shape}")
     return Network(W, b, c, c0)
 
 
@@ -143,22 +161,32 @@ def build_problem(config: Config, comm: MPI.Comm | None = None) -> Problem:
 
 
 def _split_network(config: Config, domain: Domain, comm: MPI.Comm) -> tuple[Network, Layout]:
-    """This rank's neurons of a 1D network split by rank, validated (collective)."""
+    """This rank's neurons of a 1D network split by rank, validated (collective).
+
+    A generated network is built by rows. A file is read by rows (an even split of the user
+    order) and sorted into breakpoint order across the ranks (``network.sort_by_breakpoint``).
+    """
     cfg = config.network
-    whole = read_parameters(cfg.file, domain.dim) if cfg.init == "file" else None
-    n = cfg.n if whole is None else whole.n
-    if n < comm.size:
-        raise InputError(f"network.n = {n} is smaller than the number of ranks {comm.size}")
-    offsets = split_offsets(n, comm.size)
-    start, stop = int(offsets[comm.rank]), int(offsets[comm.rank + 1])
-    if whole is None:
+    if cfg.init != "file":
+        n = cfg.n
+        if n < comm.size:
+            raise InputError(f"network.n = {n} is smaller than the number of ranks {comm.size}")
+        offsets = split_offsets(n, comm.size)
+        start, stop = int(offsets[comm.rank]), int(offsets[comm.rank + 1])
         network = initial_network(
             domain, n, cfg.init, cfg.seed, cfg.orientation, rows=(start, stop)
         )
         users = np.arange(start, stop)
-        validate(network, domain, comm, users)
     else:
-        validate(whole, domain)
-        users = neuron_order(domain, whole.W, whole.b)[start:stop]
-        network = whole.subset(users)
+        error, part = None, None
+        try:
+            part = read_parameters(cfg.file, domain.dim, (comm.rank, comm.size))
+        except InputError as exc:
+            error = str(exc)
+        agree(comm, error)
+        n = comm.allreduce(part.n)
+        offsets = split_offsets(n, comm.size)
+        users = np.arange(offsets[comm.rank], offsets[comm.rank + 1])
+        network, users = sort_by_breakpoint(comm, part, users)
+    validate(network, domain, comm, users)
     return network, Layout(offsets, users)

@@ -7,9 +7,9 @@ under the current ``label``, the bytes and messages this rank sends:
 - point to point (``send``, ``Send``, ``Isend``, ``Sendrecv``, ``sendrecv``): the payload
   (pickled size for the lower-case calls), one message;
 - collectives (``allreduce``, ``Allreduce``, ``allgather``, ``Allgather``, ``Allgatherv``,
-  ``Alltoallv``, ``gather``, ``bcast`` on the root, ``Barrier``): this rank's contribution, one
-  message each (what reaches the network depends on the MPI implementation's algorithm; this is
-  the payload given to it).
+  ``Alltoallv``, ``alltoall``, ``exscan``, ``gather``, ``bcast`` on the root, ``Barrier``):
+  this rank's contribution, one message each (what reaches the network depends on the MPI
+  implementation's algorithm; this is the payload given to it).
 
 Solvers report their figures from these counts (``HSSFactorization.stats``, ``distgn solve
 --json``), so the figures cannot drift from the code. PETSc's own reductions inside a KSP (its
@@ -151,6 +151,14 @@ class CountingComm(MPI.Intracomm):
     def Alltoallv(self, sendbuf, recvbuf):  # noqa: D102
         self._count(payload(sendbuf))
         return self.inner.Alltoallv(sendbuf, recvbuf)
+
+    def alltoall(self, sendobj):  # noqa: D102
+        self._count(payload(sendobj))
+        return self.inner.alltoall(sendobj)
+
+    def exscan(self, sendobj, op=MPI.SUM):  # noqa: D102
+        self._count(payload(sendobj))
+        return self.inner.exscan(sendobj, op)
 
     def gather(self, sendobj, root=0):  # noqa: D102
         self._count(payload(sendobj))
