@@ -3,7 +3,7 @@
 ``v(x) = c0 + sum_i c_i relu(w_i . x + b_i)``. Parameters are held in the user's neuron order;
 the cluster-tree permutation is applied by the callers that need it. Rank-local (every rank builds
 the same network, or its own rows of it, from the same seed or file), except ``validate`` of a
-network split by rank, which is collective.
+network split by rank and ``sort_by_breakpoint``, which are collective.
 """
 
 from __future__ import annotations

@@ -142,10 +142,10 @@ def check_problem(config: Config) -> tuple[Domain, Target]:
 def build_problem(config: Config, comm: MPI.Comm | None = None) -> Problem:
     """Domain, target and validated network from the configuration.
 
-    With ``comm`` a 1D network is split by rank (``Layout``, collective): a generated network
-    (already in breakpoint order) is built by rows, O(n / P) per rank; a network from a file is
-    read and validated whole on every rank, ordered, and each rank keeps its block. Other
-    dimensions, and calls without ``comm``, build the whole network on every rank (rank-local).
+    With ``comm`` a 1D network is split by rank (``Layout``, collective), O(n / P) per rank: a
+    generated network (already in breakpoint order) is built by rows; a network from a file is
+    read by rows and sorted across the ranks; each rank validates its part. Other dimensions,
+    and calls without ``comm``, build the whole network on every rank (rank-local).
     """
     domain, target = check_problem(config)
     cfg = config.network
