@@ -15,7 +15,8 @@ in 2D from the exact matrices,
 ``e^2 = ||u||^2 - 2 c^T F + c^T A c`` (+ bias terms): this cancels, so it is reported with its
 rounding level (``fit_l2_error_floor``), and where ``e^2`` is below that level the floor is reported
 as an upper bound instead of clipping to zero.
-``solve_output_weights`` is collective; ``l2_error_1d`` is rank-local.
+``solve_output_weights`` is collective; ``l2_error_1d`` is rank-local, or collective with a
+communicator.
 """
 
 from __future__ import annotations
@@ -122,12 +123,9 @@ def solve_output_weights(
                 f"tolerance {requested:.0e}"
             )
     if problem.domain.dim == 1:
-        # Gauss rules between all breakpoints: the whole network and c (gathered when split)
+        # Gauss rules between all breakpoints, each rank over its own cells
         W, b = operator.own_neurons()
-        params = operator.gather(np.column_stack([W, b, x]))
-        l2 = l2_error_1d(
-            problem.domain.bounds, params[:, :1], params[:, 1], params[:, 2], c0, problem.target
-        )
+        l2 = l2_error_1d(problem.domain.bounds, W, b, x, c0, problem.target, operator.comm)
     else:
         Ac = operator.matvec(x)
         parts = comm.allreduce(np.array([x @ Ac, x @ F, x @ blocks.mass]))
@@ -233,22 +231,29 @@ def cell_errors_1d(
     c: np.ndarray,
     c0: float | None,
     target: Target,
+    window: tuple[float, float] | None = None,
+    outside: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[np.ndarray, np.ndarray]:
     """The cells between all breakpoints (and the target's features) and the cumulative squared
     error ``int_{nodes[0]}^{nodes[k]} (v - u)^2`` by Gauss rules per cell: ``(nodes (K + 1,),
     cumulative (K + 1,))``.
 
     v is piecewise linear with kinks at the breakpoints: its slope and value on each cell come from
-    prefix sums over sorted breakpoints, so the cost is O(n log n + cells x points). Rank-local.
+    prefix sums over sorted breakpoints, so the cost is O(n log n + cells x points). With
+    ``window = (a, z)`` only the cells of ``[a, z]``, where ``outside = (slope, intercept)`` is
+    added: the part of v of neurons not given, active on all of the window. Rank-local.
     """
     w = W[:, 0]
     t = -b / w
     nodes = exact1d.quadrature_nodes(bounds, t, target)
+    if window is not None:
+        inside = nodes[(nodes > window[0]) & (nodes < window[1])]
+        nodes = np.concatenate([[window[0]], inside, [window[1]]])
     # v(x) = c0 + sum_i c_i relu(w_i (x - t_i)): on a cell, each neuron is either linear or zero.
     # A neuron with w > 0 is on right of t, with w < 0 on the left; accumulate slopes/intercepts.
     mids = 0.5 * (nodes[1:] + nodes[:-1])
-    slope = np.zeros(mids.size)
-    icept = np.full(mids.size, c0 or 0.0)
+    slope = np.full(mids.size, outside[0])
+    icept = np.full(mids.size, (c0 or 0.0) + outside[1])
     for sign in (1.0, -1.0):
         sel = np.sign(w) == sign
         tt, cw, cb = t[sel], (c * w)[sel], (c * b)[sel]
@@ -278,8 +283,42 @@ def l2_error_1d(
     c: np.ndarray,
     c0: float | None,
     target: Target,
+    comm: MPI.Comm | None = None,
 ) -> float:
     """``sqrt(int (v - u)^2)`` on an interval, from ``cell_errors_1d`` (a sum of nonnegative
-    terms). Rank-local."""
-    total = cell_errors_1d(bounds, W, b, c, c0, target)[1][-1]
+    terms). Rank-local; with ``comm`` each rank gives its own neurons, a contiguous block of the
+    breakpoint order, and integrates from its first breakpoint to the next rank's (rank 0 from L,
+    the last to R), with the sums of ``c w`` and ``c b`` of the other ranks' neurons active
+    there (right-facing ones below, left-facing ones above: one Allgather of 5 numbers per rank)
+    and the squares summed over ranks (collective)."""
+    if comm is None or comm.size == 1:
+        total = cell_errors_1d(bounds, W, b, c, c0, target)[1][-1]
+        return float(np.sqrt(max(total, 0.0)))
+    L, R = float(bounds[0, 0]), float(bounds[0, 1])
+    w = W[:, 0]
+    first = float(np.clip(-b[0] / w[0], L, R)) if w.size else R
+    right, left = w > 0, w < 0
+    record = np.array(
+        [
+            first,
+            np.sum((c * w)[right]),
+            np.sum((c * b)[right]),
+            np.sum((c * w)[left]),
+            np.sum((c * b)[left]),
+        ]
+    )
+    table = np.empty((comm.size, 5))
+    comm.Allgather(record, table)
+    rank = comm.rank
+    starts = np.concatenate([[L], table[1:, 0], [R]])
+    below, above = table[:rank], table[rank + 1 :]
+    outside = (
+        float(np.sum(below[:, 1]) + np.sum(above[:, 3])),
+        float(np.sum(below[:, 2]) + np.sum(above[:, 4])),
+    )
+    window = (float(starts[rank]), float(max(starts[rank + 1], starts[rank])))
+    local = 0.0
+    if window[1] > window[0]:
+        local = cell_errors_1d(bounds, W, b, c, c0, target, window, outside)[1][-1]
+    total = comm.allreduce(float(local))
     return float(np.sqrt(max(total, 0.0)))

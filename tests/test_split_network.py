@@ -14,7 +14,7 @@ from distgn.cli import main
 from distgn.config import load_config
 from distgn.domain import interval
 from distgn.errors import InputError
-from distgn.fit import solve_output_weights
+from distgn.fit import l2_error_1d, solve_output_weights
 from distgn.network import (
     RANDOM_BLOCK,
     initial_network,
@@ -25,6 +25,7 @@ from distgn.network import (
 from distgn.operator import build, problem_tree
 from distgn.problem import build_problem
 from distgn.solvers import factor
+from distgn.targets import make_target
 from distgn.tree import neuron_order, split_offsets
 
 
@@ -277,3 +278,29 @@ def test_sort_by_breakpoint_matches_the_whole_networks_order(comm, n):
     assert np.array_equal(users, order[offsets[comm.rank] : offsets[comm.rank + 1]])
     assert np.array_equal(network.b, b[users]) and np.array_equal(network.W[:, 0], w[users])
     assert np.array_equal(network.c, c[users])
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("layout", ["random", "outside", "uneven"])
+def test_fit_error_from_each_ranks_cells(comm, layout):
+    """``l2_error_1d`` with a communicator (each rank its own neurons, integrating over its own
+    cells with the other ranks' active neurons summed) equals the one-rank quadrature."""
+    rng = np.random.default_rng(5)
+    n = 60
+    t = np.sort(rng.uniform(0.05, 0.95, n))
+    w = rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 2.0, n)
+    cuts = split_offsets(n, comm.size)
+    if layout == "outside":  # kinks beyond both ends: the first and last ranks' windows change
+        t[:2], t[-2:] = [-0.4, -0.2], [1.3, 1.6]
+    if layout == "uneven" and comm.size > 1:
+        cuts = np.concatenate(
+            [[0], np.sort(rng.choice(np.arange(1, n), comm.size - 1, False)), [n]]
+        )
+    b, c = -w * t, rng.standard_normal(n)
+    domain = interval(0.0, 1.0)
+    u = make_target("tanh_layer", domain)
+    whole = l2_error_1d(domain.bounds, w[:, None], b, c, 0.3, u)
+    lo, hi = cuts[comm.rank], cuts[comm.rank + 1]
+    split = l2_error_1d(domain.bounds, w[lo:hi, None], b[lo:hi], c[lo:hi], 0.3, u, comm)
+    assert split == pytest.approx(whole, rel=1e-12)
