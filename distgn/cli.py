@@ -36,12 +36,11 @@ from distgn.errors import InputError
 from distgn.fit import solve_output_weights
 from distgn.operator import build, problem_tree
 from distgn.parallel import log, print0, run_collectively, setup_logging, timed
-from distgn.problem import Problem, build_problem, check_problem
+from distgn.problem import build_problem, check_problem
 from distgn.solvers import KINDS, backward_error, factor, initialize, log_stage
 from distgn.solvers.traffic import CountingComm, summary
 from distgn.training import train
 from distgn.training.loop import checkpoint_path
-from distgn.tree import ClusterTree, network_tree
 
 # Long options of distgn: given with one dash (``-json``) they would reach PETSc unnoticed.
 LONG_OPTIONS = (
@@ -251,13 +250,6 @@ def precheck(comm: MPI.Comm, work: Callable[[], object]) -> object:
     return value
 
 
-def _tree(problem: Problem, config: Config, comm: MPI.Comm) -> ClusterTree:
-    net = problem.network
-    return network_tree(
-        problem.domain, net.W, net.b, config.solver.ordering, comm.size, config.solver.leaf_size
-    )
-
-
 def _memory(comm: MPI.Comm) -> int:
     """Peak resident memory of the largest rank, in bytes. Collective."""
     return comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, op=MPI.MAX)
@@ -308,7 +300,7 @@ def cmd_assemble(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> 
             f"--matrices {args.matrices!r}: {', '.join(bad) or 'nothing'} not in A, H, G"
         )
     problem = build_problem(config)
-    tree = _tree(problem, config, comm)
+    tree = problem_tree(problem, config.solver, comm)
     timings: dict[str, float] = {}
     with log_stage("distgn: assembly"), timed(comm, timings, "seconds_assemble"):
         blocks = assemble_block_rows(problem, tree, comm.rank, which)

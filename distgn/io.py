@@ -51,6 +51,7 @@ from distgn.assembly import BlockRows
 from distgn.config import Config, loads, problem_id, problem_signature, to_toml
 from distgn.errors import InputError
 from distgn.network import Network
+from distgn.parallel import exchange_rows
 from distgn.tree import split_offsets
 
 SCHEMA_VERSION = 2
@@ -300,16 +301,7 @@ def write_rows(
         + [users[:, None].astype(float)]
     )
     dest = np.searchsorted(offsets, users, side="right") - 1
-    order = np.argsort(dest, kind="stable")
-    flat = np.ascontiguousarray(flat[order])
-    width = flat.shape[1]
-    send = np.bincount(dest, minlength=comm.size)
-    recv = np.asarray(comm.alltoall(send.tolist()))
-    got = np.empty((int(recv.sum()), width))
-    comm.Alltoallv(
-        [flat, send * width, np.concatenate([[0], np.cumsum(send)[:-1]]) * width, MPI.DOUBLE],
-        [got, recv * width, np.concatenate([[0], np.cumsum(recv)[:-1]]) * width, MPI.DOUBLE],
-    )
+    got = exchange_rows(comm, flat, dest)
     lo, hi = int(offsets[comm.rank]), int(offsets[comm.rank + 1])
     mine = np.empty_like(got)
     mine[got[:, -1].astype(np.int64) - lo] = got

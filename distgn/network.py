@@ -15,7 +15,7 @@ from mpi4py import MPI
 
 from distgn.domain import Domain
 from distgn.errors import InputError
-from distgn.parallel import agree
+from distgn.parallel import agree, exchange_rows
 from distgn.tree import split_offsets
 
 
@@ -332,32 +332,14 @@ def sort_by_breakpoint(
         ranked = np.lexsort((flag, both[:, 2], both[:, 1], both[:, 0]))
         is_splitter = ranked >= rows.shape[0]
         before = np.cumsum(is_splitter)[~is_splitter]
-        rows = _exchange(comm, rows, before)
+        rows = exchange_rows(comm, rows, before)
         rows = rows[order(rows)]
         n = comm.allreduce(rows.shape[0])
         start = comm.exscan(rows.shape[0]) or 0
         exact = np.searchsorted(split_offsets(n, P), start + np.arange(rows.shape[0]), "right") - 1
-        rows = _exchange(comm, rows, exact)  # already in order: ranges arrive by rank
+        rows = exchange_rows(comm, rows, exact)  # already in order: ranges arrive by rank
     network = Network(rows[:, :1], rows[:, 1], rows[:, 2] if part.c is not None else None, part.c0)
     return network, rows[:, 3].astype(np.int64)
-
-
-def _exchange(comm: MPI.Comm, rows: np.ndarray, dest: np.ndarray) -> np.ndarray:
-    """Send each row to rank ``dest`` (non-decreasing) in one ``Alltoallv``; rows arrive in
-    rank order. Collective."""
-    width = rows.shape[1]
-    send = np.bincount(dest, minlength=comm.size)
-    recv = np.asarray(comm.alltoall(send.tolist()))
-    out = np.empty((int(recv.sum()), width))
-    comm.Alltoallv(
-        [np.ascontiguousarray(rows), send * width, _starts(send) * width, MPI.DOUBLE],
-        [out, recv * width, _starts(recv) * width, MPI.DOUBLE],
-    )
-    return out
-
-
-def _starts(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(counts)[:-1]])
 
 
 # Random 1D networks are drawn in blocks of this many values, each from its own counter-based

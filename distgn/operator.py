@@ -161,12 +161,10 @@ class Operator:
     def own_neurons(self) -> tuple[np.ndarray, np.ndarray]:
         """This rank's neurons ``(W, b)``, its block rows of the neuron tree (neuron-basis
         operators, and the neurons a value-coordinate operator was built from). Rank-local."""
-        if self.system is not None:
+        if self.system is not None or self.W.shape[0] != self.tree.n:
             return self.W, self.b
         lo, hi = self.tree.rank_range(self.comm.rank)
-        if self.W.shape[0] == self.tree.n:
-            return self.W[lo:hi], self.b[lo:hi]
-        return self.W, self.b
+        return self.W[lo:hi], self.b[lo:hi]
 
     def entries(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
         """Exact entries ``M[I][:, J]`` at global tree-order scalar indices; for stacked I

@@ -1,4 +1,4 @@
-"""MPI plumbing: rank-0 output, collective error handling, timers.
+"""MPI plumbing: rank-0 output, collective error handling, timers, moving rows between ranks.
 
 Outcomes of a command and their exit statuses (the same on every rank):
 
@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 from mpi4py import MPI
 
 from distgn.errors import ConvergenceError, InputError, SolverError
@@ -107,3 +108,24 @@ def timed(comm: MPI.Comm, timings: dict[str, float], name: str) -> Iterator[None
     yield
     elapsed = time.perf_counter() - start
     timings[name] = comm.allreduce(elapsed, op=MPI.MAX)
+
+
+def exchange_rows(comm: MPI.Comm, rows: np.ndarray, dest: np.ndarray) -> np.ndarray:
+    """Send each row of ``rows`` (float, any width) to rank ``dest[i]``; the rows a rank receives
+    come in rank order, each rank's in the order sent. One ``alltoall`` of the counts and one
+    ``Alltoallv``. Collective."""
+    order = np.argsort(dest, kind="stable")
+    rows = np.ascontiguousarray(np.asarray(rows, dtype=float)[order])
+    width = rows.shape[1]
+    send = np.bincount(dest, minlength=comm.size)
+    recv = np.asarray(comm.alltoall(send.tolist()))
+    out = np.empty((int(recv.sum()), width))
+    comm.Alltoallv(
+        [rows, send * width, _starts(send) * width, MPI.DOUBLE],
+        [out, recv * width, _starts(recv) * width, MPI.DOUBLE],
+    )
+    return out
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)[:-1]])
