@@ -79,7 +79,8 @@ class HatSolver(Disposable):
         if self.span is None:
             return self.system.solve_rows(columns, comm).reshape(rhs.shape)
         values = self.span.project(self.span.values_transpose(columns))
-        return self.span.coefficients(self.system.solve_rows(values, comm)).reshape(rhs.shape)
+        solution = self.system.solve_rows(values, comm, span_only=True)
+        return self.span.coefficients(solution).reshape(rhs.shape)
 
     def logdet(self) -> float:
         """Not provided (the hat transform is used as a preconditioner)."""
