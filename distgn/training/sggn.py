@@ -38,11 +38,12 @@ so that rounding differences between the c-solve's loss and J cannot reject a de
 Each slope evaluation also yields J there. When no step decreases the loss, the direction is
 recomputed on the next deflation rung (distgn.training.deflation) before the iteration gives up.
 
-Neurons set aside from the c-solve keep their previous coefficient ("deflated": the solve fits
-``u`` minus their contribution). A c-solve that comes out worse than the previous c at the same
-W, b (possible when A is singular to working precision) is rejected and the previous c kept, so the
-loss never increases; deflations, rejections and rungs are counted in the history. This keeps the
-c-solve correct when neurons coalesce around a jump (coefficients ~ 1/delta).
+Neurons set aside from the c-solve ("deflated") keep their previous coefficient in 1D, where the
+solve is a correction to the previous fit, and get ``c_i = 0`` in 2D and up, where the others span
+them to working precision (``solve_output``). A c-solve that comes out worse than the previous c
+at the same W, b (possible when A is singular to working precision) is rejected and the previous
+c kept, so the loss never increases; deflations, rejections and rungs are counted in the history.
+This keeps the c-solve correct when neurons coalesce around a jump (coefficients ~ 1/delta).
 
 Reseating (``[train] reseat``): after an iteration that lowered the loss by less than
 ``RESEAT_STALL``, the wasted neurons (dead, dependent on the others, or left out of the step for
@@ -101,7 +102,8 @@ class OutputSolve:
     Attributes
     ----------
     network : Network
-        The network with the new c (and c0); deflated neurons keep their previous ``c_i``.
+        The network with the new c (and c0); deflated neurons keep their previous ``c_i`` in 1D
+        and have ``c_i = 0`` in 2D and up.
     loss, l2_error : float
         ``J`` and ``sqrt(int (v - u)^2)`` with the new c.
     backward_error : float
@@ -159,14 +161,15 @@ def solve_output(
 ) -> OutputSolve:
     """Least-squares c (and c0) for the live neurons of ``network``, with deflation. Collective.
 
-    ``network.c`` is the previous c. Neurons set aside by ``independent_neurons(..., "A")`` keep
-    it (frozen); when the solver breaks down, the next rung of ``DEFLATION_RUNGS`` sets more
-    aside. The solve fits the residual ``u - v_ref`` of a reference part of the previous fit and
-    adds the correction to it: in 1D the whole previous fit (iterative refinement: the right-hand
-    side ``int (u - v_ref) phi_i`` comes from exact Gauss rules on the residual, with no
-    cancellation, so large coefficients of coalescing neurons cost no accuracy), otherwise the
-    frozen neurons only (their ``int v_F h_i xhat`` from exact pair integrals; with an output bias,
-    fit's ``int (u - v_F)`` is then a quadrature across the frozen lines, not exact). When the
+    ``network.c`` is the previous c. ``independent_neurons(..., "A")`` sets aside the neurons
+    that make A singular to working precision; when the solver breaks down, the next rung of
+    ``DEFLATION_RUNGS`` sets more aside. In 1D the solve is a correction to the whole previous
+    fit (iterative refinement: it fits ``u - v_ref``, whose right-hand side ``int (u - v_ref)
+    phi_i`` comes from exact Gauss rules with no cancellation, so large coefficients of
+    coalescing neurons cost no accuracy), and the neurons set aside keep their c. In 2D and up the
+    solve fits u itself and the neurons set aside get ``c_i = 0``: the others span their functions
+    to working precision, and a kept coefficient (often large and cancelling, from before the
+    neuron coalesced) would stay in the fit for good (docs/sggn.md, section 2d). When the
     solver fails on every rung, the last rung is solved with the hss solver, whose factorization
     shifts the blocks that are not numerically positive definite (rung ``DEFLATION_RUNGS``, a
     warning); the solve fails only if that fails too (or hss was the configured solver). If the new
@@ -191,11 +194,10 @@ def solve_output(
             problem, network, live, "A", rung=min(rung, DEFLATION_RUNGS - 1)
         )
         index = np.flatnonzero(solved)
-        frozen = live & ~solved & (network.c != 0)
         if problem.domain.dim == 1:
             reference, c0_ref = live & (network.c != 0), network.c0
         else:
-            reference, c0_ref = frozen, None
+            reference, c0_ref = np.zeros_like(live), None
         ref = replace(network.subset(np.flatnonzero(reference)), c0=c0_ref)
         sub = replace(problem, network=network.subset(index), target=residual_target(problem, ref))
         try:
