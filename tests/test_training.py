@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from distgn.assembly import layer_matrix, pair_integrals, target_moments
+from distgn.assembly import layer_matrix, pair_integrals, target_integrals, target_moments
 from distgn.config import load_config
 from distgn.domain import box, interval, polygon
 from distgn.errors import InputError, SolverError
@@ -218,6 +218,36 @@ def test_layer_solve_falls_back_to_the_shifted_hss_factorization(monkeypatch):
     assert direction.rung == sggn.DEFLATION_RUNGS
     # G is well conditioned here: hss at tol 1e-14 reproduces the dense Gauss-Newton step.
     np.testing.assert_allclose(direction.p, reference.p, rtol=1e-8, atol=1e-10)
+
+
+def test_2d_c_solve_zeroes_the_neurons_it_sets_aside(rng):
+    """In 2D a neuron set aside from the c-solve (here one of a pair of lines 1e-11 apart with
+    large cancelling coefficients) gets c = 0, and the loss is the least-squares loss over the
+    neurons kept, computed independently from the exact A, F and int u^2."""
+    domain = box([[0.0, 1.0], [0.0, 1.0]])
+    target = make_target("line_jump", domain)
+    base = random_network(2, 6, rng, output_bias=False)
+    W = np.vstack([base.W, base.W[:1]])
+    b = np.concatenate([base.b, base.b[:1] - 1e-11])
+    c = np.concatenate([base.c, [-0.9e4]])
+    c[0] = 1e4
+    network = Network(W, b, c)
+    ctx = Context(
+        Problem(domain, target, network),
+        MPI.COMM_SELF,
+        load_config(None, ["solver.kind=dense"]).solver,
+    )
+    out = sggn.solve_output(ctx, network, np.ones(7, dtype=bool))
+    assert out.deflated == 1 and not out.rejected
+    assert out.network.c[6] == 0.0 and np.all(out.network.c[:6] != 0.0)
+    kept = np.arange(6)
+    A = pair_integrals(domain, W, b, kept, kept, ("A",))["A"]
+    moments = target_moments(domain, target, W, b, kept)
+    F = np.einsum("ik,ik->i", moments, np.column_stack([W, b])[kept])
+    coefficients = np.linalg.solve(A, F)
+    square = target_integrals(domain, target)[1]
+    assert out.loss == pytest.approx(0.5 * (square - coefficients @ F), rel=1e-10)
+    np.testing.assert_allclose(out.network.c[:6], coefficients, rtol=1e-8)
 
 
 def test_duplicate_and_dead_neurons_are_deflated_and_removed(tmp_path):
