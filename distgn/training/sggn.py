@@ -215,8 +215,7 @@ def solve_output(
         c[index] += dc
         c0 = None if dc0 is None else dc0 + (c0_ref or 0.0)
         result = replace(network, c=c, c0=c0)
-        # Measured as the line search measures it (fit's formulas differ in the last digits,
-        # and its 2D one would integrate u - v_ref across the frozen neurons' kinks).
+        # Measured as the line search measures it (fit's formulas differ in the last digits).
         grad = loss_and_gradient(ctx, result, live) if gradient else None
         loss, l2 = (grad.loss, grad.l2_error) if grad else evaluate_loss(ctx, result)
         deflated = int(np.count_nonzero(live & ~solved))
