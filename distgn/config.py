@@ -117,6 +117,8 @@ class TrainConfig:
     drop_tol: float = 1e-4
     damping: float = 1e-3
     reseat: bool = True
+    hops: int = 0
+    hop_tol: float = 1e-6
     deterministic: bool = True
     log_every: int = 1
 
@@ -168,6 +170,8 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "train.lr_decay": (0.0, True, 1.0, False),
     "train.drop_tol": (0.0, False, 1.0, True),
     "train.damping": (0.0, False, None, False),
+    "train.hops": (0, False, None, False),
+    "train.hop_tol": (0.0, False, 1.0, True),
     "train.log_every": (1, False, None, False),
     "checkpoint.every": (0, False, None, False),
     "checkpoint.keep": (1, False, None, False),

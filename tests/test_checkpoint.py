@@ -242,3 +242,32 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         run(MPI.COMM_SELF, keys)
     assert (tmp_path / "run.h5").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+
+
+# power, n = 8: the first hop comes at iteration 23, so a checkpoint at 27 is inside its basin.
+HOPS = [
+    "target.name=power",
+    "network.output_bias=false",
+    "train.tol=1e-6",
+    "train.hops=2",
+    "train.hop_tol=1e-3",
+]
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(240)
+def test_restart_inside_a_hop_basin_is_bit_identical(comm, shared_tmp):
+    assert_continued(
+        comm,
+        shared_tmp,
+        "sggn",
+        HOPS,
+        total=30,
+        split=27,
+        other=MPI.COMM_SELF if comm.size > 1 else None,
+    )
+    saved = io.read_run(str(shared_tmp / "first.ckpt.h5"))
+    assert saved.optimizer["hops"] == 1
+    assert saved.optimizer["best_W"].shape == (8, 1)
+    first = np.asarray(saved.history["loss"])[: np.flatnonzero(saved.history["hop"] == 1)[0]]
+    assert saved.optimizer["best_loss"] == first[-1]

@@ -1,6 +1,6 @@
 """Reseating of wasted neurons in SgGN: 1D per-cell fit errors against adaptive quadrature, the
 2D insertion score against the exact loss, where wasted neurons go, and that a reseat lowers the
-loss.
+loss; the neuron a basin hop moves, and the squares ``int phi_i^2`` it is ranked by.
 
 Serial tests (a run with reseating on 1 .. 4 ranks is in test_training_determinism.py).
 """
@@ -12,6 +12,7 @@ import pytest
 from mpi4py import MPI
 from scipy.integrate import quad
 
+from distgn.assembly import pair_integrals, relu_squares
 from distgn.config import load_config
 from distgn.domain import box, interval
 from distgn.fit import cell_errors_1d, l2_error_1d
@@ -26,6 +27,7 @@ from distgn.training.reseat import (
     CANDIDATE_GRID,
     RESEAT_SHARE,
     candidate_lines,
+    hop_neuron,
     insertion_scores,
     reseated,
     wasted_neurons,
@@ -175,3 +177,40 @@ def test_reseat_revives_a_dead_neuron_in_2d():
     assert count == 1 and not new.removed.any() and new.loss < state.loss
     assert not dead_neurons(problem, new.network)[4]
     assert new.loss == pytest.approx(evaluate_loss(ctx, new.network)[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_relu_squares_equal_the_diagonal_of_a(dim, rng):
+    # Neurons inside, crossing and outside the domain (dead: 0) against the diagonal of the
+    # exact pair integrals, and in 1D against adaptive quadrature.
+    n = 9
+    domain = interval(0.0, 1.0) if dim == 1 else box([[0.0, 1.0], [0.0, 1.0]])
+    W = rng.standard_normal((n, dim))
+    W /= np.linalg.norm(W, axis=1)[:, None]
+    b = -np.einsum("ij,ij->i", W, rng.uniform(-0.3, 1.3, (n, dim)))
+    b[0] = -np.sum(np.abs(W[0])) - 1.0  # dead on the whole domain
+    squares = relu_squares(domain, W, b)
+    diagonal = np.diag(pair_integrals(domain, W, b, np.arange(n), np.arange(n), ("A",))["A"])
+    assert squares[0] == 0.0
+    np.testing.assert_allclose(squares, diagonal, rtol=1e-12, atol=1e-15)
+    if dim == 1:
+        reference = [
+            quad(
+                lambda x, w=w, c=c: max(w * x + c, 0.0) ** 2,
+                0.0,
+                1.0,
+                points=[float(np.clip(-c / w, 0.0, 1.0))],
+                epsrel=1e-13,
+            )[0]
+            for w, c in zip(W[:, 0], b, strict=True)
+        ]
+        np.testing.assert_allclose(squares, reference, rtol=1e-11, atol=1e-15)
+
+
+def test_hop_neuron_ranks_by_contribution():
+    # Breakpoints 0.2, 0.5, 0.8 (w = 1): ||phi_i||^2 = (1 - t_i)^3 / 3 = 0.1707, 0.04167, 0.00267.
+    # With c = 1, 1.5, 10 the contributions |c_i| ||phi_i|| are 0.413, 0.306, 0.516.
+    t = np.array([0.2, 0.5, 0.8])
+    problem = problem_with(t, np.ones(3))
+    network = Network(problem.network.W, problem.network.b, np.array([1.0, 1.5, 10.0]))
+    assert [hop_neuron(problem, network, k) for k in range(4)] == [1, 0, 2, 1]

@@ -17,7 +17,7 @@ from distgn.domain import box, interval, polygon
 from distgn.errors import InputError, SolverError
 from distgn.io import load_state, read_run
 from distgn.network import Network
-from distgn.problem import Problem
+from distgn.problem import Problem, build_problem
 from distgn.targets import Target, make_target
 from distgn.training import baselines, sggn, train
 from distgn.training.linesearch import line_search
@@ -462,3 +462,66 @@ def test_1d_network_moments_equal_gauss_quadrature():
     phi = np.maximum(np.outer(x, W[rows, 0]) + b[rows], 0.0)
     reference = np.where(c[rows] != 0, (phi**2 * weight[:, None]).sum(0), 0.0)
     assert np.max(np.abs(squares - reference)) <= 1e-14 * np.max(reference)
+
+
+def power_config(tmp, *overrides: str):
+    """1D power target, n = 8: SgGN reaches tol 1e-6 after 23 iterations."""
+    return config(
+        tmp,
+        'domain.kind="interval"',
+        "domain.bounds=[0.0, 1.0]",
+        "target.name=power",
+        "network.n=8",
+        "train.tol=1e-6",
+        *overrides,
+    )
+
+
+def test_hops_keep_the_best_basin_and_restart_the_window(tmp_path):
+    # hop_tol = 0.5 ends each hop's basin as soon as its window is full: both hops land in worse
+    # basins here, so the run file must hold the iterate before the first hop, not the last.
+    cfg = power_config(tmp_path, "train.hops=2", "train.hop_tol=0.5", "train.max_iter=200")
+    problem = build_problem(cfg)
+    result = train(problem, cfg, MPI.COMM_SELF)
+    network, history, saved = load_state(str(tmp_path / "run.h5"))
+    hops = np.flatnonzero(history["hop"] == 1)
+    loss = history["loss"]
+    assert hops.size == 2 and result["stop_reason"] == "hop_tol"
+    # Each hop's window starts at the hop: patience iterations, then hop_tol.
+    assert hops[1] - hops[0] == cfg.train.patience + 1
+    assert len(loss) - 1 - hops[1] == cfg.train.patience
+    # The first basin ended with tol: its last window fell by at most tol times the initial loss.
+    first = loss[: hops[0]]
+    assert 0 <= first[-1 - cfg.train.patience] - first[-1] <= 1e-6 * loss[0]
+    best = hops[0] - 1
+    assert loss[best] == loss.min() < loss[-1]
+    assert result["loss"] == loss[best] == saved["loss"]
+
+    # The saved network is that iterate: its L2 error by quadrature, independently.
+    def squared(x: float) -> float:
+        point = np.array([[x]])
+        return float((network.evaluate(point)[0] - problem.target(point)[0]) ** 2)
+
+    from scipy.integrate import quad
+
+    kinks = np.sort(np.clip(-network.b / network.W[:, 0], 0.0, 1.0))
+    edges = np.unique(np.concatenate([[0.0, 0.5], kinks, [1.0]]))  # 0.5: |x - 0.5|^(2/3)
+    pieces = zip(edges[:-1], edges[1:], strict=True)
+    error = np.sqrt(
+        sum(quad(squared, a, z, epsabs=0, epsrel=1e-12, limit=500)[0] for a, z in pieces)
+    )
+    assert error == pytest.approx(result["l2_error"], rel=1e-7)
+    assert error == pytest.approx(history["l2_error"][best], rel=1e-7)
+
+
+def test_hops_need_a_1d_or_2d_domain(tmp_path):
+    cfg = config(
+        tmp_path,
+        'domain.kind="box"',
+        "domain.bounds=[[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]",
+        "target.name=auto",
+        "network.n=4",
+        "train.hops=1",
+    )
+    with pytest.raises(InputError, match="train.hops = 1"):
+        train(build_problem(cfg), cfg, MPI.COMM_SELF)

@@ -37,16 +37,27 @@ CASES = {
         'target.name="line_jump"',
         "network.n=12",
     ],
+    # Basin hopping: hops at iterations 23 and 38 (a fresh c-solve each), then the best iterate.
+    "1d-power-hops": [
+        'domain.kind="interval"',
+        "domain.bounds=[0.0, 1.0]",
+        'target.name="power"',
+        "network.n=8",
+        "train.tol=1e-6",
+        "train.hops=2",
+        "train.hop_tol=1e-3",
+    ],
 }
 
 
 def train_on(ranks: int, case: str, folder) -> dict:
     """``distgn train`` on ``ranks`` ranks for 50 iterations; the JSON result."""
-    settings = CASES[case] + [
+    settings = [
         'solver.kind="dense"',
         "train.max_iter=50",
         "train.tol=0.0",
         f'output.path="{folder / f"{case}-{ranks}.h5"}"',
+        *CASES[case],
     ]
     cmd = [
         MPIEXEC,

@@ -45,6 +45,15 @@ def pair_integrals(
     return module.pair_integrals(geometry, W, b, np.asarray(I), np.asarray(J), which)
 
 
+def relu_squares(domain: Domain, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``int relu(w_i.x + b_i)^2`` for every neuron (the diagonal of A), shape (n,); intervals
+    and polygons."""
+    if domain.dim > 2:
+        raise ValueError(f"relu_squares: exact squares in 1D and 2D only, not dim {domain.dim}")
+    module, geometry = _backend(domain)
+    return module.relu_squares(geometry, W, b)
+
+
 def target_moments(
     domain: Domain, target: Target, W: np.ndarray, b: np.ndarray, I: np.ndarray
 ) -> np.ndarray:

@@ -30,6 +30,17 @@ def active_intervals(
     return t, start, stop
 
 
+def relu_squares(bounds: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``int relu(w_i x + b_i)^2`` over the interval for every neuron, shape (n,): the diagonal
+    of A, in closed form: ``(z - a) (p_a^2 + p_a p_z + p_z^2) / 3`` over the active interval
+    ``[a, z]`` with end values ``p_a, p_z >= 0`` (no cancellation)."""
+    w, bias = np.asarray(W, dtype=float)[:, 0], np.asarray(b, dtype=float)
+    _, start, stop = active_intervals(w, bias, float(bounds[0, 0]), float(bounds[0, 1]))
+    left, right = w * start + bias, w * stop + bias
+    square = (left * left + left * right + right * right) / 3.0
+    return np.where(stop > start, (stop - start) * square, 0.0)
+
+
 def pair_integrals(
     bounds: np.ndarray,
     W: np.ndarray,

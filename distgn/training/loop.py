@@ -18,11 +18,19 @@ Stopping (the first that holds; the reason is returned as ``stop_reason``):
 ``max_iter``   ``max_iter`` iterations were done in this run
 ``max_seconds`` the run took ``max_seconds`` of wall time
 method's own   ``line_search`` (SgGN: the line search gave up before reaching that rounding
-               level), ``gn_solve_failed`` (G breaks down with every deflation and with the
-               shifted hss fallback), ``c_solve_failed`` (the c-solve failed on every deflation
-               rung in 3 consecutive iterations; each failure is a warning with its reason),
+               level), ``hop_tol`` (SgGN, after a hop: over the last ``patience`` iterations
+               the loss fell by at most ``hop_tol`` times itself), ``gn_solve_failed`` (G
+               breaks down with every deflation and with the shifted hss fallback),
+               ``c_solve_failed`` (the c-solve failed on every deflation rung in 3
+               consecutive iterations; each failure is a warning with its reason),
                ``no_movable_neurons``, and the baselines' reasons (distgn.training.baselines)
 ============== ==============================================================================
+
+Basin hopping (SgGN, ``[train] hops``, 1D and 2D): a stop with ``tol``, ``hop_tol``, ``gtol``
+or ``line_search`` is followed by a hop out of the basin (distgn.training.sggn.run), until
+``hops`` hops are done; the limits count the hops' iterations and time. The run file then holds
+the best iterate of all basins, the history the whole path (a hop is a row with ``hop = 1``,
+which restarts the ``tol`` window); checkpoints hold the current iterate and the best one.
 
 A run that stops because a linear solver failed (``gn_solve_failed``, ``c_solve_failed``,
 ``solver_failed``) writes its run file and then raises SolverError: ``distgn train`` exits with
@@ -37,12 +45,13 @@ every ``log_every`` iterations. ``max_iter`` counts all iterations of the run, r
 ``max_seconds`` is this process's wall time.
 
 Checkpoints (``[checkpoint]``, distgn.io schema) hold the complete state: network (user order,
-removed neurons recorded), history, the method's state (SgGN: the iterate and its loss; Adam: theta
-and both moments; BFGS: theta, gradient, inverse-Hessian approximation; LM: theta, damping), the
-stopping counters and timings. They are written every ``checkpoint.every`` iterations, when
-``checkpoint.seconds`` passed since the last one, and when a signal arrived (distgn.signals: the
-ranks agree once per iteration, write the checkpoint and raise ``Interrupted``). The finished run
-goes to ``output.path`` in the same schema. ``train`` with ``restart`` continues from such a file
+removed neurons recorded), history, the method's state (SgGN: the iterate and its loss, the
+hops done and the best iterate; Adam: theta and both moments; BFGS: theta, gradient,
+inverse-Hessian approximation; LM: theta, damping), the stopping counters and timings. They
+are written every ``checkpoint.every`` iterations, when ``checkpoint.seconds`` passed since the
+last one, and when a signal arrived (distgn.signals: the ranks agree once per iteration, write
+the checkpoint and raise ``Interrupted``). The finished run goes to ``output.path`` in the same
+schema. ``train`` with ``restart`` continues from such a file
 without recomputing the start (SgGN's normalisation is not idempotent in 2D): on the same number
 of ranks the continued run is bit-identical to an uninterrupted one. ``train`` is collective; the
 result is the same on every rank.
@@ -59,7 +68,7 @@ from mpi4py import MPI
 
 from distgn import signals
 from distgn.config import Config
-from distgn.errors import SolverError
+from distgn.errors import InputError, SolverError
 from distgn.io import RunState, save_run
 from distgn.network import Network
 from distgn.parallel import log
@@ -109,8 +118,12 @@ class Recorder:
         self.offset = float(resume.timings.get("seconds_total", 0.0)) if resume else 0.0
         self.iterations = 0
         self.clock = time.perf_counter()
-        # The stopping window: the last patience + 1 losses (from the history on a restart).
-        self.losses = [float(v) for v in history.get("loss", [])][-self.cfg.patience - 1 :]
+        # The stopping window: the last patience + 1 losses since the last hop (from the
+        # history on a restart).
+        hops = np.flatnonzero(np.asarray(history.get("hop", []), dtype=float) == 1.0)
+        losses = history.get("loss", [])[hops[-1] if hops.size else 0 :]
+        self.hopped = bool(hops.size)
+        self.losses = [float(v) for v in losses][-self.cfg.patience - 1 :]
         self.initial_loss = float(history["loss"][0]) if history.get("loss") else math.nan
         self.network: Network | None = None
         self.removed: np.ndarray | None = None
@@ -151,7 +164,9 @@ class Recorder:
         }
         _append(self.history, row)
         self._log(row, elapsed, initial)
-        self.losses = (self.losses + [loss])[-self.cfg.patience - 1 :]
+        self.hopped = self.hopped or bool(stats.get("hop"))
+        window = [] if stats.get("hop") else self.losses
+        self.losses = (window + [loss])[-self.cfg.patience - 1 :]
         reason = (
             None if initial else self._stop(loss, float(stats.get("grad_norm", math.nan)), elapsed)
         )
@@ -169,12 +184,19 @@ class Recorder:
             self.last_checkpoint = elapsed
         return None
 
+    def keep(self, network: Network, removed: np.ndarray, loss: float, l2_error: float) -> None:
+        """Make an earlier iterate (basin hopping's best) the one the run file holds."""
+        self.network, self.removed = network, removed
+        self.state = {**self.state, "loss": float(loss), "l2_error": float(l2_error)}
+
     def _stop(self, loss: float, grad_norm: float, elapsed: float) -> str | None:
         """The stop reason after an iteration (module docstring), or None."""
         window = self.losses[0]
         full = len(self.losses) > self.cfg.patience
         if loss == 0.0 or full and 0.0 <= window - loss <= self.cfg.tol * self.initial_loss:
             return "tol"
+        if self.hopped and full and 0.0 <= window - loss <= self.cfg.hop_tol * loss:
+            return "hop_tol"
         if grad_norm <= self.cfg.gtol:
             return "gtol"
         if self.base + self.iterations >= self.cfg.max_iter:
@@ -206,15 +228,15 @@ class Recorder:
         (``"result"``, to the output); return the result. Collective."""
         start = time.perf_counter()
         result = dict(self.result)
-        last = {key: values[-1] for key, values in self.history.items() if values}
         this_run = self.elapsed()
+        l2_error = float(self.state.get("l2_error", math.nan))
         result.update(
             seconds_to=decade_seconds(self.history),
             iterations=self.iterations,
             total_iterations=self.base + self.iterations,
-            loss=float(last.get("loss", math.nan)),
-            l2_error=float(last.get("l2_error", math.nan)),
-            relative_l2_error=float(last.get("relative_l2_error", math.nan)),
+            loss=float(self.state.get("loss", math.nan)),
+            l2_error=l2_error,
+            relative_l2_error=l2_error / self.u_norm if self.u_norm else math.nan,
             seconds=this_run,
             total_seconds=self.offset + this_run,
             removed=int(np.count_nonzero(self.removed)),
@@ -308,6 +330,8 @@ def train(
         A signal arrived (inside ``signals.deferred()``); a checkpoint was written.
     """
     cfg = config.train
+    if cfg.method == "sggn" and cfg.hops and problem.domain.dim > 2:
+        raise InputError(f"train.hops = {cfg.hops}: basin hopping needs a 1D or 2D domain")
     output = output or config.output.path or "run.train.h5"
     ctx = Context(problem, comm, config.solver, cfg.deterministic)
     resume = None
@@ -379,7 +403,8 @@ def train(
         if stop is not None or cfg.max_iter <= recorder.base:
             reason = stop or "max_iter"
         elif cfg.method == "sggn":
-            reason = sggn.run(ctx, state, cfg, recorder)
+            reason, best = sggn.run(ctx, state, cfg, recorder, resume)
+            recorder.keep(best.network, best.removed, best.loss, best.l2_error)
         else:
             reason = baselines.run(ctx, state, cfg, recorder, resume)
     except SolverError as exc:

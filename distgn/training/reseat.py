@@ -15,8 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from distgn.assembly import ONE, target_moments
-from distgn.assembly.polygon import relu_squares
+from distgn.assembly import ONE, relu_squares, target_moments
 from distgn.fit import cell_errors_1d
 from distgn.network import Network
 from distgn.problem import Problem
@@ -81,7 +80,7 @@ def insertion_scores(
     """For candidate neurons (W, b): ``<v - u, phi>^2 / ||phi||^2``, the decrease of the loss
     when the candidate is added with its best coefficient and is orthogonal to the neurons (a
     lower bound otherwise). Exact integrals (``network_moments``, ``target_moments``,
-    ``polygon.relu_squares``). Rank-local."""
+    ``relu_squares``). Rank-local."""
     candidates = Network(W, b)
     rows = np.arange(W.shape[0])
     moments = network_moments(problem, candidates, rows, source=network)
@@ -90,7 +89,7 @@ def insertion_scores(
         moments = moments + network.c0 * target_moments(problem.domain, ONE, W, b, rows)
     r = np.column_stack([W, b])
     products = np.einsum("ik,ik->i", moments, r)
-    squares = relu_squares(problem.domain.vertices, W, b)
+    squares = relu_squares(problem.domain, W, b)
     return np.where(squares > 0, products**2 / np.where(squares > 0, squares, 1.0), 0.0)
 
 
@@ -108,14 +107,28 @@ def _places(problem: Problem, network: Network, count: int) -> tuple[np.ndarray,
 
 def reseated(problem: Problem, network: Network, wasted: np.ndarray) -> tuple[Network, np.ndarray]:
     """``network`` with wasted neurons (at most ``n / RESEAT_SHARE``, smallest ``|c_i|`` first)
-    moved to new places, ``c_i = 0``, and the mask of those moved. Rank-local.
+    moved to new places (``moved``), and the mask of those moved. Rank-local."""
+    index = np.flatnonzero(wasted)
+    index = index[np.argsort(np.abs(network.c[index]), kind="stable")]
+    return moved(problem, network, index[: max(1, network.n // RESEAT_SHARE)])
+
+
+def hop_neuron(problem: Problem, network: Network, rank: int) -> int:
+    """The neuron a basin hop moves: the one of the ``rank``-th smallest contribution
+    ``|c_i| ||phi_i||`` (counting from 0, cyclically; ``||phi_i||^2 = A_ii``, exact). Dead
+    neurons contribute 0. Rank-local."""
+    squares = relu_squares(problem.domain, network.W, network.b)
+    contribution = np.abs(network.c) * np.sqrt(np.maximum(squares, 0.0))
+    return int(np.argsort(contribution, kind="stable")[rank % network.n])
+
+
+def moved(problem: Problem, network: Network, index: np.ndarray) -> tuple[Network, np.ndarray]:
+    """``network`` with the neurons ``index`` (in that order, as many as there are places) moved
+    to where the fit is worst, ``c_i = 0``, and the mask of those moved. Rank-local.
 
     1D: the middles of the cells of largest error, one per cell, the orientation kept.
     2D: the candidate lines of best insertion score, one per grid point.
     """
-    index = np.flatnonzero(wasted)
-    index = index[np.argsort(np.abs(network.c[index]), kind="stable")]
-    index = index[: max(1, network.n // RESEAT_SHARE)]
     place = _places_1d if problem.domain.dim == 1 else _places
     W_new, b_new = place(problem, network, index.size)
     index = index[: b_new.size]
@@ -124,6 +137,6 @@ def reseated(problem: Problem, network: Network, wasted: np.ndarray) -> tuple[Ne
         orientation = np.where(network.W[index, 0] < 0, -1.0, 1.0)
         W_new, b_new = W_new * orientation[:, None], b_new * orientation
     W[index], b[index], c[index] = W_new, b_new, 0.0
-    moved = np.zeros(network.n, dtype=bool)
-    moved[index] = True
-    return replace(network, W=W, b=b, c=c), moved
+    mask = np.zeros(network.n, dtype=bool)
+    mask[index] = True
+    return replace(network, W=W, b=b, c=c), mask

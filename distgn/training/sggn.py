@@ -57,7 +57,7 @@ network; distgn.training.objective makes the ranks agree bit for bit).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -86,7 +86,7 @@ from distgn.training.objective import (
     loss_and_gradient,
     network_moments,
 )
-from distgn.training.reseat import reseated, wasted_neurons
+from distgn.training.reseat import hop_neuron, moved, reseated, wasted_neurons
 
 VARIANTS = ("alternating", "varpro")
 
@@ -594,12 +594,79 @@ RESEAT_STALL = 0.01
 C_SOLVE_FAILURES = 3
 
 
+# Stop reasons that mean a basin is done; with ``[train] hops`` a hop follows them.
+CONVERGED = ("tol", "hop_tol", "gtol", "line_search")
+
+
+@dataclass(frozen=True)
+class Hops:
+    """Basin hopping so far: hops done, and the best iterate of the basins left (None before
+    the first hop)."""
+
+    done: int = 0
+    best: State | None = None
+
+    def saved(self) -> dict[str, object]:
+        """The record for a checkpoint's optimizer state (``from_saved`` reads it back)."""
+        if self.best is None:
+            return {"hops": self.done}
+        network = self.best.network
+        return {
+            "hops": self.done,
+            "best_loss": self.best.loss,
+            "best_l2_error": self.best.l2_error,
+            "best_W": network.W,
+            "best_b": network.b,
+            "best_c": network.c,
+            "best_removed": self.best.removed.astype(np.int8),
+            **({} if network.c0 is None else {"best_c0": float(network.c0)}),
+        }
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, object] | None) -> Hops:
+        """The record of a checkpoint's optimizer state (a fresh one when there is none)."""
+        if not saved or "best_W" not in saved:
+            return cls(int((saved or {}).get("hops", 0)))
+        c0 = saved.get("best_c0")
+        network = Network(
+            np.asarray(saved["best_W"], dtype=float),
+            np.asarray(saved["best_b"], dtype=float),
+            np.asarray(saved["best_c"], dtype=float),
+            None if c0 is None else float(c0),
+        )
+        best = State(
+            network,
+            np.asarray(saved["best_removed"]).astype(bool),
+            float(saved["best_loss"]),
+            float(saved["best_l2_error"]),
+        )
+        return cls(int(saved["hops"]), best)
+
+
+def hop(ctx: Context, state: State, rank: int, damping: float) -> tuple[State, Gradient | None]:
+    """A basin hop from ``state``: the neuron of the ``rank``-th smallest contribution
+    (``reseat.hop_neuron``) moves to where the fit is worst (``reseat.moved``) and c is solved
+    for, kept whatever its loss. Returns the new state (``state`` itself if the c-solve failed)
+    and its gradient. Collective."""
+    index = np.array([hop_neuron(ctx.problem, state.network, rank)])
+    trial, mask = moved(ctx.problem, state.network, index)
+    removed = state.removed & ~mask
+    # c from scratch, as at the start of a run (in 1D not a correction to the previous fit).
+    trial = replace(trial, c=np.zeros(trial.n), c0=None if trial.c0 is None else 0.0)
+    out = solve_output(ctx, trial, ~removed, gradient=True)
+    if not np.isfinite(out.loss):
+        log.warning(f"sggn: hop {rank}: the c-solve failed ({out.stats.get('error')}); skipped")
+        return state, None
+    return State(out.network, removed, out.loss, out.l2_error, damping), out.gradient
+
+
 def run(
     ctx: Context,
     state: State,
     cfg: TrainConfig,
     record: Callable[..., str | None],
-) -> str:
+    saved: Mapping[str, object] | None = None,
+) -> tuple[str, State]:
     """Iterate from ``state`` until ``record`` (training.Recorder) or SgGN itself stops.
 
     With ``cfg.reseat`` an iteration that lowered the loss by less than ``RESEAT_STALL`` is
@@ -609,34 +676,67 @@ def run(
     numerically stationary point), ``line_search`` (it gave up after
     ``linesearch.MAX_EVALUATIONS`` evaluations instead), ``gn_solve_failed``, ``c_solve_failed``
     (``C_SOLVE_FAILURES`` consecutive failed c-solves), ``no_movable_neurons``.
-    Returns the stop reason. Collective.
+
+    Basin hopping (``cfg.hops``): after a stop in ``CONVERGED``, hop ``k`` (k = 0, 1, ...)
+    moves the neuron of the k-th smallest contribution of the best iterate so far (``hop``)
+    and the iteration goes on from there; the hop is a history row (column ``hop``), which
+    restarts the stopping window. ``saved`` is a checkpoint's optimizer state, from which
+    the hops continue. Returns the stop reason of the last basin and the best iterate of all
+    basins. Collective.
     """
+    hops = Hops.from_saved(saved)
     grad, failures = None, 0
     while True:
+        reason = None
         try:
             new, stats, grad = iterate(ctx, state, cfg.variant, cfg.drop_tol, grad)
         except SolverError as exc:
             log.warning(f"sggn: the solve with G failed on every deflation rung ({exc})")
-            return "gn_solve_failed"
-        if new is None:
-            if not stats["moved"]:
-                return "no_movable_neurons"
-            return "line_search" if stats["evaluations"] >= MAX_EVALUATIONS else "tol"
-        failures = failures + 1 if stats["c_solve_failed"] else 0
-        stalled = new.loss > (1.0 - RESEAT_STALL) * state.loss
-        state = new
-        stats["reseated"] = 0
-        if cfg.reseat and stalled:
-            state, regrad, stats["reseated"] = reseat(ctx, state, cfg.drop_tol)
-            grad = regrad or grad
+            reason = "gn_solve_failed"
+        else:
+            if new is None:
+                reason = "no_movable_neurons" if not stats["moved"] else "line_search"
+                if stats["moved"] and stats["evaluations"] < MAX_EVALUATIONS:
+                    reason = "tol"
+        if reason is None:
+            failures = failures + 1 if stats["c_solve_failed"] else 0
+            stalled = new.loss > (1.0 - RESEAT_STALL) * state.loss
+            state = new
+            stats["reseated"] = 0
+            if cfg.reseat and stalled:
+                state, regrad, stats["reseated"] = reseat(ctx, state, cfg.drop_tol)
+                grad = regrad or grad
+            reason = record(
+                state.network,
+                state.removed,
+                {**stats, "loss": state.loss, "l2_error": state.l2_error, "active": stats["moved"]},
+                optimizer={"damping": state.damping, **hops.saved()},
+            )
+            if reason is None and failures >= C_SOLVE_FAILURES:
+                log.warning(f"sggn: the c-solve failed {failures} times in a row; stopping")
+                reason = "c_solve_failed"
+        if reason is None:
+            continue
+        best = state if hops.best is None or state.loss < hops.best.loss else hops.best
+        if reason not in CONVERGED or hops.done >= cfg.hops:
+            return reason, best
+        log.info(
+            f"sggn: {reason} at loss {state.loss:.6e}; hop {hops.done + 1} of {cfg.hops} "
+            f"from the best iterate (loss {best.loss:.6e})"
+        )
+        state, grad = hop(ctx, best, hops.done, initial_damping(ctx, cfg))
+        hops = Hops(hops.done + 1, best)
         reason = record(
             state.network,
             state.removed,
-            {**stats, "loss": state.loss, "l2_error": state.l2_error, "active": stats["moved"]},
-            optimizer={"damping": state.damping},
+            {
+                "loss": state.loss,
+                "l2_error": state.l2_error,
+                "step": 0.0,
+                "active": int((~state.removed).sum()),
+                "hop": 1,
+            },
+            optimizer={"damping": state.damping, **hops.saved()},
         )
         if reason is not None:
-            return reason
-        if failures >= C_SOLVE_FAILURES:
-            log.warning(f"sggn: the c-solve failed {failures} times in a row; stopping")
-            return "c_solve_failed"
+            return reason, min(best, state, key=lambda s: s.loss)
