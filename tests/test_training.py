@@ -486,7 +486,7 @@ def test_hops_keep_the_best_basin_and_restart_the_window(tmp_path):
     network, history, saved = load_state(str(tmp_path / "run.h5"))
     hops = np.flatnonzero(history["hop"] == 1)
     loss = history["loss"]
-    assert hops.size == 2 and result["stop_reason"] == "hop_tol"
+    assert hops.size == 2 == result["hops"] and result["stop_reason"] == "hop_tol"
     # Each hop's window starts at the hop: patience iterations, then hop_tol.
     assert hops[1] - hops[0] == cfg.train.patience + 1
     assert len(loss) - 1 - hops[1] == cfg.train.patience

@@ -322,7 +322,7 @@ def train(
     dict
         JSON-ready: method, variant, n, ranks, iterations (this run), total_iterations, loss,
         l2_error, relative_l2_error, initial_loss, seconds (this run), total_seconds,
-        stop_reason, removed, solver.
+        stop_reason, removed, solver; SgGN also hops (done).
 
     Raises
     ------
@@ -405,6 +405,7 @@ def train(
         elif cfg.method == "sggn":
             reason, best = sggn.run(ctx, state, cfg, recorder, resume)
             recorder.keep(best.network, best.removed, best.loss, best.l2_error)
+            result["hops"] = int(recorder.state.get("hops", 0))
         else:
             reason = baselines.run(ctx, state, cfg, recorder, resume)
     except SolverError as exc:
@@ -415,8 +416,9 @@ def train(
         f"{cfg.method}: stopped ({reason}): this run {final['iterations']} iterations in "
         f"{final['seconds']:.2f} s; in all {final['total_iterations']} iterations, "
         f"{final['total_seconds']:.2f} s; loss {final['loss']:.6e}, L2 error "
-        f"{final['l2_error']:.3e} (relative {final['relative_l2_error']:.3e}); "
-        f"wrote {output}"
+        f"{final['l2_error']:.3e} (relative {final['relative_l2_error']:.3e})"
+        + (f", the best of {final['hops'] + 1} basins" if final.get("hops") else "")
+        + f"; wrote {output}"
     )
     if reason in SOLVER_FAILURES:
         raise SolverError(
