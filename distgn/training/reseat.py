@@ -24,6 +24,8 @@ from distgn.training.objective import network_moments
 
 # At most n / RESEAT_SHARE neurons (at least one) are moved at a time, smallest |c_i| first.
 RESEAT_SHARE = 16
+# A basin hop moves n / HOP_SHARE neurons (at least one).
+HOP_SHARE = 8
 # 2D: candidate lines through the centres of a CANDIDATE_GRID^2 grid over the bounding
 # box, at CANDIDATE_ANGLES angles, both orientations.
 CANDIDATE_GRID = 8
@@ -95,13 +97,19 @@ def insertion_scores(
 
 def _places(problem: Problem, network: Network, count: int) -> tuple[np.ndarray, np.ndarray]:
     """At most ``count`` new (w, b) in 2D: the ``candidate_lines`` of best
-    ``insertion_scores`` (the best orientation and angle per grid point, best points first)."""
+    ``insertion_scores`` (the best orientation and angle per grid point, best points first,
+    each line once)."""
     W, b, point = candidate_lines(problem)
     scores = insertion_scores(problem, network, W, b)
     by_score = np.argsort(-scores, kind="stable")
     _, first = np.unique(point[by_score], return_index=True)
-    order = by_score[np.sort(first)][:count]
+    order = by_score[np.sort(first)]
     order = order[scores[order] > 0]
+    # Grid points on one line can both choose it: keep each line once (two neurons there
+    # would be duplicates).
+    lines = np.round(np.column_stack([W[order], b[order]]), 12)
+    _, distinct = np.unique(lines, axis=0, return_index=True)
+    order = order[np.sort(distinct)][:count]
     return W[order], b[order]
 
 
@@ -113,13 +121,15 @@ def reseated(problem: Problem, network: Network, wasted: np.ndarray) -> tuple[Ne
     return moved(problem, network, index[: max(1, network.n // RESEAT_SHARE)])
 
 
-def hop_neuron(problem: Problem, network: Network, rank: int) -> int:
-    """The neuron a basin hop moves: the one of the ``rank``-th smallest contribution
-    ``|c_i| ||phi_i||`` (counting from 0, cyclically; ``||phi_i||^2 = A_ii``, exact). Dead
-    neurons contribute 0. Rank-local."""
+def hop_neurons(problem: Problem, network: Network, rank: int) -> np.ndarray:
+    """The neurons basin hop ``rank`` (0, 1, ...) moves: ``max(1, n / HOP_SHARE)`` of them,
+    the ``rank``-th group in the order of contribution ``|c_i| ||phi_i||`` (smallest first,
+    cyclically; ``||phi_i||^2 = A_ii``, exact; dead neurons contribute 0). Rank-local."""
     squares = relu_squares(problem.domain, network.W, network.b)
     contribution = np.abs(network.c) * np.sqrt(np.maximum(squares, 0.0))
-    return int(np.argsort(contribution, kind="stable")[rank % network.n])
+    order = np.argsort(contribution, kind="stable")
+    size = max(1, network.n // HOP_SHARE)
+    return order[(rank * size + np.arange(size)) % network.n]
 
 
 def moved(problem: Problem, network: Network, index: np.ndarray) -> tuple[Network, np.ndarray]:
