@@ -97,19 +97,15 @@ def insertion_scores(
 
 def _places(problem: Problem, network: Network, count: int) -> tuple[np.ndarray, np.ndarray]:
     """At most ``count`` new (w, b) in 2D: the ``candidate_lines`` of best
-    ``insertion_scores`` (the best orientation and angle per grid point, best points first,
-    each line once)."""
+    ``insertion_scores`` (the best orientation and angle per grid point, best points first).
+    Grid points on one line can choose the same line; the c-solve then sets the second neuron
+    there aside (c = 0), and a later reseat moves it again."""
     W, b, point = candidate_lines(problem)
     scores = insertion_scores(problem, network, W, b)
     by_score = np.argsort(-scores, kind="stable")
     _, first = np.unique(point[by_score], return_index=True)
-    order = by_score[np.sort(first)]
+    order = by_score[np.sort(first)][:count]
     order = order[scores[order] > 0]
-    # Grid points on one line can both choose it: keep each line once (two neurons there
-    # would be duplicates).
-    lines = np.round(np.column_stack([W[order], b[order]]), 12)
-    _, distinct = np.unique(lines, axis=0, return_index=True)
-    order = order[np.sort(distinct)][:count]
     return W[order], b[order]
 
 
