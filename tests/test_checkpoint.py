@@ -244,7 +244,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
 
 
-# power, n = 8: the first hop comes at iteration 21, so a checkpoint at 27 is inside its basin.
+# power, n = 8: the first hop comes at iteration 23, so a checkpoint at 27 is inside its basin.
 HOPS = [
     "target.name=power",
     "network.output_bias=false",

@@ -37,7 +37,7 @@ CASES = {
         'target.name="line_jump"',
         "network.n=12",
     ],
-    # Basin hopping: hops at iterations 21 and 36 (a fresh c-solve each), then the best iterate.
+    # Basin hopping: hops at iterations 23 and 38 (a fresh c-solve each), then the best iterate.
     "1d-power-hops": [
         'domain.kind="interval"',
         "domain.bounds=[0.0, 1.0]",

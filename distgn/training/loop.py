@@ -18,7 +18,7 @@ Stopping (the first that holds; the reason is returned as ``stop_reason``):
 ``max_iter``   ``max_iter`` iterations were done in this run
 ``max_seconds`` the run took ``max_seconds`` of wall time
 method's own   ``line_search`` (SgGN: the line search gave up before reaching that rounding
-               level), ``hop_tol`` (SgGN with ``hops``: over the last ``patience`` iterations
+               level), ``hop_tol`` (SgGN, after a hop: over the last ``patience`` iterations
                the loss fell by at most ``hop_tol`` times itself), ``gn_solve_failed`` (G
                breaks down with every deflation and with the shifted hss fallback),
                ``c_solve_failed`` (the c-solve failed on every deflation rung in 3
@@ -122,6 +122,7 @@ class Recorder:
         # history on a restart).
         hops = np.flatnonzero(np.asarray(history.get("hop", []), dtype=float) == 1.0)
         losses = history.get("loss", [])[hops[-1] if hops.size else 0 :]
+        self.hopped = bool(hops.size)
         self.losses = [float(v) for v in losses][-self.cfg.patience - 1 :]
         self.initial_loss = float(history["loss"][0]) if history.get("loss") else math.nan
         self.network: Network | None = None
@@ -163,6 +164,7 @@ class Recorder:
         }
         _append(self.history, row)
         self._log(row, elapsed, initial)
+        self.hopped = self.hopped or bool(stats.get("hop"))
         window = [] if stats.get("hop") else self.losses
         self.losses = (window + [loss])[-self.cfg.patience - 1 :]
         reason = (
@@ -193,8 +195,7 @@ class Recorder:
         full = len(self.losses) > self.cfg.patience
         if loss == 0.0 or full and 0.0 <= window - loss <= self.cfg.tol * self.initial_loss:
             return "tol"
-        hopping = self.cfg.method == "sggn" and self.cfg.hops > 0
-        if hopping and full and 0.0 <= window - loss <= self.cfg.hop_tol * loss:
+        if self.hopped and full and 0.0 <= window - loss <= self.cfg.hop_tol * loss:
             return "hop_tol"
         if grad_norm <= self.cfg.gtol:
             return "gtol"

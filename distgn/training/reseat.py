@@ -24,8 +24,6 @@ from distgn.training.objective import network_moments
 
 # At most n / RESEAT_SHARE neurons (at least one) are moved at a time, smallest |c_i| first.
 RESEAT_SHARE = 16
-# A basin hop moves n / HOP_SHARE neurons (at least one).
-HOP_SHARE = 8
 # 2D: candidate lines through the centres of a CANDIDATE_GRID^2 grid over the bounding
 # box, at CANDIDATE_ANGLES angles, both orientations.
 CANDIDATE_GRID = 8
@@ -97,9 +95,7 @@ def insertion_scores(
 
 def _places(problem: Problem, network: Network, count: int) -> tuple[np.ndarray, np.ndarray]:
     """At most ``count`` new (w, b) in 2D: the ``candidate_lines`` of best
-    ``insertion_scores`` (the best orientation and angle per grid point, best points first).
-    Grid points on one line can choose the same line; the c-solve then sets the second neuron
-    there aside (c = 0), and a later reseat moves it again."""
+    ``insertion_scores`` (the best orientation and angle per grid point, best points first)."""
     W, b, point = candidate_lines(problem)
     scores = insertion_scores(problem, network, W, b)
     by_score = np.argsort(-scores, kind="stable")
@@ -117,15 +113,13 @@ def reseated(problem: Problem, network: Network, wasted: np.ndarray) -> tuple[Ne
     return moved(problem, network, index[: max(1, network.n // RESEAT_SHARE)])
 
 
-def hop_neurons(problem: Problem, network: Network, rank: int) -> np.ndarray:
-    """The neurons basin hop ``rank`` (0, 1, ...) moves: ``max(1, n / HOP_SHARE)`` of them,
-    the ``rank``-th group in the order of contribution ``|c_i| ||phi_i||`` (smallest first,
-    cyclically; ``||phi_i||^2 = A_ii``, exact; dead neurons contribute 0). Rank-local."""
+def hop_neuron(problem: Problem, network: Network, rank: int) -> int:
+    """The neuron a basin hop moves: the one of the ``rank``-th smallest contribution
+    ``|c_i| ||phi_i||`` (counting from 0, cyclically; ``||phi_i||^2 = A_ii``, exact). Dead
+    neurons contribute 0. Rank-local."""
     squares = relu_squares(problem.domain, network.W, network.b)
     contribution = np.abs(network.c) * np.sqrt(np.maximum(squares, 0.0))
-    order = np.argsort(contribution, kind="stable")
-    size = max(1, network.n // HOP_SHARE)
-    return order[(rank * size + np.arange(size)) % network.n]
+    return int(np.argsort(contribution, kind="stable")[rank % network.n])
 
 
 def moved(problem: Problem, network: Network, index: np.ndarray) -> tuple[Network, np.ndarray]:

@@ -86,7 +86,7 @@ from distgn.training.objective import (
     loss_and_gradient,
     network_moments,
 )
-from distgn.training.reseat import hop_neurons, moved, reseated, wasted_neurons
+from distgn.training.reseat import hop_neuron, moved, reseated, wasted_neurons
 
 VARIANTS = ("alternating", "varpro")
 
@@ -644,11 +644,11 @@ class Hops:
 
 
 def hop(ctx: Context, state: State, rank: int, damping: float) -> tuple[State, Gradient | None]:
-    """A basin hop from ``state``: the ``rank``-th group of neurons of smallest contribution
-    (``reseat.hop_neurons``) moves to where the fit is worst (``reseat.moved``) and c is solved
+    """A basin hop from ``state``: the neuron of the ``rank``-th smallest contribution
+    (``reseat.hop_neuron``) moves to where the fit is worst (``reseat.moved``) and c is solved
     for, kept whatever its loss. Returns the new state (``state`` itself if the c-solve failed)
     and its gradient. Collective."""
-    index = hop_neurons(ctx.problem, state.network, rank)
+    index = np.array([hop_neuron(ctx.problem, state.network, rank)])
     trial, mask = moved(ctx.problem, state.network, index)
     removed = state.removed & ~mask
     # c from scratch, as at the start of a run (in 1D not a correction to the previous fit).
@@ -678,8 +678,8 @@ def run(
     (``C_SOLVE_FAILURES`` consecutive failed c-solves), ``no_movable_neurons``.
 
     Basin hopping (``cfg.hops``): after a stop in ``CONVERGED``, hop ``k`` (k = 0, 1, ...)
-    moves the k-th group of neurons of smallest contribution of the best iterate so far
-    (``hop``) and the iteration goes on from there; the hop is a history row (column ``hop``), which
+    moves the neuron of the k-th smallest contribution of the best iterate so far (``hop``)
+    and the iteration goes on from there; the hop is a history row (column ``hop``), which
     restarts the stopping window. ``saved`` is a checkpoint's optimizer state, from which
     the hops continue. Returns the stop reason of the last basin and the best iterate of all
     basins. Collective.
