@@ -6,7 +6,9 @@ neurons already give) or when its coefficient is too small for the Gauss-Newton 
 (``|c_i| <= drop_tol max|c|``). ``reseated`` moves such neurons: in 1D to the middles of the cells
 where ``int (v - u)^2`` is largest; in 2D to the candidate lines on which a new neuron
 correlates best with the residual (``insertion_scores``, exact integrals). sggn.reseat keeps the
-move only if the c-solve there lowers the loss. Everything here is rank-local.
+move only if the c-solve there lowers the loss. A basin hop (sggn.hop) moves the neuron
+``hop_neuron`` chooses, by its contribution ``|c_i| ||phi_i||``, to the same places
+(``moved``), whatever the loss. Everything here is rank-local.
 """
 
 from __future__ import annotations
