@@ -694,10 +694,10 @@ def run(
             log.warning(f"sggn: the solve with G failed on every deflation rung ({exc})")
             reason = "gn_solve_failed"
         else:
-            if new is None:
-                reason = "no_movable_neurons" if not stats["moved"] else "line_search"
-                if stats["moved"] and stats["evaluations"] < MAX_EVALUATIONS:
-                    reason = "tol"
+            if new is None and not stats["moved"]:
+                reason = "no_movable_neurons"
+            elif new is None:
+                reason = "line_search" if stats["evaluations"] >= MAX_EVALUATIONS else "tol"
         if reason is None:
             failures = failures + 1 if stats["c_solve_failed"] else 0
             stalled = new.loss > (1.0 - RESEAT_STALL) * state.loss
