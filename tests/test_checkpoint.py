@@ -252,22 +252,34 @@ HOPS = [
     "train.hops=2",
     "train.hop_tol=1e-3",
 ]
+# The 2D case of ``settings`` (line_jump on a pentagon): hops at iterations 25 and 31.
+HOPS_2D = ["train.tol=1e-3", "train.hops=2", "train.hop_tol=1e-2"]
 
 
 @pytest.mark.mpi
 @pytest.mark.timeout(240)
-def test_restart_inside_a_hop_basin_is_bit_identical(comm, shared_tmp):
+@pytest.mark.parametrize(
+    "dim, extra, total, split, hops",
+    [(1, HOPS, 30, 27, [23]), (2, HOPS_2D, 34, 28, [25, 31])],
+    ids=["1d", "2d"],
+)
+def test_restart_inside_a_hop_basin_is_bit_identical(
+    comm, shared_tmp, dim, extra, total, split, hops
+):
     assert_continued(
         comm,
         shared_tmp,
         "sggn",
-        HOPS,
-        total=30,
-        split=27,
+        extra,
+        dim=dim,
+        total=total,
+        split=split,
         other=MPI.COMM_SELF if comm.size > 1 else None,
     )
     saved = io.read_run(str(shared_tmp / "first.ckpt.h5"))
     assert saved.optimizer["hops"] == 1
-    assert saved.optimizer["best_W"].shape == (8, 1)
+    assert saved.optimizer["best_W"].shape == (8, dim)
     first = np.asarray(saved.history["loss"])[: np.flatnonzero(saved.history["hop"] == 1)[0]]
     assert saved.optimizer["best_loss"] == first[-1]
+    history = io.read_run(str(shared_tmp / "second.h5")).history
+    assert np.flatnonzero(history["hop"] == 1).tolist() == hops

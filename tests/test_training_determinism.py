@@ -47,6 +47,16 @@ CASES = {
         "train.hops=2",
         "train.hop_tol=1e-3",
     ],
+    # 2D basin hopping: hops at iterations 34, 40 and 46 (2D reseating places, 2D c-solves).
+    "2d-line-jump-hops": [
+        'domain.kind="box"',
+        "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]",
+        'target.name="line_jump"',
+        "network.n=12",
+        "train.tol=1e-3",
+        "train.hops=3",
+        "train.hop_tol=1e-2",
+    ],
 }
 
 
@@ -84,6 +94,10 @@ def test_same_trajectory_on_one_to_four_ranks(case, tmp_path):
     results = [train_on(ranks, case, tmp_path) for ranks in (1, 2, 3, 4)]
     serial = results[0]
     assert serial["iterations"] == 50 and serial["relative_l2_error"] < 0.5
+    # Every hop of the case is done within the 50 iterations.
+    hops = [int(s.split("=")[1]) for s in CASES[case] if s.startswith("train.hops=")]
+    assert serial["hops"] == sum(hops)
     for result in results[1:]:
         assert result["iterations"] == serial["iterations"]
+        assert result["hops"] == serial["hops"]
         assert result["relative_l2_error"] == pytest.approx(serial["relative_l2_error"], rel=1e-8)
