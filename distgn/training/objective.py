@@ -328,8 +328,9 @@ def loss_and_gradient(
     int u^2`` with ``(A c)_i = r_i . sum_j G_(i,j) c_j r_j`` (``A_(i,j) = r_i^T G_(i,j) r_j``),
     ``F_i = r_i . int u h_i xhat``, ``s_i = int phi_i``. In 2D, ``c^T A c`` and the moments of
     the neurons with large, cancelling coefficients come from ``_cancelling_2d``. The formula
-    cancels, so it is not allowed below its rounding level, ``n eps`` times the magnitude of its
-    terms (``c^T A c``: ``(sum_i |c_i| |phi_i|)^2``, or ``_cancelling_2d``'s smaller bound), and a
+    cancels, so it is not allowed below its rounding level, ``m eps`` times the magnitude of its
+    terms (m the neurons summed over, ``neurons``; ``c^T A c``: ``(sum_i |c_i| |phi_i|)^2``, or
+    ``_cancelling_2d``'s smaller bound), and a
     huge, cancelling c (from a solve with a numerically singular A) cannot pass for a good fit.
     Sums over neurons are taken over rows gathered in neuron order, so every rank count gives
     the same bits.
@@ -386,7 +387,7 @@ def loss_and_gradient(
             + 2 * abs(c0 * u_int)
             + u_sq
         )
-        e2 = float(max(e2, network.n * EPS * magnitude))
+        e2 = float(max(e2, index.size * EPS * magnitude))
         loss, l2 = 0.5 * e2, float(np.sqrt(e2))
     g_c0 = float(cs + c0 * domain.measure - ctx.target_norms[0]) if problem.output_bias else None
     return Gradient(
