@@ -40,7 +40,7 @@ from distgn.problem import build_problem, check_problem
 from distgn.solvers import KINDS, backward_error, factor, initialize, log_stage
 from distgn.solvers.traffic import CountingComm, summary
 from distgn.training import train
-from distgn.training.loop import checkpoint_path
+from distgn.training.loop import checkpoint_path, stage_sizes
 
 # Long options of distgn: given with one dash (``-json``) they would reach PETSc unnoticed.
 LONG_OPTIONS = (
@@ -451,6 +451,7 @@ def cmd_train(args: argparse.Namespace, comm: MPI.Comm, petsc: list[str]) -> int
         if state is not None:
             io.check_same_problem(state, config)
         build_problem(config)
+        stage_sizes(config)
         path = output_path(args, config)
         io.check_output(
             path, MPI.COMM_SELF, "train", config, args.force, "-o" if args.output else "output.path"

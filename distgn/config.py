@@ -119,8 +119,21 @@ class TrainConfig:
     reseat: bool = True
     hops: int = 0
     hop_tol: float = 1e-6
+    grow_from: int = 0
+    growth: int = 4
+    grow_spread: float = 0.05
+    stage_iter: int = 0
     deterministic: bool = True
     log_every: int = 1
+
+    def stage_sizes(self, n: int) -> list[int]:
+        """The network sizes of the stages of a run of ``n`` neurons: ``grow_from, grow_from *
+        growth, ...`` up to ``n`` (the last one is n); ``[n]`` without staged growth
+        (``grow_from = 0``) or when ``grow_from >= n``."""
+        sizes = [self.grow_from] if 0 < self.grow_from < n else [n]
+        while sizes[-1] < n:
+            sizes.append(min(sizes[-1] * self.growth, n))
+        return sizes
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,10 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "train.damping": (0.0, False, None, False),
     "train.hops": (0, False, None, False),
     "train.hop_tol": (0.0, False, 1.0, True),
+    "train.grow_from": (0, False, None, False),
+    "train.growth": (2, False, None, False),
+    "train.grow_spread": (0.0, True, None, False),
+    "train.stage_iter": (0, False, None, False),
     "train.log_every": (1, False, None, False),
     "checkpoint.every": (0, False, None, False),
     "checkpoint.keep": (1, False, None, False),

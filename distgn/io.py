@@ -523,10 +523,12 @@ def read_run(path: str, what: str = "--restart file") -> RunState:
 
 def check_same_problem(state: RunState, config: Config) -> None:
     """Raise InputError naming the differing key(s) when ``state`` was written for another
-    problem than ``config`` (domain, target, n, output bias; n against the file's network)."""
+    problem than ``config`` (domain, target, n, output bias; n against the file's network, which
+    may be any stage's n with ``train.grow_from``)."""
     mine, theirs = problem_signature(config), problem_signature(state.config)
     differ = [key for key in ("domain", "target", "output_bias") if mine[key] != theirs[key]]
-    if config.network.init != "file" and config.network.n != state.network.n:
+    sizes = config.train.stage_sizes(config.network.n)  # staged growth: any stage's n
+    if config.network.init != "file" and state.network.n not in sizes:
         differ.append("network.n")
     if state.network.dim != _dim(config):
         differ.append("d")

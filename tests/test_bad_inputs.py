@@ -67,6 +67,12 @@ CASES = [
     (["solve", "CFG", "--set", "domain.bounds=[0.0, inf]"], "domain.bounds = [0.0, inf] must be"),
     # names, types and choices
     (["train", "CFG", "--set", 'train.method="sgd"'], "train.method = 'sgd' is not one of"),
+    (["train", "CFG", "--set", "train.growth=1"], "train.growth = 1 must be >= 2"),
+    (["train", "CFG", "--set", "train.grow_spread=0"], "train.grow_spread = 0.0 must be > 0.0"),
+    (
+        ["train", "CFG", "--set", "train.grow_from=2", "--set", 'train.method="adam"'],
+        "train.grow_from = 2: staged growth needs train.method = sggn",
+    ),
     (["solve", "CFG", "--set", 'solver.kind="magic"'], "solver.kind = 'magic' is not one of"),
     (["solve", "CFG", "--set", "network.m=3"], "unknown config key network.m"),
     (["solve", "CFG", "--set", "netw.n=3"], "unknown config section [netw]"),

@@ -283,3 +283,39 @@ def test_restart_inside_a_hop_basin_is_bit_identical(
     assert saved.optimizer["best_loss"] == first[-1]
     history = io.read_run(str(shared_tmp / "second.h5")).history
     assert np.flatnonzero(history["hop"] == 1).tolist() == hops
+
+
+# Staged growth, n = 2 -> 4 -> 8: the checkpoint holds the n = 4 stage, and the growth to
+# n = 8 comes after the restart (1D: growths at iterations 1 and 28; 2D: 13 and 50).
+GROWTH = ["train.grow_from=2", "train.growth=2"]
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    "dim, extra, total, split, growths",
+    [
+        (1, GROWTH + ["train.tol=1e-6"], 40, 20, [1, 28]),
+        (2, GROWTH + ["train.tol=1e-3", "train.hop_tol=1e-2"], 54, 30, [13, 50]),
+    ],
+    ids=["1d", "2d"],
+)
+def test_restart_inside_a_stage_of_growth_is_bit_identical(
+    comm, shared_tmp, dim, extra, total, split, growths
+):
+    assert_continued(
+        comm,
+        shared_tmp,
+        "sggn",
+        extra,
+        dim=dim,
+        total=total,
+        split=split,
+        other=MPI.COMM_SELF if comm.size > 1 else None,
+    )
+    saved = io.read_run(str(shared_tmp / "first.ckpt.h5"))
+    assert saved.network.n == 4 and saved.optimizer["stage"] == 1
+    assert saved.optimizer["basin"] == split - growths[0]
+    second = io.read_run(str(shared_tmp / "second.h5"))
+    assert second.network.n == 8
+    assert np.flatnonzero(second.history["grow"] == 1).tolist() == growths

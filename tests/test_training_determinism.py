@@ -57,6 +57,18 @@ CASES = {
         "train.hops=3",
         "train.hop_tol=1e-2",
     ],
+    # Staged growth 3 -> 6 -> 12: one growth within the 50 iterations, so the run ends with
+    # the n = 6 stage.
+    "2d-line-jump-growth": [
+        'domain.kind="box"',
+        "domain.bounds=[[0.0, 1.0], [0.0, 1.0]]",
+        'target.name="line_jump"',
+        "network.n=12",
+        "train.grow_from=3",
+        "train.growth=2",
+        "train.tol=1e-5",
+        "train.hop_tol=1e-4",
+    ],
 }
 
 
@@ -97,7 +109,10 @@ def test_same_trajectory_on_one_to_four_ranks(case, tmp_path):
     # Every hop of the case is done within the 50 iterations.
     hops = [int(s.split("=")[1]) for s in CASES[case] if s.startswith("train.hops=")]
     assert serial["hops"] == sum(hops)
+    n = next(int(s.split("=")[1]) for s in CASES[case] if s.startswith("network.n="))
+    assert serial["n"] == (6 if "growth" in case else n)  # cut by max_iter at n = 6
     for result in results[1:]:
         assert result["iterations"] == serial["iterations"]
         assert result["hops"] == serial["hops"]
+        assert result["n"] == serial["n"]
         assert result["relative_l2_error"] == pytest.approx(serial["relative_l2_error"], rel=1e-8)

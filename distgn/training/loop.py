@@ -18,8 +18,9 @@ Stopping (the first that holds; the reason is returned as ``stop_reason``):
 ``max_iter``   ``max_iter`` iterations were done in this run
 ``max_seconds`` the run took ``max_seconds`` of wall time
 method's own   ``line_search`` (SgGN: the line search gave up before reaching that rounding
-               level), ``hop_tol`` (SgGN, after a hop: over the last ``patience`` iterations
-               the loss fell by at most ``hop_tol`` times itself), ``gn_solve_failed`` (G
+               level), ``hop_tol`` (SgGN, after a hop or a growth: over the last ``patience``
+               iterations the loss fell by at most ``hop_tol`` times itself),
+               ``gn_solve_failed`` (G
                breaks down with every deflation and with the shifted hss fallback),
                ``c_solve_failed`` (the c-solve failed on every deflation rung in 3
                consecutive iterations; each failure is a warning with its reason),
@@ -31,6 +32,13 @@ or ``line_search`` is followed by a hop out of the basin (distgn.training.sggn.r
 ``hops`` hops are done; the limits count the hops' iterations and time. The run file then holds
 the best iterate of all basins, the history the whole path (a hop is a row with ``hop = 1``,
 which restarts the ``tol`` window); checkpoints hold the current iterate and the best one.
+
+Staged growth (SgGN, ``[train] grow_from``, distgn.training.growth): the run starts with
+``grow_from`` neurons and, each time a stage has converged (after the hops), grows its best
+iterate to the next of ``TrainConfig.stage_sizes`` (a history row with ``grow = 1``, which
+restarts the window like a hop; the column ``n`` is the network's size at each row). The limits
+count all stages; a run stopped by them before the last stage ends with that stage's network
+(the result's ``n``). Checkpoints hold the stage's network and ``stage``.
 
 A run that stops because a linear solver failed (``gn_solve_failed``, ``c_solve_failed``,
 ``solver_failed``) writes its run file and then raises SolverError: ``distgn train`` exits with
@@ -70,7 +78,7 @@ from distgn import signals
 from distgn.config import Config
 from distgn.errors import InputError, SolverError
 from distgn.io import RunState, save_run
-from distgn.network import Network
+from distgn.network import Network, initial_network, validate
 from distgn.parallel import log
 from distgn.problem import Problem
 from distgn.training import baselines, sggn
@@ -79,6 +87,9 @@ from distgn.training.objective import Context
 METHODS = ("sggn", "adam", "bfgs", "lm")
 # Stop reasons of a failed linear solver: the run file is written, then SolverError (exit 2).
 SOLVER_FAILURES = ("gn_solve_failed", "c_solve_failed", "solver_failed")
+# History columns of SgGN's jumps to a new iterate (a basin hop, a growth): each restarts the
+# stopping window.
+JUMPS = ("hop", "grow")
 
 
 def checkpoint_path(config: Config, output: str) -> str:
@@ -118,11 +129,14 @@ class Recorder:
         self.offset = float(resume.timings.get("seconds_total", 0.0)) if resume else 0.0
         self.iterations = 0
         self.clock = time.perf_counter()
-        # The stopping window: the last patience + 1 losses since the last hop (from the
-        # history on a restart).
-        hops = np.flatnonzero(np.asarray(history.get("hop", []), dtype=float) == 1.0)
-        losses = history.get("loss", [])[hops[-1] if hops.size else 0 :]
-        self.hopped = bool(hops.size)
+        # The stopping window: the last patience + 1 losses since the last hop or growth (from
+        # the history on a restart).
+        length = len(history.get("loss", []))
+        jumps = np.flatnonzero(
+            np.any([np.asarray(history.get(key, [0.0] * length)) == 1.0 for key in JUMPS], axis=0)
+        )
+        losses = history.get("loss", [])[jumps[-1] if jumps.size else 0 :]
+        self.hopped = bool(jumps.size)
         self.losses = [float(v) for v in losses][-self.cfg.patience - 1 :]
         self.initial_loss = float(history["loss"][0]) if history.get("loss") else math.nan
         self.network: Network | None = None
@@ -160,12 +174,14 @@ class Recorder:
             "iteration": self.base + self.iterations,
             "seconds": self.offset + elapsed,
             "relative_l2_error": stats["l2_error"] / self.u_norm if self.u_norm else math.nan,
+            "n": network.n,
             **stats,
         }
         _append(self.history, row)
         self._log(row, elapsed, initial)
-        self.hopped = self.hopped or bool(stats.get("hop"))
-        window = [] if stats.get("hop") else self.losses
+        jump = any(stats.get(key) for key in JUMPS)
+        self.hopped = self.hopped or jump
+        window = [] if jump else self.losses
         self.losses = (window + [loss])[-self.cfg.patience - 1 :]
         reason = (
             None if initial else self._stop(loss, float(stats.get("grad_norm", math.nan)), elapsed)
@@ -231,6 +247,7 @@ class Recorder:
         this_run = self.elapsed()
         l2_error = float(self.state.get("l2_error", math.nan))
         result.update(
+            n=self.network.n,
             seconds_to=decade_seconds(self.history),
             iterations=self.iterations,
             total_iterations=self.base + self.iterations,
@@ -291,6 +308,25 @@ def _append(history: dict[str, list], row: Mapping[str, float]) -> None:
         column.append(float(row.get(key, math.nan)))
 
 
+def stage_sizes(config: Config) -> list[int]:
+    """The network sizes of the run's stages (``TrainConfig.stage_sizes``; one without staged
+    growth). InputError for staged growth with another method than SgGN or from a network
+    file."""
+    cfg = config.train
+    if len(cfg.stage_sizes(config.network.n)) == 1:
+        return [config.network.n]
+    if cfg.method != "sggn":
+        raise InputError(
+            f"train.grow_from = {cfg.grow_from}: staged growth needs train.method = sggn"
+        )
+    if config.network.init == "file":
+        raise InputError(
+            f"train.grow_from = {cfg.grow_from}: staged growth starts from a generated network, "
+            "not network.init = file"
+        )
+    return cfg.stage_sizes(config.network.n)
+
+
 def train(
     problem: Problem,
     config: Config,
@@ -332,10 +368,16 @@ def train(
     cfg = config.train
     if cfg.method == "sggn" and cfg.hops and problem.domain.dim > 2:
         raise InputError(f"train.hops = {cfg.hops}: basin hopping needs a 1D or 2D domain")
+    sizes = stage_sizes(config)
     output = output or config.output.path or "run.train.h5"
     ctx = Context(problem, comm, config.solver, cfg.deterministic)
     resume = None
-    if restart is None:
+    if restart is None and len(sizes) > 1:
+        net = config.network
+        network = initial_network(problem.domain, sizes[0], net.init, net.seed, net.orientation)
+        validate(network, problem.domain)
+        history: dict[str, list] = {}
+    elif restart is None:
         network, history = problem.network, {}
     else:
         network = restart.network
@@ -403,7 +445,7 @@ def train(
         if stop is not None or cfg.max_iter <= recorder.base:
             reason = stop or "max_iter"
         elif cfg.method == "sggn":
-            reason, best = sggn.run(ctx, state, cfg, recorder, resume)
+            reason, best = sggn.run(ctx, state, cfg, recorder, resume, sizes)
             recorder.keep(best.network, best.removed, best.loss, best.l2_error)
             result["hops"] = int(recorder.state.get("hops", 0))
         else:

@@ -72,6 +72,7 @@ from distgn.parallel import log
 from distgn.problem import Problem
 from distgn.solvers import factor
 from distgn.targets import Target
+from distgn.training import growth
 from distgn.training.deflation import (
     DEFLATION_RUNGS,
     dead_neurons,
@@ -596,23 +597,31 @@ C_SOLVE_FAILURES = 3
 
 # Stop reasons that mean a basin is done; with ``[train] hops`` a hop follows them.
 CONVERGED = ("tol", "hop_tol", "gtol", "line_search")
+# A basin also ends, before the last stage of staged growth, after ``[train] stage_iter``
+# iterations.
+BASIN_ENDS = (*CONVERGED, "stage_iter")
 
 
 @dataclass(frozen=True)
 class Hops:
-    """Basin hopping so far: hops done, and the best iterate of the basins left (None before
-    the first hop)."""
+    """Basin hopping and growth so far: hops done, the best iterate of the stage's basins left
+    (None before its first hop), the stage (index into ``TrainConfig.stage_sizes``) and the
+    iterations since the last hop or growth."""
 
     done: int = 0
     best: State | None = None
+    stage: int = 0
+    basin: int = 0
 
     def saved(self) -> dict[str, object]:
         """The record for a checkpoint's optimizer state (``from_saved`` reads it back)."""
         if self.best is None:
-            return {"hops": self.done}
+            return {"hops": self.done, "stage": self.stage, "basin": self.basin}
         network = self.best.network
         return {
             "hops": self.done,
+            "stage": self.stage,
+            "basin": self.basin,
             "best_loss": self.best.loss,
             "best_l2_error": self.best.l2_error,
             "best_W": network.W,
@@ -625,8 +634,9 @@ class Hops:
     @classmethod
     def from_saved(cls, saved: Mapping[str, object] | None) -> Hops:
         """The record of a checkpoint's optimizer state (a fresh one when there is none)."""
+        stage, basin = (int((saved or {}).get(key, 0)) for key in ("stage", "basin"))
         if not saved or "best_W" not in saved:
-            return cls(int((saved or {}).get("hops", 0)))
+            return cls(int((saved or {}).get("hops", 0)), None, stage, basin)
         c0 = saved.get("best_c0")
         network = Network(
             np.asarray(saved["best_W"], dtype=float),
@@ -640,7 +650,7 @@ class Hops:
             float(saved["best_loss"]),
             float(saved["best_l2_error"]),
         )
-        return cls(int(saved["hops"]), best)
+        return cls(int(saved["hops"]), best, stage, basin)
 
 
 def hop(ctx: Context, state: State, rank: int, damping: float) -> tuple[State, Gradient | None]:
@@ -660,12 +670,24 @@ def hop(ctx: Context, state: State, rank: int, damping: float) -> tuple[State, G
     return State(out.network, removed, out.loss, out.l2_error, damping), out.gradient
 
 
+def grown(ctx: Context, state: State, size: int, spacing: float, damping: float) -> State:
+    """The start of the next stage of staged growth: ``growth.grow`` from ``state`` to ``size``
+    neurons, c solved for (the old c kept if the solve is worse). Collective."""
+    network = growth.grow(state.network, ~state.removed, ctx.problem.domain, size, spacing)
+    removed = np.zeros(network.n, dtype=bool)
+    out = solve_output(ctx, network, ~removed, evaluate_loss(ctx, network)[0], gradient=True)
+    if out.rejected and out.stats.get("error"):
+        log.warning(f"sggn: growth to n = {size}: the c-solve failed ({out.stats['error']})")
+    return State(out.network, removed, out.loss, out.l2_error, damping), out.gradient
+
+
 def run(
     ctx: Context,
     state: State,
     cfg: TrainConfig,
     record: Callable[..., str | None],
     saved: Mapping[str, object] | None = None,
+    sizes: list[int] | None = None,
 ) -> tuple[str, State]:
     """Iterate from ``state`` until ``record`` (training.Recorder) or SgGN itself stops.
 
@@ -681,10 +703,17 @@ def run(
     moves the neuron of the k-th smallest contribution of the best iterate so far (``hop``)
     and the iteration goes on from there; the hop is a history row (column ``hop``), which
     restarts the stopping window. ``saved`` is a checkpoint's optimizer state, from which
-    the hops continue. Returns the stop reason of the last basin and the best iterate of all
-    basins. Collective.
+    the hops continue.
+
+    Staged growth (``sizes``: ``TrainConfig.stage_sizes``, the last one the run's n): after a
+    stop in ``CONVERGED`` with the hops done (the hops are spent in the first stage), or after
+    ``cfg.stage_iter`` iterations in a basin of a stage before the last, the best iterate of
+    the stage grows to the next size (``grown``); the growth is a history row
+    (column ``grow``) that restarts the stopping window like a hop. Returns the stop reason of
+    the last basin and the best iterate of all basins of the last stage. Collective.
     """
     hops = Hops.from_saved(saved)
+    sizes = sizes or [state.network.n]
     grad, failures = None, 0
     while True:
         reason = None
@@ -706,6 +735,7 @@ def run(
             if cfg.reseat and stalled:
                 state, regrad, stats["reseated"] = reseat(ctx, state, cfg.drop_tol)
                 grad = regrad or grad
+            hops = replace(hops, basin=hops.basin + 1)
             reason = record(
                 state.network,
                 state.removed,
@@ -715,17 +745,31 @@ def run(
             if reason is None and failures >= C_SOLVE_FAILURES:
                 log.warning(f"sggn: the c-solve failed {failures} times in a row; stopping")
                 reason = "c_solve_failed"
+        last_stage = hops.stage + 1 >= len(sizes)
+        if reason is None and not last_stage and 0 < cfg.stage_iter <= hops.basin:
+            reason = "stage_iter"
         if reason is None:
             continue
         best = state if hops.best is None or state.loss < hops.best.loss else hops.best
-        if reason not in CONVERGED or hops.done >= cfg.hops:
+        if reason not in BASIN_ENDS or hops.done >= cfg.hops and last_stage:
             return reason, best
-        log.info(
-            f"sggn: {reason} at loss {state.loss:.6e}; hop {hops.done + 1} of {cfg.hops} "
-            f"from the best iterate (loss {best.loss:.6e})"
-        )
-        state, grad = hop(ctx, best, hops.done, initial_damping(ctx, cfg))
-        hops = Hops(hops.done + 1, best)
+        if hops.done < cfg.hops:
+            log.info(
+                f"sggn: {reason} at loss {state.loss:.6e}; hop {hops.done + 1} of {cfg.hops} "
+                f"from the best iterate (loss {best.loss:.6e})"
+            )
+            state, grad = hop(ctx, best, hops.done, initial_damping(ctx, cfg))
+            hops, event = Hops(hops.done + 1, best, hops.stage), "hop"
+        else:
+            size = sizes[hops.stage + 1]
+            log.info(
+                f"sggn: {reason} at loss {state.loss:.6e}; stage {hops.stage + 2} of "
+                f"{len(sizes)}: growing the best iterate (loss {best.loss:.6e}, n = "
+                f"{best.network.n}) to n = {size}"
+            )
+            spacing = cfg.grow_spread / cfg.growth**hops.stage
+            state, grad = grown(ctx, best, size, spacing, initial_damping(ctx, cfg))
+            hops, event = Hops(hops.done, None, hops.stage + 1), "grow"
         reason = record(
             state.network,
             state.removed,
@@ -734,9 +778,9 @@ def run(
                 "l2_error": state.l2_error,
                 "step": 0.0,
                 "active": int((~state.removed).sum()),
-                "hop": 1,
+                event: 1,
             },
             optimizer={"damping": state.damping, **hops.saved()},
         )
         if reason is not None:
-            return reason, min(best, state, key=lambda s: s.loss)
+            return reason, state if event == "grow" else min(best, state, key=lambda s: s.loss)
