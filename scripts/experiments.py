@@ -58,11 +58,11 @@ ADAM_RATES = {1: (1e-2, 1e-3, 1e-4), 2: (1e-2, 1e-3, 1e-4)}
 SWEEP_UP_TO = {1: 256, 2: 256}
 # SgGN's settings beyond the defaults: basin hopping (docs/sggn.md, section 2e), three hops in
 # 1D, 32 in 2D, where the grid's caps leave room for them (``budget``); in 2D also staged growth
-# from n = 16 (section 2f), the hops spent at n = 16 and each stage before the last capped at
-# 400 iterations.
+# from n = 16 (section 2f): the hops spent at n = 16, copies 0.03 apart, each basin before the
+# last stage capped at 400 iterations.
 SGGN_SETTINGS = {
     1: ["train.hops=3"],
-    2: ["train.hops=32", "train.grow_from=16", "train.stage_iter=400"],
+    2: ["train.hops=32", "train.grow_from=16", "train.grow_spread=0.03", "train.stage_iter=400"],
 }
 
 

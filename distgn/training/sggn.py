@@ -50,6 +50,10 @@ Reseating (``[train] reseat``): after an iteration that lowered the loss by less
 their small ``|c_i|``) are moved to where the fit is worst (distgn.training.reseat) and c is
 solved for; the move is kept only if the loss falls (``reseat``).
 
+Staged growth (``[train] grow_from``): the run goes through networks of growing size; each
+converged stage is grown (distgn.training.growth, ``grown``) into the start of the next
+(``run``).
+
 Functions taking a ``Context`` are collective over ``ctx.comm`` (every rank holds the whole
 network; distgn.training.objective makes the ranks agree bit for bit).
 """
@@ -670,9 +674,12 @@ def hop(ctx: Context, state: State, rank: int, damping: float) -> tuple[State, G
     return State(out.network, removed, out.loss, out.l2_error, damping), out.gradient
 
 
-def grown(ctx: Context, state: State, size: int, spacing: float, damping: float) -> State:
+def grown(
+    ctx: Context, state: State, size: int, spacing: float, damping: float
+) -> tuple[State, Gradient | None]:
     """The start of the next stage of staged growth: ``growth.grow`` from ``state`` to ``size``
-    neurons, c solved for (the old c kept if the solve is worse). Collective."""
+    neurons, c solved for (the old c kept if the solve is worse). Returns the new state and its
+    gradient. Collective."""
     network = growth.grow(state.network, ~state.removed, ctx.problem.domain, size, spacing)
     removed = np.zeros(network.n, dtype=bool)
     out = solve_output(ctx, network, ~removed, evaluate_loss(ctx, network)[0], gradient=True)
