@@ -113,6 +113,8 @@ def test_copies_that_would_duplicate_a_neuron_are_skipped():
     np.testing.assert_allclose(np.sort(-new.b / new.W[:, 0]), np.arange(8) / 8, atol=1e-15)
     with pytest.raises(InputError, match="no room for 9 neurons"):
         grow(network, np.ones(4, dtype=bool), problem.domain, 9, 0.125)
+
+
 def test_unreachable_size_is_an_input_error():
     problem = build_problem(config(["target.name=step", "network.n=2"]))
     network = normalise(problem.network)
@@ -165,3 +167,14 @@ def test_growing_run_ends_at_network_n_with_a_history_of_its_stages(tmp_path, di
     plain = config(keys[:-2] + [f"output.path={tmp_path / 'plain.h5'}", "train.grow_from=0"])
     baseline = train(build_problem(plain), plain, MPI.COMM_SELF)
     assert result["relative_l2_error"] <= baseline["relative_l2_error"] * 1.5
+
+
+def test_restart_accepts_a_file_of_any_stage_and_no_other_n(tmp_path):
+    keys = BOX + ["target.name=line_jump", "network.n=12", "train.grow_from=3", "train.growth=2"]
+    short = config(keys + ["train.max_iter=3", f"output.path={tmp_path / 'run.h5'}"])
+    train(build_problem(short), short, MPI.COMM_SELF)
+    state = io.read_run(str(tmp_path / "run.h5"))
+    assert state.network.n == 3
+    io.check_same_problem(state, config(keys))  # n = 3 is the first stage of 3 -> 6 -> 12
+    with pytest.raises(InputError, match=r"network.n \(3 in the file, 12 in the config\)"):
+        io.check_same_problem(state, config([*keys[:-2], "network.n=12"]))
