@@ -313,18 +313,17 @@ def stage_sizes(config: Config) -> list[int]:
     growth). InputError for staged growth with another method than SgGN or from a network
     file."""
     cfg = config.train
-    if len(cfg.stage_sizes(config.network.n)) == 1:
-        return [config.network.n]
-    if cfg.method != "sggn":
+    sizes = cfg.stage_sizes(config.network.n)
+    if len(sizes) > 1 and cfg.method != "sggn":
         raise InputError(
             f"train.grow_from = {cfg.grow_from}: staged growth needs train.method = sggn"
         )
-    if config.network.init == "file":
+    if len(sizes) > 1 and config.network.init == "file":
         raise InputError(
             f"train.grow_from = {cfg.grow_from}: staged growth starts from a generated network, "
             "not network.init = file"
         )
-    return cfg.stage_sizes(config.network.n)
+    return sizes
 
 
 def train(
